@@ -1,0 +1,152 @@
+"""Optimisers over the flat parameter buffer: SGD (with optional momentum) and Adam
+(Kingma & Ba 2015) with decoupled weight decay (Loshchilov & Hutter 2019), global-norm
+gradient clipping, and a guard that keeps non-finite gradients away from the weights."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mugpt.errors import ConfigError
+from mugpt.model.config import _from_dict
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser settings.
+
+    Example:
+        >>> OptimConfig(name="sgd", lr=0.1, momentum=0.9).name
+        'sgd'
+        >>> OptimConfig(lr=-1)
+        Traceback (most recent call last):
+        ...
+        mugpt.errors.ConfigError: lr=-1 must be a positive number (try 1e-3 .. 1e-1)
+    """
+
+    name: str = "adam"
+    lr: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    grad_clip: float = 1.0  # global L2 norm; 0 turns clipping off
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"optimizer {self.name!r} is unknown; choose one of {OPTIMIZERS}")
+        if not (isinstance(self.lr, int | float) and 0 < self.lr <= 10):
+            raise ConfigError(f"lr={self.lr!r} must be a positive number (try 1e-3 .. 1e-1)")
+        for name in ("beta1", "beta2", "momentum"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 <= value < 1):
+                raise ConfigError(f"{name}={value!r} must be in [0, 1)")
+        if not (isinstance(self.eps, int | float) and 0 < self.eps < 1):
+            raise ConfigError(f"eps={self.eps!r} must be in (0, 1)")
+        if not (isinstance(self.weight_decay, int | float) and 0 <= self.weight_decay < 1):
+            raise ConfigError(f"weight_decay={self.weight_decay!r} must be in [0, 1)")
+        if not (isinstance(self.grad_clip, int | float) and self.grad_clip >= 0):
+            raise ConfigError(f"grad_clip={self.grad_clip!r} must be >= 0 (0 = off)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> OptimConfig:
+        return _from_dict(cls, values, "optim")
+
+
+@dataclass
+class UpdateInfo:
+    applied: bool  # False when the gradient was not finite and the step was skipped
+    grad_norm: float  # global L2 norm before clipping
+    clipped: bool
+    lr: float
+
+
+class Optimizer:
+    """Applies one update per call; the state is a few flat arrays.
+
+    Example:
+        >>> import numpy as np
+        >>> opt = Optimizer(OptimConfig(name="sgd", lr=0.5, grad_clip=0), n=2, dtype=np.float64)
+        >>> w = np.array([1.0, 2.0])
+        >>> opt.step(w, np.array([1.0, -2.0])).applied, w.tolist()
+        (True, [0.5, 3.0])
+        >>> opt.step(w, np.array([np.nan, 0.0])).applied, w.tolist(), opt.nonfinite_steps
+        (False, [0.5, 3.0], 1)
+    """
+
+    def __init__(self, cfg: OptimConfig, n: int, dtype: Any = np.float32) -> None:
+        self.cfg = cfg
+        self.t = 0
+        self.nonfinite_steps = 0
+        self.clipped_steps = 0
+        self.m = np.zeros(n, dtype=dtype)
+        self.v = np.zeros(n, dtype=dtype) if cfg.name == "adam" else np.zeros(0, dtype=dtype)
+        self._tmp = np.zeros(n, dtype=dtype)
+
+    def step(self, w: np.ndarray, g: np.ndarray, lr_scale: float = 1.0) -> UpdateInfo:
+        """Updates ``w`` in place from gradient ``g`` (which may be rescaled in place)."""
+        cfg = self.cfg
+        lr = cfg.lr * lr_scale
+        norm = float(np.sqrt(np.dot(g, g)))
+        if not np.isfinite(norm):
+            self.nonfinite_steps += 1
+            return UpdateInfo(False, norm, False, lr)
+        clipped = cfg.grad_clip > 0 and norm > cfg.grad_clip
+        if clipped:
+            g *= cfg.grad_clip / norm
+            self.clipped_steps += 1
+        self.t += 1
+        if cfg.weight_decay:
+            w *= 1.0 - lr * cfg.weight_decay
+        tmp = self._tmp
+        if cfg.name == "sgd":
+            if cfg.momentum:
+                self.m *= cfg.momentum
+                self.m += g
+                g = self.m
+            np.multiply(g, lr, out=tmp)
+            w -= tmp
+        else:
+            b1, b2 = cfg.beta1, cfg.beta2
+            self.m *= b1
+            np.multiply(g, 1.0 - b1, out=tmp)
+            self.m += tmp
+            self.v *= b2
+            np.multiply(g, g, out=tmp)
+            tmp *= 1.0 - b2
+            self.v += tmp
+            step_size = lr * np.sqrt(1.0 - b2**self.t) / (1.0 - b1**self.t)
+            # w -= step · m / (sqrt(v) + eps·sqrt(1 − b2^t)): bias corrections folded in
+            np.sqrt(self.v, out=tmp)
+            tmp += cfg.eps * np.sqrt(1.0 - b2**self.t)
+            np.divide(self.m, tmp, out=tmp)
+            tmp *= step_size
+            w -= tmp
+        return UpdateInfo(True, norm, clipped, lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "t": self.t,
+            "nonfinite_steps": self.nonfinite_steps,
+            "clipped_steps": self.clipped_steps,
+            "m": self.m,
+            "v": self.v,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["m"].shape != self.m.shape or state["v"].shape != self.v.shape:
+            raise ConfigError("optimiser state does not match the model's parameter count")
+        self.t = int(state["t"])
+        self.nonfinite_steps = int(state["nonfinite_steps"])
+        self.clipped_steps = int(state["clipped_steps"])
+        self.m[...] = state["m"]
+        self.v[...] = state["v"]
