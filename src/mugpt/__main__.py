@@ -1,0 +1,5 @@
+import sys
+
+from mugpt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,465 @@
+"""The prequential Learner: predict → record the loss → update (Dawid 1984).
+
+Every byte is scored with the parameters as they were before any update used it, so the
+mean loss is an honest code length (bits per byte) and needs no held-out split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mugpt.errors import ConfigError
+from mugpt.mechanisms import Mechanism, StepContext
+from mugpt.model import BOS, GPT, ModelConfig, OptimConfig, Optimizer
+from mugpt.model.config import _from_dict
+
+if TYPE_CHECKING:
+    from mugpt.corpus import Stream
+
+WINDOW_LOSSES = ("all", "new")
+PROB_FLOOR = 2.0**-40
+"""Smallest probability scored; keeps a loss finite (40 bits) even if a float underflows."""
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """How the stream is consumed.
+
+    ``update_every`` (k): bytes predicted per step before the (at most one) update; k = 1 is
+    the strict per-byte protocol. ``window_loss``: ``"all"`` trains on every position of the
+    window (the full causal block), ``"new"`` only on the k newest. ``seed`` seeds the
+    Learner's generator used by mechanisms.
+
+    Example:
+        >>> LearnerConfig(update_every=0)
+        Traceback (most recent call last):
+        ...
+        mugpt.errors.ConfigError: update_every=0 must be an integer >= 1
+    """
+
+    update_every: int = 1
+    window_loss: str = "all"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        k = self.update_every
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"update_every={k!r} must be an integer >= 1")
+        if self.window_loss not in WINDOW_LOSSES:
+            raise ConfigError(
+                f"window_loss={self.window_loss!r} is unknown; choose one of {WINDOW_LOSSES}"
+            )
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed={self.seed!r} must be a non-negative integer")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LearnerConfig:
+        return _from_dict(cls, values, "learner")
+
+
+@dataclass
+class StepOutput:
+    """What one step produced (the lab reads it for its views)."""
+
+    position: int  # bytes consumed before this step
+    new_bytes: np.ndarray  # (k,)
+    loss_bits: np.ndarray  # (k,) the recorded prequential losses
+    probs: np.ndarray  # (k, V) the predictions that were scored
+    updated: bool
+    replays: int
+    grad_norm: float | None
+    lr: float
+    window_loss_bits: float
+    events: list[dict[str, Any]]
+
+
+@dataclass
+class Counters:
+    steps: int = 0
+    updates: int = 0  # optimiser updates applied on the main window
+    skipped: int = 0  # updates a mechanism declined
+    nonfinite: int = 0  # updates dropped because the gradient was NaN/inf
+    replay_updates: int = 0  # updates on extra windows
+    forward_passes: int = 0
+    backward_passes: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RunResult:
+    """The outcome of :meth:`Learner.run`: per-byte losses and what it took to get them."""
+
+    losses: np.ndarray  # (n,) bits per byte, in stream order, from byte 0
+    counters: dict[str, int]
+    seconds: float  # wall time of this call's loop
+    bytes_this_call: int
+    stream: Stream | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    mechanisms: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        return int(self.losses.size)
+
+    @property
+    def bpb(self) -> float:
+        return float(self.losses.mean()) if self.losses.size else float("nan")
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.bytes_this_call / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def phase_ids(self) -> np.ndarray:
+        if self.stream is None:
+            return np.zeros(self.losses.size, dtype=np.int32)
+        return self.stream.phase_ids()[: self.losses.size]
+
+
+ProgressFn = Callable[[int, int, float], None]
+
+
+class Learner:
+    """A model, its optimiser and mechanisms, reading a byte stream prequentially.
+
+    Example:
+        >>> from mugpt.corpus import Stream
+        >>> learner = Learner(ModelConfig(), OptimConfig(lr=0.01))
+        >>> result = learner.run(Stream.from_bytes(b"abcabcabcabc" * 20))
+        >>> result.bytes, result.counters["updates"]
+        (240, 240)
+        >>> bool(result.losses[-24:].mean() < result.losses[:24].mean())  # it learned
+        True
+    """
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig | None = None,
+        optim_cfg: OptimConfig | None = None,
+        mechanisms: Sequence[Mechanism] = (),
+        learner_cfg: LearnerConfig | None = None,
+    ) -> None:
+        self.model_cfg = model_cfg or ModelConfig()
+        self.optim_cfg = optim_cfg or OptimConfig()
+        self.cfg = learner_cfg or LearnerConfig()
+        if self.cfg.update_every > self.model_cfg.context:
+            raise ConfigError(
+                f"update_every={self.cfg.update_every} must not exceed the context "
+                f"({self.model_cfg.context}): a step predicts at most one window of bytes"
+            )
+        names = [m.name for m in mechanisms]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"each mechanism may appear once; got {names}")
+        self.model = GPT(self.model_cfg)
+        dtype = self.model.dtype
+        self.optimizer = Optimizer(self.optim_cfg, self.model_cfg.n_params, dtype)
+        self.grads = self.model.params.like()
+        self.mechanisms: list[Mechanism] = list(mechanisms)
+        self.rng = np.random.default_rng(self.cfg.seed)
+        self.lr = self.optim_cfg.lr
+        self.counters = Counters()
+        self.position = 0
+        self.events: list[dict[str, Any]] = []
+        self._loss_log: list[np.ndarray] = []
+        ctx = self.model_cfg.context
+        self._hist = np.full(4 * (ctx + 1), BOS, dtype=np.int64)
+        self._hist_len = 0
+        self.last: StepOutput | None = None
+        self.last_acts = None
+
+    # ------------------------------------------------------------------ the protocol
+
+    @property
+    def history(self) -> np.ndarray:
+        """The symbols the model can still see (at most context + 1), BOS included."""
+        return self._hist[: self._hist_len]
+
+    def _append(self, symbols: np.ndarray) -> None:
+        n = symbols.size
+        keep = self.model_cfg.context + 1
+        if self._hist_len + n > self._hist.size:
+            # slide: keep the last `keep` symbols at the front
+            tail = self._hist[max(0, self._hist_len - keep) : self._hist_len].copy()
+            self._hist[: tail.size] = tail
+            self._hist_len = tail.size
+        self._hist[self._hist_len : self._hist_len + n] = symbols
+        self._hist_len += n
+
+    def step(
+        self, new_bytes: bytes | np.ndarray, doc_start: Sequence[bool] | np.ndarray | None = None
+    ) -> StepOutput:
+        """Predicts ``new_bytes`` (k ≤ context of them) from what came before, records each
+        byte's loss, then makes at most one update on the window (plus any replays).
+
+        ``doc_start[i]`` marks that a new document starts at byte i: a BOS goes before it.
+        The very first byte of a Learner's life always gets a BOS.
+        """
+        cfg = self.model_cfg
+        data = np.frombuffer(new_bytes, dtype=np.uint8) if isinstance(new_bytes, bytes | bytearray) else np.asarray(new_bytes)  # fmt: skip
+        k = int(data.size)
+        assert k >= 1, "a step needs at least one byte"
+        starts = np.zeros(k, dtype=bool) if doc_start is None else np.asarray(doc_start, bool)
+        if self.position == 0 and self._hist_len == 0:
+            starts = starts.copy()
+            starts[0] = True
+        n_bos = int(starts.sum())
+        if n_bos:
+            symbols = np.insert(data.astype(np.int64), np.nonzero(starts)[0], BOS)
+        else:
+            symbols = data.astype(np.int64)
+        if symbols.size > cfg.context:
+            raise ConfigError(
+                f"a step of {k} bytes and {n_bos} document starts exceeds the context "
+                f"({cfg.context}); use fewer bytes per step"
+            )
+        self._append(symbols)
+        window = self.history[-(cfg.context + 1) :]
+        inputs, targets = window[:-1], window[1:]
+        n = inputs.size
+        # new symbols occupy the last symbols.size targets; keep those that are bytes
+        new_slots = np.arange(max(0, n - symbols.size), n)
+        new_positions = new_slots[targets[new_slots] != BOS]
+        assert new_positions.size == k
+
+        acts = self.model.forward(inputs[None, :])
+        self.counters.forward_passes += 1
+        ctx = StepContext(
+            step=self.counters.steps,
+            position=self.position,
+            new_bytes=data,
+            inputs=inputs,
+            targets=targets,
+            new_positions=new_positions,
+            hidden=acts.hidden[0],
+            rng=self.rng,
+            lr=self.lr,
+            context=cfg.context,
+        )
+        active = [m for m in self.mechanisms if m.enabled]
+
+        # 1. predictions (possibly adjusted), 2. recorded losses
+        probs = acts.probs[0, new_positions].astype(np.float64)  # (k, V)
+        for mech in active:
+            probs = mech.adjust_prediction(ctx, probs)
+        picked = probs[np.arange(k), data]
+        loss_bits = -np.log2(np.maximum(picked, PROB_FLOOR))
+        ctx.loss_bits = loss_bits
+        self._loss_log.append(loss_bits)
+        for mech in active:
+            mech.observe(ctx, loss_bits)
+
+        # 3-5. the update on the window
+        weights = (targets != BOS).astype(np.float64)
+        if self.cfg.window_loss == "new":
+            only_new = np.zeros_like(weights)
+            only_new[new_positions] = 1.0
+            weights = only_new
+        model_bits = -np.log2(np.maximum(acts.probs[0, np.arange(n), targets], PROB_FLOOR))
+        ctx.window_loss_bits = float((model_bits * weights).sum() / weights.sum())
+        update = all(mech.should_update(ctx) for mech in active)
+        grad_norm: float | None = None
+        if update:
+            scale = 1.0
+            for mech in active:
+                scale *= mech.lr_scale(ctx)
+            grad_norm = self._apply_update(acts, targets, weights, scale, active, ctx)
+            self.lr_effective = self.lr * scale
+        else:
+            self.counters.skipped += 1
+            self.lr_effective = 0.0
+
+        # 6. extra windows (replay)
+        replays = 0
+        for mech in active:
+            windows = mech.extra_windows(ctx)
+            opt = mech.extra_optimizer()
+            for w in windows:
+                self._train_extra(np.asarray(w, dtype=np.int64), opt)
+                replays += 1
+        if replays:
+            ctx.emit("replay", count=replays)
+
+        self.counters.steps += 1
+        stamp = {"pos": self.position, "step": ctx.step}
+        for event in ctx.events:
+            self.events.append({**stamp, **event})
+        self.position += k
+        self.last_acts = acts
+        self.last = StepOutput(
+            position=ctx.position,
+            new_bytes=data,
+            loss_bits=loss_bits,
+            probs=probs,
+            updated=update,
+            replays=replays,
+            grad_norm=grad_norm,
+            lr=self.lr_effective,
+            window_loss_bits=ctx.window_loss_bits,
+            events=ctx.events,
+        )
+        return self.last
+
+    def _apply_update(
+        self,
+        acts: Any,
+        targets: np.ndarray,
+        weights: np.ndarray,
+        lr_scale: float,
+        active: list[Mechanism],
+        ctx: StepContext,
+    ) -> float:
+        grads = self.grads
+        grads.flat[:] = 0.0
+        self.model.backward(acts, targets[None, :], weights[None, :], grads)
+        self.counters.backward_passes += 1
+        ctx.grad_norm = float(np.sqrt(np.dot(grads.flat, grads.flat)))
+        for mech in active:
+            mech.transform_grads(ctx, grads.flat)
+        info = self.optimizer.step(self.model.params.flat, grads.flat, lr_scale)
+        if info.applied:
+            self.counters.updates += 1
+        else:
+            self.counters.nonfinite += 1
+        return info.grad_norm
+
+    def _train_extra(self, symbols: np.ndarray, optimizer: Optimizer | None) -> None:
+        assert 2 <= symbols.size <= self.model_cfg.context + 1, symbols.size
+        inputs, targets = symbols[:-1], symbols[1:]
+        weights = (targets != BOS).astype(np.float64)
+        if not weights.any():
+            return
+        acts = self.model.forward(inputs[None, :])
+        self.counters.forward_passes += 1
+        self.grads.flat[:] = 0.0
+        self.model.backward(acts, targets[None, :], weights[None, :], self.grads)
+        self.counters.backward_passes += 1
+        info = (optimizer or self.optimizer).step(self.model.params.flat, self.grads.flat)
+        if info.applied:
+            self.counters.replay_updates += 1
+        else:
+            self.counters.nonfinite += 1
+
+    def predict_next(self) -> np.ndarray:
+        """The model's distribution (V,) for the next byte given the history, with no update
+        and no mechanism adjustment (used for sampling and inspection)."""
+        hist = self.history
+        if hist.size == 0:
+            hist = np.array([BOS])
+        acts = self.model.forward(hist[-self.model_cfg.context :][None, :])
+        return acts.probs[0, -1].astype(np.float64)
+
+    # ------------------------------------------------------------------ whole streams
+
+    def run(
+        self,
+        stream: Stream,
+        max_bytes: int | None = None,
+        progress: ProgressFn | None = None,
+        progress_every: float = 0.2,
+    ) -> RunResult:
+        """Reads ``stream`` from the Learner's position to its end (or ``max_bytes`` in all),
+        ``update_every`` bytes per step, and returns the losses of every byte read so far."""
+        data = np.frombuffer(stream.data, dtype=np.uint8)
+        end = data.size if max_bytes is None else min(data.size, max_bytes)
+        starts = np.zeros(data.size + 1, dtype=bool)
+        starts[np.asarray(stream.doc_starts, dtype=np.int64)] = True
+        k, ctx_len = self.cfg.update_every, self.model_cfg.context
+        begin = self.position
+        t0 = time.perf_counter()
+        last_report = t0
+        while self.position < end:
+            pos = self.position
+            stop = min(pos + k, end)
+            flags = starts[pos:stop]
+            # a step holds at most `context` symbols, BOS included
+            first_bos = pos == 0 and self._hist_len == 0 and not flags[0]
+            while stop - pos > 1 and (stop - pos) + int(flags.sum()) + first_bos > ctx_len:
+                stop -= 1
+                flags = starts[pos:stop]
+            self.step(data[pos:stop], flags)
+            if progress is not None:
+                now = time.perf_counter()
+                if now - last_report >= progress_every or self.position >= end:
+                    last_report = now
+                    progress(self.position, end, self.running_bpb())
+        seconds = time.perf_counter() - t0
+        return RunResult(
+            losses=self.losses,
+            counters=self.counters.to_dict(),
+            seconds=seconds,
+            bytes_this_call=self.position - begin,
+            stream=stream,
+            events=list(self.events),
+            mechanisms=[m.describe() for m in self.mechanisms],
+        )
+
+    @property
+    def losses(self) -> np.ndarray:
+        """Every recorded per-byte loss in bits, in order."""
+        if len(self._loss_log) > 1:
+            self._loss_log = [np.concatenate(self._loss_log)]
+        return self._loss_log[0].copy() if self._loss_log else np.zeros(0)
+
+    def running_bpb(self) -> float:
+        total = sum(float(a.sum()) for a in self._loss_log)
+        n = sum(a.size for a in self._loss_log)
+        return total / n if n else float("nan")
+
+    # ------------------------------------------------------------------ live control
+
+    def set_lr(self, lr: float) -> None:
+        """Changes the base learning rate from the next step on (recorded as an event)."""
+        if not (isinstance(lr, int | float) and 0 < lr <= 10):
+            raise ConfigError(f"lr={lr!r} must be a positive number (try 1e-3 .. 1e-1)")
+        self.lr = float(lr)
+        self.optimizer.cfg = dataclasses.replace(self.optimizer.cfg, lr=float(lr))
+        self.events.append({"pos": self.position, "step": self.counters.steps, "kind": "set_lr", "lr": float(lr)})  # fmt: skip
+
+    def mechanism(self, name: str) -> Mechanism:
+        for mech in self.mechanisms:
+            if mech.name == name:
+                return mech
+        raise ConfigError(
+            f"no mechanism {name!r} in this run; present: {[m.name for m in self.mechanisms]}"
+        )
+
+    def add_mechanism(self, mech: Mechanism) -> None:
+        if any(m.name == mech.name for m in self.mechanisms):
+            raise ConfigError(f"mechanism {mech.name!r} is already present; configure it instead")
+        self.mechanisms.append(mech)
+        self._event("mechanism", name=mech.name, enabled=mech.enabled, config=mech.config.model_dump())  # fmt: skip
+
+    def set_mechanism(self, name: str, enabled: bool | None = None, **params: Any) -> None:
+        """Turns a mechanism on/off and/or changes its parameters; takes effect at the next
+        step and is recorded as an event."""
+        mech = self.mechanism(name)
+        if params:
+            mech.configure(**params)
+        if enabled is not None:
+            mech.enabled = bool(enabled)
+        self._event("mechanism", name=name, enabled=mech.enabled, config=mech.config.model_dump())  # fmt: skip
+
+    def _event(self, kind: str, **data: Any) -> None:
+        self.events.append({"pos": self.position, "step": self.counters.steps, "kind": kind, **data})  # fmt: skip
+
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model_cfg.to_dict(),
+            "optim": self.optim_cfg.to_dict(),
+            "learner": self.cfg.to_dict(),
+            "mechanisms": [
+                {"name": m.name, "enabled": m.enabled, **m.config.model_dump()}
+                for m in self.mechanisms
+            ],
+        }
