@@ -1,0 +1,103 @@
+"""Argument groups shared by the commands that build a run (run, ablate, compress, bench)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from mugpt.engine.config import PRESETS, RunConfig, read_config_file
+from mugpt.errors import ConfigError
+
+# flag → (section, key, type)
+_MODEL_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--layers", "n_layers", int, "transformer blocks (seed: 1)"),
+    ("--d-model", "d_model", int, "width of the residual stream (seed: 16)"),
+    ("--heads", "n_heads", int, "attention heads; must divide d_model (seed: 4)"),
+    ("--d-ff", "d_ff", int, "MLP hidden width (seed: 64)"),
+    ("--context", "context", int, "symbols the model sees, T (seed: 32)"),
+    ("--activation", "activation", str, "relu | gelu | silu (seed: relu)"),
+    ("--init-std", "init_std", float, "std of the initial weights (seed: 0.08)"),
+    ("--dtype", "dtype", str, "float32 | float64 (seed: float32)"),
+]
+_OPTIM_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--optimizer", "name", str, "adam | sgd (seed: adam)"),
+    ("--lr", "lr", float, "learning rate (seed: 0.01)"),
+    ("--beta1", "beta1", float, "Adam β1 (seed: 0.9)"),
+    ("--beta2", "beta2", float, "Adam β2 (seed: 0.999)"),
+    ("--weight-decay", "weight_decay", float, "decoupled weight decay (seed: 0)"),
+    ("--momentum", "momentum", float, "SGD momentum (seed: 0)"),
+    ("--grad-clip", "grad_clip", float, "global-norm clip, 0 = off (seed: 1.0)"),
+]
+_LEARNER_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--update-every", "update_every", int, "k: bytes per step before one update (seed: 1)"),
+    ("--window-loss", "window_loss", str, "all | new: train on every window position or only "
+     "the k newest (seed: all)"),
+]  # fmt: skip
+
+
+def _dest(flag: str) -> str:
+    return "cfg_" + flag.lstrip("-").replace("-", "_")
+
+
+def add_run_config_args(parser: argparse.ArgumentParser, mechanisms: bool = True) -> None:
+    """Adds --preset, --config, --seed and the model/optimiser/learner/mechanism flags."""
+    g = parser.add_argument_group("configuration (flags override --config, which overrides --preset)")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a named starting configuration (default: seed, the original μGPT)")  # fmt: skip
+    g.add_argument("--config", metavar="FILE", help="TOML or JSON file with [model], [optim], "
+                   "[learner], [[mechanisms]], stream and seed")  # fmt: skip
+    g.add_argument("--seed", type=int, default=None, help="seeds init, mechanisms and generated "
+                   "streams (default 0)")  # fmt: skip
+    m = parser.add_argument_group("model")
+    for flag, _key, typ, text in _MODEL_FLAGS:
+        m.add_argument(flag, dest=_dest(flag), type=typ, default=None, help=text)
+    m.add_argument("--tied-head", dest="cfg_tied_head", action="store_true", default=None,
+                   help="share the embedding and output matrices")  # fmt: skip
+    o = parser.add_argument_group("optimiser")
+    for flag, _key, typ, text in _OPTIM_FLAGS:
+        o.add_argument(flag, dest=_dest(flag), type=typ, default=None, help=text)
+    lg = parser.add_argument_group("protocol")
+    for flag, _key, typ, text in _LEARNER_FLAGS:
+        lg.add_argument(flag, dest=_dest(flag), type=typ, default=None, help=text)
+    if mechanisms:
+        parser.add_argument(
+            "--mech",
+            action="append",
+            default=[],
+            metavar="NAME[:k=v,...]",
+            help="switch a mechanism on, e.g. --mech replay:capacity=512 (repeatable); names: "
+            "selective_backprop, replay, adaptive_lr, grad_clip, cache, knn",
+        )
+
+
+def run_config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Preset, then --config file, then flags, validated into a RunConfig."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values = read_config_file(args.config)
+    if getattr(args, "preset", None):
+        values["preset"] = args.preset
+    if getattr(args, "seed", None) is not None:
+        values["seed"] = args.seed
+    for section, flags in (("model", _MODEL_FLAGS), ("optim", _OPTIM_FLAGS), ("learner", _LEARNER_FLAGS)):  # fmt: skip
+        for flag, key, _typ, _text in flags:
+            value = getattr(args, _dest(flag), None)
+            if value is not None:
+                values.setdefault(section, {})[key] = value
+    if getattr(args, "cfg_tied_head", None):
+        values.setdefault("model", {})["tied_head"] = True
+    mechs = getattr(args, "mech", None) or []
+    if mechs:
+        from mugpt.mechanisms import available, parse_mech_spec
+
+        entries = list(values.get("mechanisms", []))
+        names = available()
+        for spec in mechs:
+            name, params = parse_mech_spec(spec)
+            if name not in names:
+                raise ConfigError(f"unknown mechanism {name!r}; choose one of {names}")
+            entries = [e for e in entries if e.get("name") != name] + [{"name": name, **params}]
+        values["mechanisms"] = entries
+    cfg = RunConfig.from_dict(values)
+    cfg.build_mechanisms()  # validate mechanism parameters now, before any work starts
+    return cfg
