@@ -1,0 +1,234 @@
+"""``mugpt run``: learn a stream prequentially and write a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from mugpt.cli.common import add_run_config_args, run_config_from_args
+from mugpt.errors import ConfigError, StreamError
+
+DESCRIPTION = """\
+Learn a byte stream online, under the prequential protocol: each byte is predicted, its loss
+recorded, and only then learned from. Prints a progress bar (bytes/s, running bits per byte),
+then a per-phase table beside gzip, bzip2, xz, zstd and PPMd on the same bytes, and writes a
+run directory: config.json, summary.json, log.csv (per-byte losses), events.json,
+checkpoint.npz and plot.png.
+
+What is read: INPUT (a file, or - for standard input), else --stream / --stream-file, else
+the `stream` of --config, else the built-in default phased stream (prose, code, stories,
+prose again).
+"""
+
+EPILOG = """\
+examples:
+  mugpt run                                   the default stream, seed config, k = 1
+  mugpt run book.txt --out runs/book --update-every 32
+  mugpt run --stream "prose=stdlib-prose:50k,code=stdlib-code:50k,prose=stdlib-prose:50k"
+  cat notes.txt | mugpt run - --d-model 32 --layers 2 --lr 3e-3
+  mugpt run --mech replay:capacity=256 --mech cache --max-bytes 100k
+  mugpt run --resume runs/book/checkpoint.npz book.txt --out runs/book-more
+
+stream spec: comma-separated phases LABEL=SOURCE:BUDGET (budget in bytes, k/M suffixes);
+sources: file:PATH, dir:PATH, text:..., stdin, stdlib-prose, stdlib-code, random, repeat,
+counting, stories, tinystories:valid|train. A label may recur to measure forgetting.
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="learn a stream online and write a run directory",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", nargs="?", metavar="INPUT", help="a file to learn, or - for stdin")
+    s = p.add_argument_group("stream")
+    s.add_argument("--stream", metavar="SPEC", help="a phased stream, e.g. a=stdlib-prose:50k,b=stdlib-code:50k")  # fmt: skip
+    s.add_argument("--stream-file", metavar="FILE", help="a TOML/JSON file of phases")
+    s.add_argument("--shuffle", action="store_true", help="shuffle the phase order (seeded)")
+    s.add_argument("--max-bytes", metavar="N", help="stop after N bytes in all (k/M suffixes)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", metavar="DIR", help="run directory (default runs/run-DATE-TIME)")
+    o.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    o.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint")
+    o.add_argument("--no-baselines", action="store_true", help="skip gzip/xz/PPMd yardsticks")
+    o.add_argument("--export", metavar="FORMATS", default="",
+                   help="also export the per-byte log: jsonl, parquet, tensorboard (comma list)")  # fmt: skip
+    o.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    add_run_config_args(p)
+    p.set_defaults(func=main)
+
+
+def parse_size(text: str) -> int:
+    """``300``, ``50k``, ``2M`` → bytes (k = 1000, M = 1000000; Ki/Mi are powers of 1024)."""
+    t = text.strip()
+    mult = 1
+    for suffix, factor in (("Ki", 1024), ("Mi", 1 << 20), ("k", 1000), ("K", 1000), ("M", 10**6)):  # fmt: skip
+        if t.endswith(suffix):
+            t, mult = t[: -len(suffix)], factor
+            break
+    try:
+        value = int(float(t) * mult)
+    except ValueError:
+        raise ConfigError(f"size {text!r} is not a number of bytes (e.g. 5000, 50k, 2M)") from None
+    if value < 1:
+        raise ConfigError(f"size {text!r} must be at least 1 byte")
+    return value
+
+
+def resolve_stream(args: argparse.Namespace, cfg: Any) -> tuple[Any, str]:
+    """Builds the stream the arguments ask for; returns it and its spec (for config.json)."""
+    from mugpt.corpus import Stream, build_stream, default_stream, load_stream_file
+
+    shuffle = getattr(args, "shuffle", False)
+    if args.input is not None:
+        if args.input == "-":
+            data = sys.stdin.buffer.read()
+            if not data:
+                raise StreamError("standard input is empty; pipe some bytes in or give a file")
+            return Stream.from_bytes(data, label="stdin", source="stdin"), "stdin"
+        path = Path(args.input)
+        if path.is_dir():
+            raise StreamError(f"INPUT {args.input!r} is a directory; give a file, or use --stream dir:{args.input}")  # fmt: skip
+        if not path.exists():
+            raise StreamError(f"INPUT {args.input!r} does not exist; give a readable file or - for stdin")  # fmt: skip
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise StreamError(f"cannot read INPUT {args.input!r}: {exc.strerror}; check its permissions") from None  # fmt: skip
+        if not data:
+            raise StreamError(f"INPUT {args.input!r} is empty; there is nothing to learn")
+        spec = f"input=file:{path.resolve()}"
+        stream = Stream.from_bytes(data, label="input", source=f"file:{path.resolve()}")
+        stream.spec = spec
+        return stream, spec
+    if args.stream:
+        return build_stream(args.stream, seed=cfg.seed, shuffle=shuffle), args.stream
+    if args.stream_file:
+        stream = load_stream_file(args.stream_file, seed=cfg.seed)
+        return stream, stream.spec
+    if cfg.stream:
+        return build_stream(cfg.stream, seed=cfg.seed, shuffle=shuffle), cfg.stream
+    stream = default_stream(seed=cfg.seed)
+    return stream, stream.spec
+
+
+def _progress(quiet: bool) -> Any:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]learning[/]"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f} B"),
+        TextColumn("{task.fields[speed]:>8,.0f} B/s"),
+        TextColumn("bpb {task.fields[bpb]:.3f}"),
+        TimeRemainingColumn(),
+        transient=False,
+        disable=quiet,
+        console=_console(),
+    )
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def print_summary(summary: dict[str, Any], out: Path | None) -> None:
+    """The per-phase table and the headline figures beside the compressors."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+
+    def fmt(x: Any, spec: str = ".3f") -> str:
+        return "—" if x is None else format(x, spec)
+
+    table = Table(title="per phase (prequential bits per byte)")
+    for col in ("phase", "label", "bytes", "bpb", "recovery (B)", "forgetting (bpb)"):
+        table.add_column(col, justify="right" if col not in ("label",) else "left")
+    for i, row in enumerate(summary["phases"]):
+        rec = row.get("recovery_bytes")
+        rec_text = fmt(rec, ",d") if rec is not None else ("not recovered" if row.get("recovered") is False else "—")  # fmt: skip
+        table.add_row(str(i), row["label"], f"{row['bytes_seen']:,}", fmt(row["bpb"]),
+                      rec_text, fmt(row.get("forgetting_bpb"), "+.3f"))  # fmt: skip
+    console.print(table)
+    totals = Table(title="whole stream (bits per byte; lower is better)")
+    totals.add_column("model")
+    totals.add_column("bpb", justify="right")
+    totals.add_row("μGPT (prequential)", fmt(summary["bpb"]))
+    names = {"gzip": "gzip -9", "bzip2": "bzip2 -9", "xz": "xz -9e", "zstd": "zstd -19", "ppmd": "PPMd order 6"}  # fmt: skip
+    for key, value in (summary.get("baselines") or {}).items():
+        totals.add_row(names.get(key, key), fmt(value))
+    console.print(totals)
+    mech_text = ", ".join(m["name"] + ("" if m.get("strict_online", True) else " (not strict-online)") for m in summary.get("mechanisms", [])) or "none"  # fmt: skip
+    console.print(
+        f"{summary['bytes']:,} bytes · {summary['bytes_per_s']:,.0f} B/s · "
+        f"{summary['updates']:,} updates · {summary.get('params', 0):,} params · "
+        f"k = {summary.get('update_every')} · window loss {summary.get('window_loss')} · "
+        f"mechanisms: {mech_text}"
+    )
+    if out is not None:
+        console.print(f"run directory: [bold]{out}[/]")
+
+
+def main(args: argparse.Namespace) -> int:
+    from mugpt.engine import load_checkpoint
+    from mugpt.engine.config import RunConfig
+    from mugpt.engine.rundir import check_out_dir, write_run_dir
+    from mugpt.engine.summary import build_summary
+
+    if args.resume:
+        learner = load_checkpoint(args.resume)
+        extra = getattr(learner, "checkpoint_extra", {})
+        cfg = RunConfig.from_dict(extra.get("run_config", {}))
+        if args.input is None and not args.stream and not args.stream_file:
+            spec = extra.get("stream_spec", "")
+            if spec == "stdin":
+                raise StreamError("this run read standard input; give the same bytes again as INPUT (or -)")  # fmt: skip
+            args.stream = spec or None
+    else:
+        cfg = run_config_from_args(args)
+        learner = None
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+    check_out_dir(out, args.force)
+    max_bytes = parse_size(args.max_bytes) if args.max_bytes else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stream, spec = resolve_stream(args, cfg)
+    for w in caught:
+        _console().print(f"[yellow]warning:[/] {w.message}")
+    if learner is None:
+        learner = cfg.build_learner()
+    if learner.position > len(stream):
+        raise StreamError(
+            f"the checkpoint is at byte {learner.position:,} but the stream has only "
+            f"{len(stream):,} bytes; resume with the same stream"
+        )
+    total = len(stream) if max_bytes is None else min(len(stream), max_bytes)
+    with _progress(args.quiet) as progress:
+        task = progress.add_task("learn", total=total, completed=learner.position, speed=0.0, bpb=float("nan"))  # fmt: skip
+        t0, start_pos = time.perf_counter(), learner.position
+
+        def report(pos: int, end: int, bpb: float) -> None:
+            speed = (pos - start_pos) / max(time.perf_counter() - t0, 1e-9)
+            progress.update(task, completed=pos, speed=speed, bpb=bpb)
+
+        result = learner.run(stream, max_bytes=max_bytes, progress=report)
+    summary = build_summary(result, cfg, baselines=not args.no_baselines)
+    extra_config = {"stream_spec": spec}
+    out = write_run_dir(out, learner, result, cfg, summary, force=args.force, extra_config=extra_config)  # fmt: skip
+    if args.export:
+        from mugpt.engine.export import export_run
+
+        export_run(out, formats=[f.strip() for f in args.export.split(",") if f.strip()])
+    if not args.quiet:
+        print_summary(summary, out)
+    return 0
