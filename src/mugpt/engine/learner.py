@@ -243,6 +243,7 @@ class Learner:
             new_positions=new_positions,
             hidden=acts.hidden[0],
             rng=self.rng,
+            optimizer=self.optimizer,
             lr=self.lr,
             context=cfg.context,
         )
@@ -284,9 +285,10 @@ class Learner:
         for mech in active:
             windows = mech.extra_windows(ctx)
             opt = mech.extra_optimizer()
-            for w in windows:
-                self._train_extra(np.asarray(w, dtype=np.int64), opt)
-                replays += 1
+            extra_bits = [self._train_extra(np.asarray(w, dtype=np.int64), opt) for w in windows]
+            replays += len(windows)
+            if windows:
+                mech.replayed(ctx, extra_bits)
         if replays:
             ctx.emit("replay", count=replays)
 
@@ -333,22 +335,24 @@ class Learner:
             self.counters.nonfinite += 1
         return info.grad_norm
 
-    def _train_extra(self, symbols: np.ndarray, optimizer: Optimizer | None) -> None:
+    def _train_extra(self, symbols: np.ndarray, optimizer: Optimizer | None) -> float:
+        """One update on an extra window; returns its mean loss in bits before the update."""
         assert 2 <= symbols.size <= self.model_cfg.context + 1, symbols.size
         inputs, targets = symbols[:-1], symbols[1:]
         weights = (targets != BOS).astype(np.float64)
         if not weights.any():
-            return
+            return float("nan")
         acts = self.model.forward(inputs[None, :])
         self.counters.forward_passes += 1
         self.grads.flat[:] = 0.0
-        self.model.backward(acts, targets[None, :], weights[None, :], self.grads)
+        nats = self.model.backward(acts, targets[None, :], weights[None, :], self.grads)
         self.counters.backward_passes += 1
         info = (optimizer or self.optimizer).step(self.model.params.flat, self.grads.flat)
         if info.applied:
             self.counters.replay_updates += 1
         else:
             self.counters.nonfinite += 1
+        return float(nats / np.log(2.0))
 
     def predict_next(self) -> np.ndarray:
         """The model's distribution (V,) for the next byte given the history, with no update

@@ -49,6 +49,7 @@ class StepContext:
     loss_bits: np.ndarray | None = None  # (k,) recorded losses, set before observe()
     window_loss_bits: float | None = None  # mean loss of the update's positions, in bits
     grad_norm: float | None = None  # set before transform_grads()
+    optimizer: Any = None  # the main optimiser (read-only: replay copies its settings)
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def emit(self, kind: str, **data: Any) -> None:
@@ -131,6 +132,11 @@ class Mechanism:
 
     def extra_windows(self, ctx: StepContext) -> list[np.ndarray]:
         return []
+
+    def replayed(self, ctx: StepContext, losses_bits: list[float]) -> None:
+        """After the extra windows were trained on: the mean loss (bits) of each, in the order
+        ``extra_windows`` returned them, measured by the forward pass before its update."""
+        return None
 
     def extra_optimizer(self) -> Any:
         """An optimiser of its own for the extra windows, or None to share the main one."""
