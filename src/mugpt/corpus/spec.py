@@ -35,7 +35,7 @@ _UNITS = {
     "": 1, "k": 1000, "K": 1000, "M": 1000**2, "G": 1000**3,
     "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3,
 }  # fmt: skip
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(k|K|M|G|Ki|Mi|Gi)?(?:B|iB)?")
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|k|K|M|G)?B?")
 _LABEL_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 SIZE_HELP = "write a size like 50000, 50k, 1.5M or 64Ki"
 
@@ -49,8 +49,6 @@ def parse_size(text: str) -> int | None:
     m = _SIZE_RE.fullmatch(text.strip())
     if m is None:
         return None
-    if m.group(2) is None and text.strip().endswith("iB"):
-        return None  # "5iB" is not a size
     try:
         value = Decimal(m.group(1)) * _UNITS[m.group(2) or ""]
     except InvalidOperation:  # pragma: no cover - the regex admits only plain decimals
