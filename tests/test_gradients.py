@@ -33,14 +33,31 @@ def _loss(model: GPT, idx, targets, weights) -> float:
 
 
 CONFIGS = {
-    "two-layer-relu": ModelConfig(n_layers=2, d_model=8, n_heads=2, d_ff=12, context=8,
-                                   dtype="float64", init_std=0.3),
-    "two-layer-gelu-tied": ModelConfig(n_layers=2, d_model=8, n_heads=4, d_ff=16, context=8,
-                                        activation="gelu", tied_head=True, dtype="float64",
-                                        init_std=0.3),
-    "silu": ModelConfig(n_layers=1, d_model=6, n_heads=3, d_ff=10, context=8,
-                        activation="silu", dtype="float64", init_std=0.3),
-}  # fmt: skip
+    "two-layer-relu": ModelConfig(
+        n_layers=2, d_model=8, n_heads=2, d_ff=12, context=8, dtype="float64", init_std=0.3
+    ),
+    "two-layer-gelu-tied": ModelConfig(
+        n_layers=2,
+        d_model=8,
+        n_heads=4,
+        d_ff=16,
+        context=8,
+        activation="gelu",
+        tied_head=True,
+        dtype="float64",
+        init_std=0.3,
+    ),
+    "silu": ModelConfig(
+        n_layers=1,
+        d_model=6,
+        n_heads=3,
+        d_ff=10,
+        context=8,
+        activation="silu",
+        dtype="float64",
+        init_std=0.3,
+    ),
+}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -80,8 +97,11 @@ def _torch_loss(cfg: ModelConfig, params: dict, idx, targets, weights):
     x = params["wte"][idx] + params["wpe"][: idx.shape[1]]
     b, t, c = x.shape
     h, d = cfg.n_heads, cfg.head_dim
-    act = {"relu": torch.relu, "gelu": lambda a: torch.nn.functional.gelu(a, approximate="tanh"),
-           "silu": torch.nn.functional.silu}[cfg.activation]  # fmt: skip
+    act = {
+        "relu": torch.relu,
+        "gelu": lambda a: torch.nn.functional.gelu(a, approximate="tanh"),
+        "silu": torch.nn.functional.silu,
+    }[cfg.activation]
 
     def rms(z, g):
         return z * torch.rsqrt((z * z).mean(-1, keepdim=True) + 1e-5) * g
@@ -97,8 +117,9 @@ def _torch_loss(cfg: ModelConfig, params: dict, idx, targets, weights):
         x = x + act(rms(x, params[p + "ln2"]) @ params[p + "mlp.w_in"]) @ params[p + "mlp.w_out"]
     head = params["wte"].T if cfg.tied_head else params["lm_head"]
     logits = rms(x, params["ln_f"]) @ head
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, 257), targets.reshape(-1),
-                                            reduction="none").view(b, t)  # fmt: skip
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 257), targets.reshape(-1), reduction="none"
+    ).view(b, t)
     return (nll * weights).sum() / weights.sum()
 
 
@@ -110,13 +131,15 @@ def test_backward_matches_pytorch_autograd(name: str) -> None:
     loss = model.backward(model.forward(idx), targets, weights, grads)
 
     tparams = {n: torch.tensor(model.params[n], requires_grad=True) for n in model.params}
-    tloss = _torch_loss(cfg, tparams, torch.tensor(idx), torch.tensor(targets),
-                        torch.tensor(weights))  # fmt: skip
+    tloss = _torch_loss(
+        cfg, tparams, torch.tensor(idx), torch.tensor(targets), torch.tensor(weights)
+    )
     tloss.backward()
     assert loss == pytest.approx(tloss.item(), rel=1e-10)
     for n in model.params:
-        np.testing.assert_allclose(grads[n], tparams[n].grad.numpy(), rtol=1e-8, atol=1e-10,
-                                   err_msg=n)  # fmt: skip
+        np.testing.assert_allclose(
+            grads[n], tparams[n].grad.numpy(), rtol=1e-8, atol=1e-10, err_msg=n
+        )
 
 
 def test_seed_config_float32_gradients_agree_with_float64() -> None:

@@ -30,9 +30,13 @@ _OPTIM_FLAGS: list[tuple[str, str, type, str]] = [
 ]
 _LEARNER_FLAGS: list[tuple[str, str, type, str]] = [
     ("--update-every", "update_every", int, "k: bytes per step before one update (seed: 1)"),
-    ("--window-loss", "window_loss", str, "all | new: train on every window position or only "
-     "the k newest (seed: all)"),
-]  # fmt: skip
+    (
+        "--window-loss",
+        "window_loss",
+        str,
+        "all | new: train on every window position or only the k newest (seed: all)",
+    ),
+]
 
 
 def _dest(flag: str) -> str:
@@ -41,18 +45,36 @@ def _dest(flag: str) -> str:
 
 def add_run_config_args(parser: argparse.ArgumentParser, mechanisms: bool = True) -> None:
     """Adds --preset, --config, --seed and the model/optimiser/learner/mechanism flags."""
-    g = parser.add_argument_group("configuration (flags override --config, which overrides --preset)")
-    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="a named starting configuration (default: seed, the original μGPT)")  # fmt: skip
-    g.add_argument("--config", metavar="FILE", help="TOML or JSON file with [model], [optim], "
-                   "[learner], [[mechanisms]], stream and seed")  # fmt: skip
-    g.add_argument("--seed", type=int, default=None, help="seeds init, mechanisms and generated "
-                   "streams (default 0)")  # fmt: skip
+    g = parser.add_argument_group(
+        "configuration (flags override --config, which overrides --preset)"
+    )
+    g.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a named starting configuration (default: seed, the original μGPT)",
+    )
+    g.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML or JSON file with [model], [optim], [learner], [[mechanisms]], stream and seed",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seeds init, mechanisms and generated streams (default 0)",
+    )
     m = parser.add_argument_group("model")
     for flag, _key, typ, text in _MODEL_FLAGS:
         m.add_argument(flag, dest=_dest(flag), type=typ, default=None, help=text)
-    m.add_argument("--tied-head", dest="cfg_tied_head", action="store_true", default=None,
-                   help="share the embedding and output matrices")  # fmt: skip
+    m.add_argument(
+        "--tied-head",
+        dest="cfg_tied_head",
+        action="store_true",
+        default=None,
+        help="share the embedding and output matrices",
+    )
     o = parser.add_argument_group("optimiser")
     for flag, _key, typ, text in _OPTIM_FLAGS:
         o.add_argument(flag, dest=_dest(flag), type=typ, default=None, help=text)
@@ -79,7 +101,11 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         values["preset"] = args.preset
     if getattr(args, "seed", None) is not None:
         values["seed"] = args.seed
-    for section, flags in (("model", _MODEL_FLAGS), ("optim", _OPTIM_FLAGS), ("learner", _LEARNER_FLAGS)):  # fmt: skip
+    for section, flags in (
+        ("model", _MODEL_FLAGS),
+        ("optim", _OPTIM_FLAGS),
+        ("learner", _LEARNER_FLAGS),
+    ):
         for flag, key, _typ, _text in flags:
             value = getattr(args, _dest(flag), None)
             if value is not None:

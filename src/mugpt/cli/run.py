@@ -49,7 +49,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("input", nargs="?", metavar="INPUT", help="a file to learn, or - for stdin")
     s = p.add_argument_group("stream")
-    s.add_argument("--stream", metavar="SPEC", help="a phased stream, e.g. a=stdlib-prose:50k,b=stdlib-code:50k")  # fmt: skip
+    s.add_argument(
+        "--stream",
+        metavar="SPEC",
+        help="a phased stream, e.g. a=stdlib-prose:50k,b=stdlib-code:50k",
+    )
     s.add_argument("--stream-file", metavar="FILE", help="a TOML/JSON file of phases")
     s.add_argument("--shuffle", action="store_true", help="shuffle the phase order (seeded)")
     s.add_argument("--max-bytes", metavar="N", help="stop after N bytes in all (k/M suffixes)")
@@ -58,8 +62,12 @@ def register(sub: Any) -> None:
     o.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
     o.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from its checkpoint")
     o.add_argument("--no-baselines", action="store_true", help="skip gzip/xz/PPMd yardsticks")
-    o.add_argument("--export", metavar="FORMATS", default="",
-                   help="also export the per-byte log: jsonl, parquet, tensorboard (comma list)")  # fmt: skip
+    o.add_argument(
+        "--export",
+        metavar="FORMATS",
+        default="",
+        help="also export the per-byte log: jsonl, parquet, tensorboard (comma list)",
+    )
     o.add_argument("--quiet", action="store_true", help="no progress bar or table")
     add_run_config_args(p)
     p.set_defaults(func=main)
@@ -69,7 +77,7 @@ def parse_size(text: str) -> int:
     """``300``, ``50k``, ``2M`` → bytes (k = 1000, M = 1000000; Ki/Mi are powers of 1024)."""
     t = text.strip()
     mult = 1
-    for suffix, factor in (("Ki", 1024), ("Mi", 1 << 20), ("k", 1000), ("K", 1000), ("M", 10**6)):  # fmt: skip
+    for suffix, factor in (("Ki", 1024), ("Mi", 1 << 20), ("k", 1000), ("K", 1000), ("M", 10**6)):
         if t.endswith(suffix):
             t, mult = t[: -len(suffix)], factor
             break
@@ -95,13 +103,19 @@ def resolve_stream(args: argparse.Namespace, cfg: Any) -> tuple[Any, str]:
             return Stream.from_bytes(data, label="stdin", source="stdin"), "stdin"
         path = Path(args.input)
         if path.is_dir():
-            raise StreamError(f"INPUT {args.input!r} is a directory; give a file, or use --stream dir:{args.input}")  # fmt: skip
+            raise StreamError(
+                f"INPUT {args.input!r} is a directory; give a file, or use --stream dir:{args.input}"
+            )
         if not path.exists():
-            raise StreamError(f"INPUT {args.input!r} does not exist; give a readable file or - for stdin")  # fmt: skip
+            raise StreamError(
+                f"INPUT {args.input!r} does not exist; give a readable file or - for stdin"
+            )
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise StreamError(f"cannot read INPUT {args.input!r}: {exc.strerror}; check its permissions") from None  # fmt: skip
+            raise StreamError(
+                f"cannot read INPUT {args.input!r}: {exc.strerror}; check its permissions"
+            ) from None
         if not data:
             raise StreamError(f"INPUT {args.input!r} is empty; there is nothing to learn")
         spec = f"input=file:{path.resolve()}"
@@ -156,19 +170,41 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
         table.add_column(col, justify="right" if col not in ("label",) else "left")
     for i, row in enumerate(summary["phases"]):
         rec = row.get("recovery_bytes")
-        rec_text = fmt(rec, ",d") if rec is not None else ("not recovered" if row.get("recovered") is False else "—")  # fmt: skip
-        table.add_row(str(i), row["label"], f"{row['bytes_seen']:,}", fmt(row["bpb"]),
-                      rec_text, fmt(row.get("forgetting_bpb"), "+.3f"))  # fmt: skip
+        rec_text = (
+            fmt(rec, ",d")
+            if rec is not None
+            else ("not recovered" if row.get("recovered") is False else "—")
+        )
+        table.add_row(
+            str(i),
+            row["label"],
+            f"{row['bytes_seen']:,}",
+            fmt(row["bpb"]),
+            rec_text,
+            fmt(row.get("forgetting_bpb"), "+.3f"),
+        )
     console.print(table)
     totals = Table(title="whole stream (bits per byte; lower is better)")
     totals.add_column("model")
     totals.add_column("bpb", justify="right")
     totals.add_row("μGPT (prequential)", fmt(summary["bpb"]))
-    names = {"gzip": "gzip -9", "bzip2": "bzip2 -9", "xz": "xz -9e", "zstd": "zstd -19", "ppmd": "PPMd order 6"}  # fmt: skip
+    names = {
+        "gzip": "gzip -9",
+        "bzip2": "bzip2 -9",
+        "xz": "xz -9e",
+        "zstd": "zstd -19",
+        "ppmd": "PPMd order 6",
+    }
     for key, value in (summary.get("baselines") or {}).items():
         totals.add_row(names.get(key, key), fmt(value))
     console.print(totals)
-    mech_text = ", ".join(m["name"] + ("" if m.get("strict_online", True) else " (not strict-online)") for m in summary.get("mechanisms", [])) or "none"  # fmt: skip
+    mech_text = (
+        ", ".join(
+            m["name"] + ("" if m.get("strict_online", True) else " (not strict-online)")
+            for m in summary.get("mechanisms", [])
+        )
+        or "none"
+    )
     console.print(
         f"{summary['bytes']:,} bytes · {summary['bytes_per_s']:,.0f} B/s · "
         f"{summary['updates']:,} updates · {summary.get('params', 0):,} params · "
@@ -192,7 +228,9 @@ def main(args: argparse.Namespace) -> int:
         if args.input is None and not args.stream and not args.stream_file:
             spec = extra.get("stream_spec", "")
             if spec == "stdin":
-                raise StreamError("this run read standard input; give the same bytes again as INPUT (or -)")  # fmt: skip
+                raise StreamError(
+                    "this run read standard input; give the same bytes again as INPUT (or -)"
+                )
             args.stream = spec or None
     else:
         cfg = run_config_from_args(args)
@@ -214,7 +252,9 @@ def main(args: argparse.Namespace) -> int:
         )
     total = len(stream) if max_bytes is None else min(len(stream), max_bytes)
     with _progress(args.quiet) as progress:
-        task = progress.add_task("learn", total=total, completed=learner.position, speed=0.0, bpb=float("nan"))  # fmt: skip
+        task = progress.add_task(
+            "learn", total=total, completed=learner.position, speed=0.0, bpb=float("nan")
+        )
         t0, start_pos = time.perf_counter(), learner.position
 
         def report(pos: int, end: int, bpb: float) -> None:
@@ -224,7 +264,9 @@ def main(args: argparse.Namespace) -> int:
         result = learner.run(stream, max_bytes=max_bytes, progress=report)
     summary = build_summary(result, cfg, baselines=not args.no_baselines)
     extra_config = {"stream_spec": spec}
-    out = write_run_dir(out, learner, result, cfg, summary, force=args.force, extra_config=extra_config)  # fmt: skip
+    out = write_run_dir(
+        out, learner, result, cfg, summary, force=args.force, extra_config=extra_config
+    )
     if args.export:
         from mugpt.engine.export import export_run
 

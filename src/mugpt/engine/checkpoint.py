@@ -103,7 +103,7 @@ def save_checkpoint(learner: Any, path: str | Path, extra: dict[str, Any] | None
     }
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -155,11 +155,13 @@ def load_checkpoint(path: str | Path) -> Any:
     header, arrays = read_checkpoint(path)
     try:
         cfg = header["config"]
-        mechanisms = []
+        mechanisms: list[Any] = []
         for entry in header["mechanisms"]:
             mech = make_mechanism((entry["name"], entry["config"]))
             mech.enabled = entry["enabled"]
-            mech.load_state_dict(_join_state(f"mech{len(mechanisms)}/", entry["state"], _Files(arrays)))  # fmt: skip
+            mech.load_state_dict(
+                _join_state(f"mech{len(mechanisms)}/", entry["state"], _Files(arrays))
+            )
             mechanisms.append(mech)
         learner = Learner(
             ModelConfig.from_dict(cfg["model"]),
@@ -174,7 +176,9 @@ def load_checkpoint(path: str | Path) -> Any:
                 f"config ({learner.model.params.flat.size})"
             )
         learner.model.params.flat[:] = params
-        learner.optimizer.load_state_dict(_join_state("optim/", header["optimizer"], _Files(arrays)))  # fmt: skip
+        learner.optimizer.load_state_dict(
+            _join_state("optim/", header["optimizer"], _Files(arrays))
+        )
         history = arrays["history"]
         learner._hist[: history.size] = history
         learner._hist_len = int(history.size)

@@ -16,7 +16,7 @@ import numpy as np
 
 from mugpt.errors import ConfigError
 from mugpt.mechanisms import Mechanism, StepContext
-from mugpt.model import BOS, GPT, ModelConfig, OptimConfig, Optimizer
+from mugpt.model import BOS, GPT, Activations, ModelConfig, OptimConfig, Optimizer
 from mugpt.model.config import _from_dict
 
 if TYPE_CHECKING:
@@ -176,7 +176,9 @@ class Learner:
         self._hist = np.full(4 * (ctx + 1), BOS, dtype=np.int64)
         self._hist_len = 0
         self.last: StepOutput | None = None
-        self.last_acts = None
+        self.last_acts: Activations | None = None
+        self.lr_effective = self.lr
+        self.checkpoint_extra: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ the protocol
 
@@ -206,7 +208,11 @@ class Learner:
         The very first byte of a Learner's life always gets a BOS.
         """
         cfg = self.model_cfg
-        data = np.frombuffer(new_bytes, dtype=np.uint8) if isinstance(new_bytes, bytes | bytearray) else np.asarray(new_bytes)  # fmt: skip
+        data = (
+            np.frombuffer(new_bytes, dtype=np.uint8)
+            if isinstance(new_bytes, bytes | bytearray)
+            else np.asarray(new_bytes)
+        )
         k = int(data.size)
         assert k >= 1, "a step needs at least one byte"
         starts = np.zeros(k, dtype=bool) if doc_start is None else np.asarray(doc_start, bool)
@@ -428,7 +434,9 @@ class Learner:
             raise ConfigError(f"lr={lr!r} must be a positive number (try 1e-3 .. 1e-1)")
         self.lr = float(lr)
         self.optimizer.cfg = dataclasses.replace(self.optimizer.cfg, lr=float(lr))
-        self.events.append({"pos": self.position, "step": self.counters.steps, "kind": "set_lr", "lr": float(lr)})  # fmt: skip
+        self.events.append(
+            {"pos": self.position, "step": self.counters.steps, "kind": "set_lr", "lr": float(lr)}
+        )
 
     def mechanism(self, name: str) -> Mechanism:
         for mech in self.mechanisms:
@@ -442,7 +450,9 @@ class Learner:
         if any(m.name == mech.name for m in self.mechanisms):
             raise ConfigError(f"mechanism {mech.name!r} is already present; configure it instead")
         self.mechanisms.append(mech)
-        self._event("mechanism", name=mech.name, enabled=mech.enabled, config=mech.config.model_dump())  # fmt: skip
+        self._event(
+            "mechanism", name=mech.name, enabled=mech.enabled, config=mech.config.model_dump()
+        )
 
     def set_mechanism(self, name: str, enabled: bool | None = None, **params: Any) -> None:
         """Turns a mechanism on/off and/or changes its parameters; takes effect at the next
@@ -452,10 +462,12 @@ class Learner:
             mech.configure(**params)
         if enabled is not None:
             mech.enabled = bool(enabled)
-        self._event("mechanism", name=name, enabled=mech.enabled, config=mech.config.model_dump())  # fmt: skip
+        self._event("mechanism", name=name, enabled=mech.enabled, config=mech.config.model_dump())
 
     def _event(self, kind: str, **data: Any) -> None:
-        self.events.append({"pos": self.position, "step": self.counters.steps, "kind": kind, **data})  # fmt: skip
+        self.events.append(
+            {"pos": self.position, "step": self.counters.steps, "kind": kind, **data}
+        )
 
     def config_dict(self) -> dict[str, Any]:
         return {

@@ -43,7 +43,10 @@ def write_log_csv(path: Path, losses: np.ndarray, data: bytes, labels: list[str]
             rows = [
                 f"{i},{b},{lab},{x:.6f}\n"
                 for i, b, lab, x in zip(
-                    range(lo, hi), byte_values[lo:hi].tolist(), labels[lo:hi], losses[lo:hi].tolist()
+                    range(lo, hi),
+                    byte_values[lo:hi].tolist(),
+                    labels[lo:hi],
+                    losses[lo:hi].tolist(),
                 )
             ]
             fh.write("".join(rows))
@@ -62,8 +65,13 @@ def plot_run(path: Path, result: RunResult, summary: dict[str, Any]) -> None:
     fig, ax = plt.subplots(figsize=(11, 4.5), dpi=110)
     if losses.size:
         alpha = min(1.0, 2.0 / (1 + max(50, losses.size // 200)))
-        ax.plot(np.arange(losses.size), ema(losses, alpha), lw=1.2, color="#1f4e9c",
-                label="μGPT loss (EMA)")  # fmt: skip
+        ax.plot(
+            np.arange(losses.size),
+            ema(losses, alpha),
+            lw=1.2,
+            color="#1f4e9c",
+            label="μGPT loss (EMA)",
+        )
     stream = result.stream
     palette = ["#f3e3c3", "#d9ecd0", "#d6e4f5", "#f2d4dc", "#e6dcf2", "#f5f0c4"]
     if stream is not None:
@@ -73,8 +81,15 @@ def plot_run(path: Path, result: RunResult, summary: dict[str, Any]) -> None:
                 break
             color = palette[labels.index(phase.label) % len(palette)]
             ax.axvspan(phase.start, min(phase.end, losses.size), color=color, alpha=0.6, lw=0)
-            ax.text(phase.start, 0.98, f" {phase.label}", transform=ax.get_xaxis_transform(),
-                    va="top", fontsize=8, color="#444")  # fmt: skip
+            ax.text(
+                phase.start,
+                0.98,
+                f" {phase.label}",
+                transform=ax.get_xaxis_transform(),
+                va="top",
+                fontsize=8,
+                color="#444",
+            )
         for b in summary.get("boundaries", []):
             ax.axvline(b, color="#888", lw=0.8, ls="--")
     styles = {"gzip": ":", "xz": "--", "ppmd": "-."}
@@ -85,7 +100,9 @@ def plot_run(path: Path, result: RunResult, summary: dict[str, Any]) -> None:
     ax.set_ylabel("bits per byte")
     ax.set_ylim(0, 8.5)
     ax.set_xlim(0, max(1, losses.size))
-    ax.set_title(f"prequential loss — {summary.get('bpb') or float('nan'):.3f} bpb over {losses.size:,} bytes")  # fmt: skip
+    ax.set_title(
+        f"prequential loss — {summary.get('bpb') or float('nan'):.3f} bpb over {losses.size:,} bytes"
+    )
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -126,7 +143,11 @@ def write_run_dir(
         else:
             labels, data = ["input"] * result.bytes, b"\0" * result.bytes
         write_log_csv(staging / LOG_NAME, result.losses, data, labels)
-        save_checkpoint(learner, staging / "checkpoint.npz", extra={"run_config": run_config.to_dict(), **(extra_config or {})})  # fmt: skip
+        save_checkpoint(
+            learner,
+            staging / "checkpoint.npz",
+            extra={"run_config": run_config.to_dict(), **(extra_config or {})},
+        )
         plot_run(staging / "plot.png", result, summary)
         if out.exists():
             shutil.rmtree(out)

@@ -61,7 +61,9 @@ class GPT:
         for layer in range(cfg.n_layers):
             pre = f"h{layer}."
             h, ln1 = L.rmsnorm_forward(x, p[pre + "ln1"])
-            a, attn = L.attention_forward(h, p[pre + "attn.w_qkv"], p[pre + "attn.w_o"], cfg.n_heads)
+            a, attn = L.attention_forward(
+                h, p[pre + "attn.w_qkv"], p[pre + "attn.w_o"], cfg.n_heads
+            )
             x = x + a
             h, ln2 = L.rmsnorm_forward(x, p[pre + "ln2"])
             m, mlp = L.mlp_forward(h, p[pre + "mlp.w_in"], p[pre + "mlp.w_out"], cfg.activation)

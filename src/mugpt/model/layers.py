@@ -23,9 +23,7 @@ def embedding_forward(wte: np.ndarray, wpe: np.ndarray, idx: np.ndarray) -> np.n
     return wte[idx] + wpe[:t]
 
 
-def embedding_backward(
-    dx: np.ndarray, idx: np.ndarray, dwte: np.ndarray, dwpe: np.ndarray
-) -> None:
+def embedding_backward(dx: np.ndarray, idx: np.ndarray, dwte: np.ndarray, dwpe: np.ndarray) -> None:
     """Scatter-adds dx (B, T, C) into the rows of the used tokens and positions."""
     t = idx.shape[1]
     np.add.at(dwte, idx.reshape(-1), dx.reshape(-1, dx.shape[-1]))
