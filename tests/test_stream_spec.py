@@ -152,3 +152,9 @@ def test_canonical_spec_round_trips(tmp_path: Path) -> None:
     again = build_stream(s.spec, seed=3)
     assert again.data == s.data and again.phases == s.phases
     assert again.doc_starts.tolist() == s.doc_starts.tolist()
+
+
+def test_whitespace_around_label_and_phases_is_ignored() -> None:
+    [a, b] = parse_spec(" prose = stdlib-prose:5k ,\n code=stdlib-code:1k ")
+    assert (a.label, a.source, a.budget) == ("prose", "stdlib-prose", 5000)
+    assert (b.label, b.source, b.budget) == ("code", "stdlib-code", 1000)

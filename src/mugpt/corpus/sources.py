@@ -135,7 +135,8 @@ class FileSource(Source):
 def walk_files(root: Path, skip_dirs: frozenset[str] = frozenset()) -> Iterator[Path]:
     """Yield regular files under ``root`` depth-first, each folder's entries sorted by name.
 
-    Hidden entries (names starting with ``.``) and folders named in ``skip_dirs`` are skipped.
+    Hidden entries (names starting with ``.``), folders named in ``skip_dirs`` and symbolic
+    links to folders are skipped.
     The order depends only on the names, never on the file system's listing order.
     """
     try:
@@ -145,7 +146,7 @@ def walk_files(root: Path, skip_dirs: frozenset[str] = frozenset()) -> Iterator[
     for entry in entries:
         if entry.name.startswith("."):
             continue
-        if entry.is_dir():
+        if entry.is_dir(follow_symlinks=False):  # a linked folder could loop forever
             if entry.name not in skip_dirs:
                 yield from walk_files(Path(entry.path), skip_dirs)
         elif entry.is_file():

@@ -219,6 +219,7 @@ def parse_phase(text: str, where: str, base_dir: Path | None = None) -> PhaseSpe
     rest = text
     head, eq, tail = text.partition("=")
     if eq and ":" not in head:
+        head, tail = head.strip(), tail.strip()
         if not _LABEL_RE.fullmatch(head):
             raise StreamError(f"bad label '{head}' {where}; use letters, digits, '_', '-' or '.'")
         label, rest = head, tail
