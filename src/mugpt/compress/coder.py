@@ -1,0 +1,475 @@
+"""Range coding driven by a prequential Learner: encode == decode, bit for bit.
+
+The encoder runs the Learner over the bytes exactly as ``mugpt run`` would and hands each
+recorded prediction to a range coder (Martin 1979, "Range encoding: an algorithm for removing
+redundancy from a digitised message"; the coder is ``constriction``'s queue-based
+``RangeEncoder``, Bamler 2022). The decoder rebuilds the same Learner from the file's
+configuration and must compute the *same* probabilities before it knows each byte:
+
+- ``update_every = 1``: the prediction of byte t is a forward pass over the symbols before t,
+  which the decoder has.
+- ``update_every = k > 1``: a step scores k bytes with one forward pass over a window that
+  already contains the step's earlier bytes. The decoder forms the identical window (same
+  length, same positions) with not-yet-decoded bytes set to a placeholder and reads the row
+  of the byte it decodes; causal masking makes that row independent of the placeholders
+  (masked scores are −inf, so their attention weights are exactly 0), so it equals the
+  encoder's row bit for bit. The decoder therefore spends one forward pass per byte.
+
+After each step the decoder compares the probabilities it used with those the Learner's own
+``step`` then records, and stops with a clear error if they differ in any bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+import warnings
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mugpt.compress.container import (
+    CompressedFileError,
+    Header,
+    header_bytes,
+    pack,
+    unpack,
+)
+from mugpt.compress.fingerprint import (
+    deterministic_threads,
+    fingerprint_differences,
+    platform_fingerprint,
+)
+from mugpt.errors import ConfigError, MugptError
+from mugpt.mechanisms import Mechanism, StepContext
+from mugpt.model import BOS
+
+ProgressFn = Callable[[int, int, float], None]
+"""``progress(bytes_done, bytes_total, running_bpb)``, called a few times a second."""
+
+N_BYTE_SYMBOLS = 256
+"""Only bytes are coded; BOS is never a coded symbol (its probability mass is dropped)."""
+CODER_PRECISION_BITS = 24
+"""constriction's categorical models quantise to 2^-24: the floor of every byte's
+probability, so the most a byte can cost is about 24 bits."""
+PLACEHOLDER = 0
+"""The byte that stands in for not-yet-decoded bytes of a step (any value gives the same
+predictions; tests check that)."""
+_PROGRESS_SECONDS = 0.2
+
+
+class PlatformMismatchWarning(UserWarning):
+    """The file was made on a different numeric platform; it may not decode."""
+
+
+@dataclass(frozen=True)
+class CodecReport:
+    """Sizes and speed of one compression or decompression.
+
+    ``prequential_bits`` is the Learner's Σ −log2 p over the bytes (DESIGN §2, the code
+    length a matching coder promises); ``coded_bits`` is Σ −log2 q of the distributions the
+    coder actually used (BOS mass dropped, floored at 2^-24); the payload is within a few
+    bytes of ``coded_bits / 8``.
+    """
+
+    original_bytes: int
+    compressed_bytes: int
+    header_bytes: int
+    payload_bytes: int
+    prequential_bits: float
+    coded_bits: float
+    seconds: float
+
+    @property
+    def bpb(self) -> float:
+        """Whole-file bits per original byte (header included)."""
+        return 8.0 * self.compressed_bytes / self.original_bytes if self.original_bytes else float("nan")  # fmt: skip
+
+    @property
+    def payload_bpb(self) -> float:
+        return 8.0 * self.payload_bytes / self.original_bytes if self.original_bytes else float("nan")  # fmt: skip
+
+    @property
+    def prequential_bpb(self) -> float:
+        return self.prequential_bits / self.original_bytes if self.original_bytes else float("nan")  # fmt: skip
+
+    @property
+    def bytes_per_s(self) -> float:
+        """Original bytes per second of wall time."""
+        return self.original_bytes / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values.update(bpb=self.bpb, payload_bpb=self.payload_bpb,
+                      prequential_bpb=self.prequential_bpb, bytes_per_s=self.bytes_per_s)  # fmt: skip
+        return values
+
+    def summary_line(self, verb: str) -> str:
+        """One line for the terminal, e.g. ``compressed 1,000 → 312 bytes ...``."""
+        if verb == "compressed":
+            sizes = f"{self.original_bytes:,} → {self.compressed_bytes:,} bytes"
+        else:
+            sizes = f"{self.compressed_bytes:,} → {self.original_bytes:,} bytes"
+        return (
+            f"{verb} {sizes}: {self.bpb:.4f} bpb (payload {self.payload_bytes:,} B = "
+            f"{self.payload_bpb:.4f} bpb, header {self.header_bytes:,} B); prequential "
+            f"{self.prequential_bpb:.4f} bpb; {self.seconds:.2f} s, {self.bytes_per_s:,.0f} B/s"
+        )
+
+
+# ---------------------------------------------------------------------------- coding model
+
+
+def coding_probs(probs: np.ndarray) -> np.ndarray:
+    """The distributions handed to the range coder: the byte entries of the Learner's
+    prediction(s) (V = 257 → 256, dropping BOS), with anything not finite and positive
+    set to 0. constriction rescales each row to an exact fixed-point distribution and gives
+    every symbol, zero included, at least 2^-24, so no byte is ever unencodable.
+
+    Elementwise, so a (k, V) batch gives the same rows as k single calls.
+
+    Example:
+        >>> q = coding_probs(np.array([0.5, np.nan, -1.0] + [0.0] * 254))
+        >>> q.shape, q[:3].tolist()
+        ((256,), [0.5, 0.0, 0.0])
+    """
+    q = np.asarray(probs, dtype=np.float64)[..., :N_BYTE_SYMBOLS]
+    return np.where(np.isfinite(q) & (q > 0), q, 0.0)
+
+
+def coded_bits(q: np.ndarray, symbols: np.ndarray) -> float:
+    """Σ −log2 of each symbol's share of its row of ``q`` (floored at 2^-24): the size the
+    range coder approaches, up to its quantisation and a word of termination."""
+    q = np.atleast_2d(q)
+    totals = q.sum(axis=-1)
+    picked = q[np.arange(q.shape[0]), symbols]
+    share = np.where(totals > 0, picked / np.where(totals > 0, totals, 1.0), 1.0 / N_BYTE_SYMBOLS)  # fmt: skip
+    return float(-np.log2(np.maximum(share, 2.0**-CODER_PRECISION_BITS)).sum())
+
+
+def _family() -> Any:
+    import constriction
+
+    return constriction.stream.model.Categorical(perfect=False)
+
+
+def _coder_description() -> dict[str, Any]:
+    return {"name": "range", "library": "constriction", "word_bits": 32,
+            "model": "categorical", "perfect": False, "symbols": N_BYTE_SYMBOLS}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- the schedule
+
+
+def step_sizes(n: int, update_every: int, context: int) -> Iterator[int]:
+    """The bytes of each step when a Learner reads ``n`` bytes of one document, ``k`` per
+    step: the schedule of :meth:`Learner.run` (the first step also holds the BOS, and a step
+    holds at most ``context`` symbols).
+
+    Example:
+        >>> list(step_sizes(10, 4, 4))
+        [3, 4, 3]
+    """
+    pos = 0
+    while pos < n:
+        size = min(update_every, n - pos, context - (1 if pos == 0 else 0))
+        size = max(size, 1)
+        yield size
+        pos += size
+
+
+def _check_supported(run_config: Any) -> None:
+    for name in ("batch_streams", "sub_streams", "streams", "batch"):
+        value = getattr(run_config.learner, name, 1)
+        if isinstance(value, int) and value > 1:
+            raise ConfigError(
+                f"compress codes one stream; learner.{name}={value} (interleaved sub-streams) "
+                "is not supported by the compressed format yet — drop it for compression"
+            )
+
+
+# ---------------------------------------------------------------------------- prediction
+
+
+def _step_symbols(learner: Any, data: np.ndarray) -> np.ndarray:
+    """The symbols a step appends: the bytes, after a BOS on the Learner's first step."""
+    first = learner.position == 0 and learner.history.size == 0
+    symbols = data.astype(np.int64)
+    return np.concatenate([[BOS], symbols]) if first else symbols
+
+
+def _adjusting(learner: Any) -> list[Mechanism]:
+    """Active mechanisms that change predictions (the rest do not matter before a step)."""
+    return [
+        m
+        for m in learner.mechanisms
+        if m.enabled and type(m).adjust_prediction is not Mechanism.adjust_prediction
+    ]
+
+
+def predict_in_step(learner: Any, data: np.ndarray, j: int) -> np.ndarray:
+    """The distribution (V,) that ``learner.step(data)`` will record for ``data[j]``,
+    computed from ``data[:j]`` alone (``data[j:]`` may hold anything) and without changing
+    the Learner.
+
+    It forms the step's exact window and runs the same forward pass and the same
+    ``adjust_prediction`` hooks (on a copy of the Learner's generator), then reads row j.
+    """
+    cfg = learner.model_cfg
+    k = int(data.size)
+    symbols = _step_symbols(learner, data)
+    window = np.concatenate([learner.history, symbols])[-(cfg.context + 1) :]
+    inputs, targets = window[:-1], window[1:]
+    n = inputs.size
+    slots = np.arange(max(0, n - symbols.size), n)
+    new_positions = slots[targets[slots] != BOS]
+    assert new_positions.size == k
+    acts = learner.model.forward(inputs[None, :])
+    mechanisms = _adjusting(learner)
+    if not mechanisms:
+        return acts.probs[0, new_positions[j]].astype(np.float64)
+    fields = {f.name for f in dataclasses.fields(StepContext)}
+    extra = {"optimizer": learner.optimizer} if "optimizer" in fields else {}
+    ctx = StepContext(
+        step=learner.counters.steps,
+        position=learner.position,
+        new_bytes=data,
+        inputs=inputs,
+        targets=targets,
+        new_positions=new_positions,
+        hidden=acts.hidden[0],
+        rng=copy.deepcopy(learner.rng),
+        lr=learner.lr,
+        context=cfg.context,
+        **extra,
+    )
+    probs = acts.probs[0, new_positions].astype(np.float64)  # (k, V)
+    for mech in mechanisms:
+        probs = mech.adjust_prediction(ctx, probs)
+    return np.asarray(probs[j], dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------- encode
+
+
+def _build_learner(run_config: Any) -> Any:
+    _check_supported(run_config)
+    return run_config.build_learner()
+
+
+def _ticker(progress: ProgressFn | None, total: int) -> Callable[..., None]:
+    last = [0.0]
+
+    def tick(done: int, learner: Any, final: bool = False) -> None:
+        if progress is None:
+            return
+        now = time.perf_counter()
+        if final or now - last[0] >= _PROGRESS_SECONDS:
+            last[0] = now
+            progress(done, total, learner.running_bpb() if done else float("nan"))
+
+    return tick
+
+
+def encode(
+    data: bytes, run_config: Any = None, progress: ProgressFn | None = None
+) -> tuple[bytes, CodecReport]:
+    """Compresses ``data`` with a Learner built from ``run_config`` (a
+    :class:`~mugpt.engine.config.RunConfig`; ``None`` = the seed preset) and returns the file
+    and a :class:`CodecReport`.
+
+    Example:
+        >>> blob, report = encode(b"hello hello hello")
+        >>> decode(blob)[0]
+        b'hello hello hello'
+        >>> report.original_bytes, abs(8 * report.payload_bytes - report.coded_bits) < 64
+        (17, True)
+    """
+    import constriction
+
+    from mugpt.engine.config import RunConfig
+
+    run_config = run_config or RunConfig()
+    data = bytes(data)
+    t0 = time.perf_counter()
+    learner = _build_learner(run_config)
+    array = np.frombuffer(data, dtype=np.uint8)
+    family = _family()
+    encoder = constriction.stream.queue.RangeEncoder()
+    tick = _ticker(progress, array.size)
+    bits = 0.0
+    with deterministic_threads():
+        pos = 0
+        for size in step_sizes(array.size, learner.cfg.update_every, learner.model_cfg.context):
+            chunk = array[pos : pos + size]
+            out = learner.step(chunk)
+            q = coding_probs(out.probs)  # (k, 256)
+            symbols = chunk.astype(np.int32)
+            encoder.encode(symbols, family, q)
+            bits += coded_bits(q, symbols)
+            pos += size
+            tick(pos, learner)
+        tick(pos, learner, True)
+        fingerprint = platform_fingerprint()
+    payload = encoder.get_compressed().astype("<u4").tobytes()
+    prequential = float(learner.losses.sum())
+    header = Header(
+        config=run_config.to_dict(),
+        length=len(data),
+        crc32=zlib.crc32(data),
+        payload_bytes=len(payload),
+        payload_crc32=zlib.crc32(payload),
+        platform=fingerprint,
+        prequential_bits=round(prequential, 3),
+        coder=_coder_description(),
+    )
+    blob = pack(header, payload)
+    report = CodecReport(
+        original_bytes=len(data),
+        compressed_bytes=len(blob),
+        header_bytes=header_bytes(blob),
+        payload_bytes=len(payload),
+        prequential_bits=prequential,
+        coded_bits=bits,
+        seconds=time.perf_counter() - t0,
+    )
+    return blob, report
+
+
+# ---------------------------------------------------------------------------- decode
+
+
+def read_header(blob: bytes) -> Header:
+    """Checks a compressed file and returns its :class:`Header` without decoding."""
+    return unpack(blob)[0]
+
+
+def decode(
+    blob: bytes, progress: ProgressFn | None = None, warn_platform: bool = True
+) -> tuple[bytes, CodecReport]:
+    """Decompresses a file made by :func:`encode`; returns the original bytes and a report.
+
+    Raises :class:`CompressedFileError` if the file is not μGPT's, is corrupt or truncated,
+    or does not decode to bytes with the recorded length and CRC32. If the file was made on
+    a different numeric platform, a :class:`PlatformMismatchWarning` is issued first.
+    """
+    import constriction
+
+    from mugpt.engine.config import RunConfig
+
+    t0 = time.perf_counter()
+    header, payload = unpack(blob)
+    if header.length == 0:
+        return b"", _decode_report(blob, header, b"", 0.0, 0.0, t0)
+    try:
+        run_config = RunConfig.from_dict(header.config)
+        learner = _build_learner(run_config)
+    except MugptError as exc:
+        raise CompressedFileError(
+            f"the file's configuration cannot be rebuilt by this mugpt ({exc}); decode it with "
+            "the mugpt release that made it"
+        ) from None
+    mismatch = fingerprint_differences(header.platform, platform_fingerprint())
+    if mismatch and warn_platform:
+        warnings.warn(
+            "this file was made on a different numeric platform ("
+            + "; ".join(mismatch)
+            + "); decoding needs bit-identical arithmetic and may fail",
+            PlatformMismatchWarning,
+            stacklevel=2,
+        )
+    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    family = _family()
+    out = np.zeros(header.length, dtype=np.uint8)
+    tick = _ticker(progress, header.length)
+    bits = 0.0
+    with deterministic_threads():
+        pos = 0
+        for size in step_sizes(header.length, learner.cfg.update_every, learner.model_cfg.context):  # fmt: skip
+            chunk = np.full(size, PLACEHOLDER, dtype=np.uint8)
+            rows = np.empty((size, learner.model_cfg.vocab_size), dtype=np.float64)
+            for j in range(size):
+                rows[j] = predict_in_step(learner, chunk, j)
+                q = coding_probs(rows[j])[None, :]
+                try:
+                    chunk[j] = int(decoder.decode(family, q)[0])
+                except Exception as exc:  # constriction reports exhausted/invalid data
+                    raise CompressedFileError(
+                        f"the payload cannot be decoded at byte {pos + j:,} ({exc}); the file "
+                        "is corrupt"
+                    ) from None
+            step = learner.step(chunk)
+            recorded = np.asarray(step.probs, dtype=np.float64)
+            if not np.array_equal(recorded, rows, equal_nan=True):
+                raise CompressedFileError(_divergence_message(pos, recorded, rows, mismatch))
+            bits += coded_bits(coding_probs(rows), chunk.astype(np.int64))
+            out[pos : pos + size] = chunk
+            pos += size
+            tick(pos, learner)
+        tick(pos, learner, True)
+    original = out.tobytes()
+    if zlib.crc32(original) != header.crc32:
+        hint = (
+            " The file was made on a different numeric platform ("
+            + "; ".join(mismatch)
+            + "): decode it where it was made."
+            if mismatch
+            else " The payload passed its own CRC, so the arithmetic here differs from the "
+            "encoder's (library versions or CPU) or the file was altered."
+        )
+        raise CompressedFileError("the decoded bytes fail the CRC32 check." + hint)
+    return original, _decode_report(blob, header, original, float(learner.losses.sum()), bits, t0)
+
+
+def _divergence_message(pos: int, recorded: np.ndarray, used: np.ndarray, mismatch: list[str]) -> str:  # fmt: skip
+    bad = int(np.argmax(np.any(recorded != used, axis=-1)))
+    where = f"byte {pos + bad:,}"
+    cause = (
+        f" (the file was made on a different platform: {'; '.join(mismatch)})"
+        if mismatch
+        else " (a mechanism's prediction depends on bytes it has not seen yet, or the "
+        "Learner's step and mugpt.compress.coder.predict_in_step no longer agree)"
+    )
+    return (
+        f"decoding diverged at {where}: the probabilities available before the byte differ "
+        f"from those the Learner scored{cause}"
+    )
+
+
+def _decode_report(
+    blob: bytes, header: Header, original: bytes, prequential: float, bits: float, t0: float
+) -> CodecReport:
+    return CodecReport(
+        original_bytes=len(original),
+        compressed_bytes=len(blob),
+        header_bytes=header_bytes(blob),
+        payload_bytes=header.payload_bytes,
+        prequential_bits=prequential,
+        coded_bits=bits,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# ---------------------------------------------------------------------------- one-liners
+
+
+def compress_bytes(data: bytes, run_config: Any = None, progress: ProgressFn | None = None) -> bytes:  # fmt: skip
+    """``data`` → a self-describing compressed file (``None`` config = the seed preset).
+
+    Example:
+        >>> from mugpt.engine.config import RunConfig
+        >>> blob = compress_bytes(b"abcabcabc", RunConfig.from_dict({"learner": {"update_every": 4}}))
+        >>> decompress_bytes(blob)
+        b'abcabcabc'
+    """
+    return encode(data, run_config, progress)[0]
+
+
+def decompress_bytes(blob: bytes, progress: ProgressFn | None = None) -> bytes:
+    """A file made by :func:`compress_bytes` → the original bytes (checked by CRC32)."""
+    return decode(blob, progress)[0]

@@ -1,0 +1,249 @@
+"""Compression: round trips, the promised size, determinism, and clear errors on bad files."""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mugpt.compress import (
+    MAGIC,
+    CompressedFileError,
+    PlatformMismatchWarning,
+    compress_bytes,
+    decode,
+    decompress_bytes,
+    encode,
+    read_header,
+)
+from mugpt.compress.coder import PLACEHOLDER, coding_probs, predict_in_step, step_sizes
+from mugpt.compress.container import pack, unpack
+from mugpt.engine.config import RunConfig
+from mugpt.engine.learner import Learner
+from mugpt.mechanisms import available
+
+HAS_CACHE = "cache" in available()
+needs_cache = pytest.mark.skipif(not HAS_CACHE, reason="the cache mechanism is not built yet")
+
+TEXT = (
+    "Prequential coding: predict, pay −log₂ p, then learn. Ünïcödé, 日本語, emoji 🙂.\n"
+).encode()
+RANDOM = np.random.default_rng(7).integers(0, 256, 160, dtype=np.uint8).tobytes()
+INPUTS = {
+    "empty": b"",
+    "one byte": b"\x00",
+    "all 256 values": bytes(range(256)),
+    "random": RANDOM,
+    "utf-8 text": TEXT,
+    "one repeated byte": b"z" * 150,
+    "longer than the context": b"the cat sat on the mat; " * 6,  # 144 bytes, context 32
+}
+CONFIGS = {
+    "seed": {},
+    "cache": {"mechanisms": [{"name": "cache"}]},
+}
+
+
+def config(name: str, **learner: int) -> RunConfig:
+    values: dict[str, object] = dict(CONFIGS[name])
+    if learner:
+        values["learner"] = learner
+    return RunConfig.from_dict(values)
+
+
+def cfg_param(name: str) -> object:
+    return pytest.param(name, marks=needs_cache) if name == "cache" else name
+
+
+@pytest.mark.parametrize("cfg_name", [cfg_param(n) for n in CONFIGS])
+@pytest.mark.parametrize("label", list(INPUTS))
+def test_round_trip(label: str, cfg_name: str) -> None:
+    data = INPUTS[label]
+    blob, report = encode(data, config(cfg_name))
+    assert blob.startswith(MAGIC)
+    out, back = decode(blob)
+    assert out == data
+    assert report.original_bytes == back.original_bytes == len(data)
+    assert report.compressed_bytes == back.compressed_bytes == len(blob)
+    # the decoder replayed the very same run: same losses to the last bit
+    assert back.prequential_bits == report.prequential_bits
+
+
+@pytest.mark.parametrize("cfg_name", [cfg_param(n) for n in CONFIGS])
+@pytest.mark.parametrize("k", [5, 32])
+def test_round_trip_several_bytes_per_step(cfg_name: str, k: int) -> None:
+    data = (TEXT + RANDOM[:40]) * 2  # k = 32 = context: the first step holds 31 bytes + BOS
+    blob = compress_bytes(data, config(cfg_name, update_every=k))
+    assert read_header(blob).config["learner"]["update_every"] == k
+    assert decompress_bytes(blob) == data
+
+
+@pytest.mark.parametrize("cfg_name", [cfg_param(n) for n in CONFIGS])
+def test_predictions_before_a_byte_equal_what_the_step_scores(cfg_name: str) -> None:
+    """The decoder's premise: for k > 1, what it can compute before byte j of a step (the
+    later bytes unknown) is bit for bit what the Learner's step records for that byte."""
+    learner = config(cfg_name, update_every=6).build_learner()
+    data = np.frombuffer(b"abracadabra, abracadabra! and so on", dtype=np.uint8)
+    pos = 0
+    for size in step_sizes(data.size, 6, learner.model_cfg.context):
+        chunk = data[pos : pos + size].copy()
+        rows = []
+        for j in range(size):
+            hidden = chunk.copy()
+            hidden[j:] = PLACEHOLDER
+            row = predict_in_step(learner, hidden, j)
+            other = chunk.copy()
+            other[j:] = 255 - PLACEHOLDER  # a different placeholder changes nothing
+            assert np.array_equal(predict_in_step(learner, other, j), row)
+            rows.append(row)
+        out = learner.step(chunk)
+        assert np.array_equal(np.asarray(out.probs, dtype=np.float64), np.stack(rows))
+        pos += size
+
+
+def test_step_sizes_follow_the_learner_run_schedule() -> None:
+    data = bytes(range(100))
+    for k, ctx in [(1, 32), (7, 32), (32, 32), (4, 5)]:
+        cfg = RunConfig.from_dict({"model": {"context": ctx}, "learner": {"update_every": k}})
+        learner = cfg.build_learner()
+        from mugpt.corpus import Stream
+
+        learner.run(Stream.from_bytes(data))
+        assert learner.counters.steps == len(list(step_sizes(len(data), k, ctx)))
+        assert sum(step_sizes(len(data), k, ctx)) == len(data)
+
+
+def test_payload_is_the_prequential_code_length_within_a_few_bytes() -> None:
+    data = TEXT * 3
+    blob, report = encode(data)
+    ideal = report.prequential_bits / 8
+    # one 32-bit word of termination plus quantisation; BOS mass dropped can only help
+    assert report.payload_bytes <= ideal + 8
+    assert report.payload_bytes >= report.coded_bits / 8 - 2
+    assert report.coded_bits <= report.prequential_bits + 1.0
+    assert report.compressed_bytes == report.header_bytes + report.payload_bytes == len(blob)
+    # the Learner's own record of the same run, outside the codec
+    learner = Learner()
+    for b in data:
+        learner.step(bytes([b]))
+    assert report.prequential_bits == pytest.approx(float(learner.losses.sum()), rel=1e-9)
+
+
+def test_compression_is_deterministic_and_header_describes_the_run() -> None:
+    cfg = RunConfig.from_dict(
+        {"model": {"d_model": 8, "n_heads": 2}, "optim": {"lr": 0.02}, "seed": 5}
+    )
+    data = b"determinism matters " * 4
+    blob = compress_bytes(data, cfg)
+    assert compress_bytes(data, cfg) == blob
+    header = read_header(blob)
+    assert header.config == cfg.to_dict()
+    assert header.length == len(data) and header.crc32 == zlib.crc32(data)
+    assert {"numpy", "blas", "machine", "mugpt", "code"} <= set(header.platform)
+    assert decompress_bytes(blob) == data
+
+
+def test_a_byte_the_model_gives_zero_probability_is_still_encodable() -> None:
+    import constriction
+
+    probs = np.zeros((3, 257))
+    probs[:, 65] = 1.0
+    probs[1, 66] = np.nan  # a diverged model's output must not break the coder either
+    q = coding_probs(probs)
+    symbols = np.array([65, 66, 0], dtype=np.int32)
+    family = constriction.stream.model.Categorical(perfect=False)
+    enc = constriction.stream.queue.RangeEncoder()
+    enc.encode(symbols, family, q)
+    dec = constriction.stream.queue.RangeDecoder(enc.get_compressed())
+    assert dec.decode(family, q).tolist() == symbols.tolist()
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=48), k=st.sampled_from([1, 3, 16]))
+def test_round_trip_property(data: bytes, k: int) -> None:
+    cfg = RunConfig.from_dict({"learner": {"update_every": k}})
+    assert decompress_bytes(compress_bytes(data, cfg)) == data
+
+
+# ---------------------------------------------------------------------------- bad files
+
+
+@pytest.fixture(scope="module")
+def blob() -> bytes:
+    return compress_bytes(b"a small file to damage, " * 3)
+
+
+def test_wrong_magic(blob: bytes) -> None:
+    with pytest.raises(CompressedFileError, match="not a μGPT compressed file"):
+        decode(b"PK\x03\x04" + blob[4:])
+    with pytest.raises(CompressedFileError, match="not a μGPT compressed file"):
+        decode(b"")
+
+
+@pytest.mark.parametrize("cut", [3, 12, 30, -1, -4])
+def test_truncated(blob: bytes, cut: int) -> None:
+    with pytest.raises(CompressedFileError, match=r"truncated|not a μGPT"):
+        decode(blob[:cut])
+
+
+def test_trailing_bytes(blob: bytes) -> None:
+    with pytest.raises(CompressedFileError, match="unexpected byte"):
+        decode(blob + b"\x00")
+
+
+def test_every_single_bit_flip_is_detected(blob: bytes) -> None:
+    for i in range(len(blob)):
+        for bit in (0, 5):
+            damaged = bytearray(blob)
+            damaged[i] ^= 1 << bit
+            with pytest.raises(CompressedFileError):
+                decode(bytes(damaged))
+
+
+def test_unsupported_version(blob: bytes) -> None:
+    damaged = blob[:8] + (2).to_bytes(2, "little") + blob[10:]
+    with pytest.raises(CompressedFileError, match="format version 2 is not supported"):
+        decode(damaged)
+
+
+def _rewrite(blob: bytes, **changes: object) -> bytes:
+    header, payload = unpack(blob)
+    for key, value in changes.items():
+        setattr(header, key, value)
+    return pack(header, payload)
+
+
+def test_wrong_original_crc_stops_after_decoding(blob: bytes) -> None:
+    damaged = _rewrite(blob, crc32=read_header(blob).crc32 ^ 1)
+    with pytest.raises(CompressedFileError, match="fail the CRC32 check"):
+        decode(damaged)
+
+
+def test_platform_mismatch_warns_then_decodes(blob: bytes) -> None:
+    platform = dict(read_header(blob).platform, numpy="0.0.1", machine="pdp11")
+    other = _rewrite(blob, platform=platform)
+    with pytest.warns(PlatformMismatchWarning, match=r"machine: pdp11 → .*numpy: 0\.0\.1 →"):
+        out, _ = decode(other)
+    assert out == decompress_bytes(blob)
+
+
+def test_platform_mismatch_and_crc_failure_name_the_platform(blob: bytes) -> None:
+    platform = dict(read_header(blob).platform, numpy="0.0.1")
+    other = _rewrite(blob, platform=platform, crc32=read_header(blob).crc32 ^ 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PlatformMismatchWarning)
+        with pytest.raises(CompressedFileError, match="different numeric platform"):
+            decode(other)
+
+
+def test_unknown_configuration_is_a_clear_error(blob: bytes) -> None:
+    header = read_header(blob)
+    config = json.loads(json.dumps(header.config))
+    config["mechanisms"] = [{"name": "no_such_mechanism"}]
+    with pytest.raises(CompressedFileError, match=r"cannot be rebuilt.*no_such_mechanism"):
+        decode(_rewrite(blob, config=config))
