@@ -106,6 +106,15 @@ def test_predictions_before_a_byte_equal_what_the_step_scores(cfg_name: str) -> 
         pos += size
 
 
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("name", [n for n in available() if n != "cache"])
+def test_round_trip_with_each_mechanism(name: str, k: int) -> None:
+    """Every mechanism is deterministic enough for the decoder to replay it."""
+    cfg = RunConfig.from_dict({"mechanisms": [{"name": name}], "learner": {"update_every": k}})
+    data = TEXT + b"again: " + TEXT[:60]
+    assert decompress_bytes(compress_bytes(data, cfg)) == data
+
+
 def test_step_sizes_follow_the_learner_run_schedule() -> None:
     data = bytes(range(100))
     for k, ctx in [(1, 32), (7, 32), (32, 32), (4, 5)]:
