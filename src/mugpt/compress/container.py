@@ -41,8 +41,10 @@ HEADER_ZDICT = (
     b'"optim":{"beta1":0.9,"beta2":0.999,"eps":1e-08,"grad_clip":1.0,"lr":0.01,'
     b'"momentum":0.0,"name":"adam","weight_decay":0.0},"preset":"seed","seed":0,"stream":""},'
     b'"crc32":,"length":,"payload_bytes":,"payload_crc32":,"platform":{"blas":[{'
-    b'"architecture":"Haswell","internal_api":"openblas","threading_layer":"pthreads",'
-    b'"user_api":"blas","version":"0.3.'
+    b'"architecture":"Haswell","internal_api":"openblas","version":"0.3.'
+    b'"}],"byteorder":"little","code":"","constriction":"0.5.0","machine":"x86_64",'
+    b'"mugpt":"0.1.0","numba":null,"numpy":"2.'
+    b'"},"prequential_bits":'
 )
 """zlib preset dictionary for the header (part of format version 1: never change it)."""
 

@@ -44,13 +44,17 @@ def code_digest() -> str:
 
 
 def _blas_info() -> list[dict[str, Any]]:
-    """Each BLAS/OpenMP library NumPy (and numba) loaded: API, version, CPU kernel."""
+    """Each BLAS library loaded in the process: implementation, version, CPU kernel.
+
+    OpenMP runtimes are left out: they appear once numba starts its thread pool, which says
+    nothing about the arithmetic when every pool runs one thread."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:  # fall back to what NumPy was built with
         return [{"build": _numpy_build_blas()}]
-    keys = ("user_api", "internal_api", "version", "architecture", "threading_layer")
-    return [{k: lib.get(k) for k in keys} for lib in threadpool_info()]
+    keys = ("internal_api", "version", "architecture")
+    libs = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    return [{k: lib.get(k) for k in keys} for lib in libs]
 
 
 def _numpy_build_blas() -> str:
