@@ -1,0 +1,289 @@
+"""Continuous cache: mix in a distribution over the bytes that followed similar hidden states.
+
+Grave, Joulin & Usunier (2017), "Improving Neural Language Models with a Continuous Cache",
+ICLR. The cache keeps the last ``size`` pairs ``(h_i, x_{i+1})`` — the final hidden state at a
+position and the byte that followed it — and predicts
+
+    p_cache(w | h_t) ∝ Σ_{i : x_{i+1} = w} exp(theta · h_tᵀ h_i)
+    p(w) = (1 − lam) · p_model(w) + lam · p_cache(w)
+
+The mixed ``p`` is the prediction whose loss is recorded. A pair enters the cache only once
+its byte has been scored, so the prediction of ``x_t`` never sees ``x_t``; within a step of
+``k`` bytes, byte ``j`` does use the pairs of the step's bytes before it. While the cache is
+empty the model's prediction passes unchanged.
+
+Deterministic by construction (compression needs bit-identical probabilities on encode and
+decode): no randomness, a preallocated ring buffer with a fixed slot order, float64 scores.
+``theta`` is the flatness of the cache distribution; ``lam`` (λ) its mixture weight.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
+
+VOCAB = 257
+
+
+class PairMemory:
+    """A preallocated ring buffer of (key vector, next symbol) pairs, oldest overwritten first.
+
+    Keys are float64 with their squared norms kept beside them (for L2 distances). Slot order
+    is fixed by the history of writes, so any computation over ``keys[:filled]`` is
+    deterministic.
+
+    Example:
+        >>> mem = PairMemory(capacity=2)
+        >>> mem.add(np.eye(3)[:3], np.array([7, 8, 9]))
+        >>> mem.filled, sorted(mem.values[: mem.filled].tolist())
+        (2, [8, 9])
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.dim = 0
+        self.keys = np.zeros((0, 0), dtype=np.float64)  # (capacity, C)
+        self.sq_norms = np.zeros(0, dtype=np.float64)  # (capacity,)
+        self.values = np.zeros(0, dtype=np.int16)  # (capacity,)
+        self.filled = 0
+        self.head = 0  # next slot to write
+
+    def _allocate(self, dim: int) -> None:
+        self.dim = dim
+        self.keys = np.zeros((self.capacity, dim), dtype=np.float64)
+        self.sq_norms = np.zeros(self.capacity, dtype=np.float64)
+        self.values = np.zeros(self.capacity, dtype=np.int16)
+
+    def add(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Appends pairs in order (rows of ``keys`` with ``values``)."""
+        n = int(values.size)
+        if n == 0:
+            return
+        if self.dim == 0:
+            self._allocate(int(keys.shape[1]))
+        if n > self.capacity:  # only the newest fit
+            keys, values = keys[-self.capacity :], values[-self.capacity :]
+            self.head = (self.head + n - self.capacity) % self.capacity
+            n = self.capacity
+        slots = (self.head + np.arange(n)) % self.capacity
+        self.keys[slots] = keys
+        self.sq_norms[slots] = np.einsum("ij,ij->i", self.keys[slots], self.keys[slots])
+        self.values[slots] = values
+        self.head = int((self.head + n) % self.capacity)
+        self.filled = min(self.filled + n, self.capacity)
+
+    def chronological(self) -> np.ndarray:
+        """Slot indexes from the oldest pair to the newest."""
+        if self.filled < self.capacity:
+            return np.arange(self.filled)
+        return (self.head + np.arange(self.capacity)) % self.capacity
+
+    def resize(self, capacity: int) -> None:
+        """Keeps the newest ``min(filled, capacity)`` pairs, in order."""
+        if capacity == self.capacity:
+            return
+        order = self.chronological()[-capacity:]
+        keys, values = self.keys[order].copy(), self.values[order].copy()
+        self.capacity = capacity
+        self.filled = self.head = 0
+        if self.dim:
+            self._allocate(self.dim)
+            self.add(keys, values)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "capacity": self.capacity,
+            "dim": self.dim,
+            "keys": self.keys.copy(),
+            "values": self.values.copy(),
+            "filled": self.filled,
+            "head": self.head,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.capacity = int(state["capacity"])
+        self.dim = int(state["dim"])
+        self.keys = np.asarray(state["keys"], dtype=np.float64).copy()
+        self.values = np.asarray(state["values"], dtype=np.int16).copy()
+        self.sq_norms = np.einsum("ij,ij->i", self.keys, self.keys) if self.dim else np.zeros(0)
+        self.filled = int(state["filled"])
+        self.head = int(state["head"])
+
+
+def step_dots(
+    memory: PairMemory, queries: np.ndarray, step_values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dot products of each of the step's ``k`` queries with what it may look at: the stored
+    pairs (slot order), then the step's own pairs (whose keys are the queries themselves).
+
+    Returns (dots (k, m + k), values (m + k,), visible (k, m + k) bool): query ``j`` sees the
+    step's pair ``i`` only when ``i < j``, because byte ``i`` was scored before byte ``j``."""
+    k = queries.shape[0]
+    m = memory.filled
+    dots = np.empty((k, m + k), dtype=np.float64)
+    if m:
+        np.matmul(queries, memory.keys[:m].T, out=dots[:, :m])
+    np.matmul(queries, queries.T, out=dots[:, m:])
+    values = np.concatenate([memory.values[:m], step_values.astype(np.int16)])
+    visible = np.ones((k, m + k), dtype=bool)
+    visible[:, m:] = np.tril(np.ones((k, k), dtype=bool), -1)
+    return dots, values, visible
+
+
+def scatter_rows(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(k, n) weights of pairs with next symbols ``values`` ((n,) shared by every row, or
+    (k, n)) → (k, 257) sums per symbol, summed in column order."""
+    k = weights.shape[0]
+    vals = values.astype(np.int64)
+    if vals.ndim == 1:
+        vals = vals[None, :]
+    flat = (np.arange(k)[:, None] * VOCAB + vals).ravel()
+    return np.bincount(flat, weights=weights.ravel(), minlength=k * VOCAB).reshape(k, VOCAB)
+
+
+class MixStats:
+    """Counts shared by the cache and kNN-LM: hits, mixing, bits saved."""
+
+    def __init__(self) -> None:
+        self.predictions = 0
+        self.mixed = 0
+        self.hits = 0  # the memory's distribution gave the true byte a non-zero probability
+        self.top1 = 0  # the memory's most likely byte was the true byte
+        self.bits_saved = 0.0  # Σ log2 p_mixed(x) − log2 p_in(x)
+
+    def record(
+        self,
+        true: np.ndarray,
+        p_in: np.ndarray,
+        p_mem: np.ndarray,
+        p_out: np.ndarray,
+        rows: np.ndarray,
+    ) -> None:
+        self.predictions += int(true.size)
+        if rows.size == 0:
+            return
+        t = true[rows]
+        self.mixed += int(rows.size)
+        mem_true = p_mem[rows, t]
+        self.hits += int(np.count_nonzero(mem_true > 0))
+        self.top1 += int(np.count_nonzero(p_mem[rows].argmax(axis=1) == t))
+        before = np.maximum(p_in[rows, t], 2.0**-40)
+        after = np.maximum(p_out[rows, t], 2.0**-40)
+        self.bits_saved += float(np.sum(np.log2(after) - np.log2(before)))
+
+    def as_dict(self, lam: float) -> dict[str, Any]:
+        n, mixed = self.predictions, self.mixed
+        return {
+            "lambda": lam,
+            "predictions": n,
+            "mixed_share": mixed / n if n else 0.0,
+            "hit_rate": self.hits / mixed if mixed else None,
+            "top1_rate": self.top1 / mixed if mixed else None,
+            "bits_saved_per_byte": self.bits_saved / n if n else 0.0,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("predictions", "mixed", "hits", "top1"):
+            setattr(self, key, int(state[key]))
+        self.bits_saved = float(state["bits_saved"])
+
+
+class CacheConfig(MechanismConfig):
+    """Settings of :class:`ContinuousCache`.
+
+    Example:
+        >>> CacheConfig().size, CacheConfig().theta, CacheConfig().lam
+        (1024, 0.3, 0.1)
+    """
+
+    size: int = Field(1024, ge=1, le=1_000_000, description="M: (hidden, next byte) pairs kept")
+    theta: float = Field(0.3, ge=0.0, le=100.0, description="θ: flatness of p_cache")
+    lam: float = Field(0.1, ge=0.0, le=1.0, description="λ: weight of p_cache in the mixture")
+
+
+@register
+class ContinuousCache(Mechanism):
+    """Mixes the model's prediction with a cache of recent (hidden state, next byte) pairs.
+
+    Example:
+        >>> cache = ContinuousCache(size=8, theta=1.0, lam=0.5)
+        >>> cache.memory.add(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([97, 98]))
+        >>> p = cache.mix(np.array([[1.0, 0.0]]), np.full((1, 257), 1 / 257), np.zeros(0, int))
+        >>> round(float(p[0, 97] - p[0, 98]), 6) == round(0.5 * (np.e - 1) / (np.e + 1), 6)
+        True
+    """
+
+    name = "cache"
+    strict_online = True
+    Config = CacheConfig
+    config: CacheConfig
+
+    def __init__(self, config: CacheConfig | None = None, **params: Any) -> None:
+        super().__init__(config, **params)
+        self.memory = PairMemory(self.config.size)
+        self.stats = MixStats()
+        self.last_p_cache: np.ndarray | None = None
+
+    def cache_distribution(self, queries: np.ndarray, step_values: np.ndarray) -> np.ndarray:
+        """p_cache (k, 257) for ``queries`` (k, C); rows that see no pair are all zero.
+        ``step_values[i]`` is the byte that followed query i (used by queries after it)."""
+        dots, values, visible = step_dots(self.memory, queries, step_values)
+        scores = np.where(visible, self.config.theta * dots, -np.inf)  # (k, m + k)
+        top = scores.max(axis=1, keepdims=True)
+        top[~np.isfinite(top)] = 0.0
+        weights = np.exp(scores - top)  # 0 where not visible
+        mass = weights.sum(axis=1, keepdims=True)
+        np.divide(weights, mass, out=weights, where=mass > 0)
+        return scatter_rows(values, weights)
+
+    def mix(self, queries: np.ndarray, probs: np.ndarray, step_values: np.ndarray) -> np.ndarray:
+        """(1 − λ)·probs + λ·p_cache on the rows where the cache has something to say."""
+        q = np.asarray(queries, dtype=np.float64)
+        k = q.shape[0]
+        values = np.zeros(k, dtype=np.int64)
+        values[: step_values.size] = step_values
+        p_cache = self.cache_distribution(q, values)
+        self.last_p_cache = p_cache
+        lam = self.config.lam
+        out = probs.copy()
+        rows = np.flatnonzero(p_cache.sum(axis=1) > 0)
+        out[rows] = (1.0 - lam) * probs[rows] + lam * p_cache[rows]
+        return out
+
+    # ------------------------------------------------------------------ hooks
+
+    def adjust_prediction(self, ctx: StepContext, probs: np.ndarray) -> np.ndarray:
+        queries = ctx.hidden[ctx.new_positions]
+        true = np.asarray(ctx.new_bytes, dtype=np.int64)
+        out = self.mix(queries, probs, true)
+        assert self.last_p_cache is not None
+        rows = np.flatnonzero(self.last_p_cache.sum(axis=1) > 0)
+        self.stats.record(true, probs, self.last_p_cache, out, rows)
+        return out
+
+    def observe(self, ctx: StepContext, loss_bits: np.ndarray) -> None:
+        # the bytes are scored now: their pairs may serve the predictions that follow
+        self.memory.add(ctx.hidden[ctx.new_positions], np.asarray(ctx.new_bytes))
+
+    # ------------------------------------------------------------------ settings and state
+
+    def on_configure(self) -> None:
+        self.memory.resize(self.config.size)
+
+    def counters(self) -> dict[str, Any]:
+        return {**self.stats.as_dict(self.config.lam), "stored": self.memory.filled}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"memory": self.memory.state_dict(), "stats": self.stats.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.memory.load_state_dict(state["memory"])
+        self.stats.load_state_dict(state["stats"])
+        self.memory.resize(self.config.size)

@@ -1,0 +1,135 @@
+"""kNN-LM: interpolate the model with the next bytes of its nearest stored hidden states.
+
+Khandelwal, Levy, Jurafsky, Zettlemoyer & Lewis (2020), "Generalization through Memorization:
+Nearest Neighbor Language Models", ICLR. A datastore maps keys ``h_i`` (the final hidden state
+at a position) to values ``x_{i+1}`` (the byte that followed). For a query ``h_t`` the ``k``
+nearest keys by squared L2 distance ``d_i`` vote with weights ``softmax(−d_i / temperature)``:
+
+    p_knn(w) = Σ_{i ∈ kNN(h_t), x_{i+1} = w} softmax(−d / temperature)_i
+    p(w) = (1 − lam) · p_model(w) + lam · p_knn(w)
+
+The mixed ``p`` is the prediction whose loss is recorded. The datastore is bounded
+(``capacity`` pairs, a ring buffer: the oldest pair goes first) and searched exactly with
+vectorised NumPy. A pair is stored only after its byte was scored; within a step byte ``j``
+also sees the pairs of the step's bytes before it.
+
+Deterministic (compression relies on it): no randomness, a fixed slot order, the selected
+neighbours sorted by slot before their weights are summed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
+from mugpt.mechanisms.cache import MixStats, PairMemory, scatter_rows, step_dots
+
+
+class KNNConfig(MechanismConfig):
+    """Settings of :class:`KNNLM`.
+
+    Example:
+        >>> cfg = KNNConfig()
+        >>> cfg.capacity, cfg.k, cfg.temperature, cfg.lam
+        (8192, 16, 1.0, 0.25)
+    """
+
+    capacity: int = Field(8192, ge=1, le=10_000_000, description="pairs in the datastore")
+    k: int = Field(16, ge=1, le=4096, description="neighbours that vote")
+    temperature: float = Field(1.0, gt=0.0, le=1e6, description="softmax(−d²/temperature)")
+    lam: float = Field(0.25, ge=0.0, le=1.0, description="λ: weight of p_knn in the mixture")
+
+
+@register
+class KNNLM(Mechanism):
+    """Mixes the model's prediction with a nearest-neighbour vote over a bounded datastore.
+
+    Example:
+        >>> knn = KNNLM(k=2, temperature=1.0, lam=1.0)
+        >>> knn.memory.add(np.array([[0.0], [1.0], [5.0]]), np.array([97, 98, 99]))
+        >>> p = knn.mix(np.array([[0.0]]), np.full((1, 257), 1 / 257), np.zeros(0, int))
+        >>> round(float(p[0, 97]), 4), round(float(p[0, 98]), 4), float(p[0, 99])
+        (0.7311, 0.2689, 0.0)
+    """
+
+    name = "knn"
+    strict_online = True
+    Config = KNNConfig
+    config: KNNConfig
+
+    def __init__(self, config: KNNConfig | None = None, **params: Any) -> None:
+        super().__init__(config, **params)
+        self.memory = PairMemory(self.config.capacity)
+        self.stats = MixStats()
+        self.last_p_knn: np.ndarray | None = None
+
+    def knn_distribution(self, queries: np.ndarray, step_values: np.ndarray) -> np.ndarray:
+        """p_knn (k, 257) for ``queries`` (k, C); rows that see no pair are all zero."""
+        dots, values, visible = step_dots(self.memory, queries, step_values)
+        m = self.memory.filled
+        q_sq = np.einsum("ij,ij->i", queries, queries)
+        # rank by |key|² − 2·q·key (the row's |q|² is added back to the chosen few only)
+        rank = dots
+        rank *= -2.0
+        rank[:, :m] += self.memory.sq_norms[:m]
+        rank[:, m:] += q_sq
+        rank[:, m:][~visible[:, m:]] = np.inf
+        n_keep = min(self.config.k, rank.shape[1])
+        if n_keep < rank.shape[1]:
+            nearest = np.argpartition(rank, n_keep - 1, axis=1)[:, :n_keep]
+            nearest.sort(axis=1)  # a canonical order, so the sums below are reproducible
+        else:
+            nearest = np.broadcast_to(np.arange(rank.shape[1]), rank.shape)
+        d = np.take_along_axis(rank, nearest, axis=1) + q_sq[:, None]  # (k, n_keep) d²
+        np.maximum(d, 0.0, out=d)
+        best = d.min(axis=1, keepdims=True)
+        best[~np.isfinite(best)] = 0.0
+        weights = np.exp(-(d - best) / self.config.temperature)  # 0 where not visible
+        mass = weights.sum(axis=1, keepdims=True)
+        np.divide(weights, mass, out=weights, where=mass > 0)
+        return scatter_rows(values[nearest], weights)
+
+    def mix(self, queries: np.ndarray, probs: np.ndarray, step_values: np.ndarray) -> np.ndarray:
+        """(1 − λ)·probs + λ·p_knn on the rows that see at least one stored pair."""
+        q = np.asarray(queries, dtype=np.float64)
+        values = np.zeros(q.shape[0], dtype=np.int64)
+        values[: step_values.size] = step_values
+        p_knn = self.knn_distribution(q, values)
+        self.last_p_knn = p_knn
+        lam = self.config.lam
+        out = probs.copy()
+        rows = np.flatnonzero(p_knn.sum(axis=1) > 0)
+        out[rows] = (1.0 - lam) * probs[rows] + lam * p_knn[rows]
+        return out
+
+    # ------------------------------------------------------------------ hooks
+
+    def adjust_prediction(self, ctx: StepContext, probs: np.ndarray) -> np.ndarray:
+        true = np.asarray(ctx.new_bytes, dtype=np.int64)
+        out = self.mix(ctx.hidden[ctx.new_positions], probs, true)
+        assert self.last_p_knn is not None
+        rows = np.flatnonzero(self.last_p_knn.sum(axis=1) > 0)
+        self.stats.record(true, probs, self.last_p_knn, out, rows)
+        return out
+
+    def observe(self, ctx: StepContext, loss_bits: np.ndarray) -> None:
+        self.memory.add(ctx.hidden[ctx.new_positions], np.asarray(ctx.new_bytes))
+
+    # ------------------------------------------------------------------ settings and state
+
+    def on_configure(self) -> None:
+        self.memory.resize(self.config.capacity)
+
+    def counters(self) -> dict[str, Any]:
+        return {**self.stats.as_dict(self.config.lam), "stored": self.memory.filled}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"memory": self.memory.state_dict(), "stats": self.stats.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.memory.load_state_dict(state["memory"])
+        self.stats.load_state_dict(state["stats"])
+        self.memory.resize(self.config.capacity)

@@ -1,0 +1,149 @@
+"""Adaptive LR: the dual-EMA detector, the boost with its cap and half-life, alarm events."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from mugpt.corpus import Phase, Stream
+from mugpt.engine import Learner, LearnerConfig
+from mugpt.engine.metrics import detection_scores
+from mugpt.errors import ConfigError
+from mugpt.mechanisms import StepContext, adaptive_lr
+from mugpt.mechanisms.adaptive_lr import AdaptiveLR
+from mugpt.model import ModelConfig, OptimConfig
+
+HAS_RIVER = importlib.util.find_spec("river") is not None
+
+
+def ctx_at(position: int, k: int = 1) -> StepContext:
+    return StepContext(
+        step=0, position=position, new_bytes=np.zeros(k, np.uint8), inputs=np.zeros(k, np.int64),
+        targets=np.zeros(k, np.int64), new_positions=np.arange(k), hidden=np.zeros((k, 4)),
+        rng=np.random.default_rng(0), lr=0.01, context=32,
+    )  # fmt: skip
+
+
+def feed(mech: AdaptiveLR, losses: np.ndarray, k: int = 1, start: int = 0) -> list[dict]:
+    events: list[dict] = []
+    for pos in range(0, losses.size, k):
+        ctx = ctx_at(start + pos, min(k, losses.size - pos))
+        mech.observe(ctx, losses[pos : pos + k])
+        events += ctx.events
+    return events
+
+
+def step_losses(
+    jump_at: int = 3000, n: int = 6000, low: float = 2.0, high: float = 4.0
+) -> np.ndarray:
+    noise = np.random.default_rng(0).normal(0.0, 0.3, n)
+    return np.where(np.arange(n) < jump_at, low, high) + noise
+
+
+def test_boost_multiplies_up_to_the_cap_and_decays_with_the_half_life() -> None:
+    m = AdaptiveLR(boost=2.0, cap=3.0, half_life=500.0)
+    m.alarm(index=10)
+    assert m.multiplier == 2.0
+    m.decay(500)  # one half-life: the excess halves
+    assert m.multiplier == pytest.approx(1.5)
+    m.decay(1000)  # two more
+    assert m.multiplier == pytest.approx(1.125)
+    m.alarm(index=20)
+    assert m.multiplier == pytest.approx(2.25)
+    m.alarm(index=30)  # 4.5 would exceed the cap
+    assert m.multiplier == 3.0
+    assert m.alarms == [10, 20, 30]
+
+
+def test_half_life_in_bytes_or_steps() -> None:
+    for unit, expected in (("bytes", 1.0 + 2.0 * 2.0 ** (-8 / 16)), ("steps", 1.0 + 2.0 * 0.5)):
+        m = AdaptiveLR(boost=3.0, cap=3.0, half_life=16.0 if unit == "bytes" else 1.0, unit=unit)
+        m.alarm(index=0)
+        m.observe(ctx_at(0, k=8), np.full(8, 1.0))  # one step of 8 bytes, no alarm
+        assert m.multiplier == pytest.approx(expected)
+
+
+def test_ema_detector_fires_once_shortly_after_a_jump() -> None:
+    m = AdaptiveLR(fast_half_life=32, slow_half_life=2048, threshold=1.25, warmup=500)
+    events = feed(m, step_losses())
+    alarms = [e["index"] for e in events if e["kind"] == "alarm"]
+    assert len(alarms) == 1 and 3000 <= alarms[0] < 3000 + 100
+    scores = detection_scores(alarms, [3000], n_bytes=6000, tolerance=500)
+    assert (scores["detected"], scores["false_alarms"]) == (1, 0)
+    assert m.multiplier > 1.0 and events[0]["lr_multiplier"] == 2.0
+
+
+def test_ema_detector_is_quiet_on_a_falling_or_flat_loss() -> None:
+    m = AdaptiveLR(warmup=0)
+    falling = 8.0 * np.exp(-np.arange(5000) / 1000) + 2.0
+    flat = np.random.default_rng(1).normal(3.0, 0.5, 20000)
+    assert feed(m, falling, k=16) == [] and feed(AdaptiveLR(warmup=0), flat, k=16) == []
+
+
+def test_rearm_allows_a_second_alarm_after_recovery() -> None:
+    m = AdaptiveLR(fast_half_life=32, slow_half_life=1024, warmup=0)
+    losses = np.concatenate([np.full(3000, 2.0), np.full(3000, 4.0), np.full(6000, 2.0),
+                             np.full(3000, 4.0)])  # fmt: skip
+    alarms = [e["index"] for e in feed(m, losses, k=16) if e["kind"] == "alarm"]
+    assert len(alarms) == 2 and 3000 <= alarms[0] < 3100 and 12000 <= alarms[1] < 12100
+
+
+def test_alarms_scale_the_learning_rate_of_the_update_in_a_learner() -> None:
+    stream = Stream(
+        b"a" * 600 + bytes(range(97, 123)) * 24,
+        [Phase("a", "t", 0, 600), Phase("b", "t", 600, 1224)],
+        np.array([0, 600]),
+    )
+    mech = AdaptiveLR(fast_half_life=8, slow_half_life=256, warmup=100, half_life=200)
+    learner = Learner(ModelConfig(context=16), OptimConfig(lr=0.01), [mech],
+                      LearnerConfig(update_every=4))  # fmt: skip
+    multipliers = []
+    for pos in range(0, 1224, 4):
+        out = learner.step(stream.data[pos : pos + 4], [pos in (0, 600)] + [False] * 3)
+        multipliers.append(out.lr / 0.01)
+    alarms = [e for e in learner.events if e["kind"] == "alarm"]
+    assert alarms and 600 <= alarms[0]["index"] < 700
+    assert alarms[0]["pos"] <= alarms[0]["index"] < alarms[0]["pos"] + 4
+    assert max(multipliers) == pytest.approx(2.0)
+    assert multipliers[-1] < max(multipliers)  # decaying back
+
+
+def test_config_bounds() -> None:
+    with pytest.raises(ConfigError, match="fast_half_life"):
+        AdaptiveLR(fast_half_life=100, slow_half_life=50)
+    with pytest.raises(ConfigError, match="boost"):
+        AdaptiveLR(boost=0.5)
+
+
+def test_river_detector_without_river_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(adaptive_lr, "river_available", lambda: False)
+    with pytest.raises(ConfigError, match="pip install river"):
+        AdaptiveLR(detector="adwin")
+
+
+@pytest.mark.skipif(not HAS_RIVER, reason="the optional package river is not installed")
+@pytest.mark.parametrize("detector", ["page_hinkley", "adwin"])
+def test_river_detectors_find_the_jump_and_restore_their_state(detector: str) -> None:
+    losses = step_losses(n=8000)
+    m = AdaptiveLR(detector=detector, warmup=500)
+    alarms = [e["index"] for e in feed(m, losses) if e["kind"] == "alarm"]
+    scores = detection_scores(alarms, [3000], n_bytes=8000, tolerance=1000)
+    assert scores["detected"] == 1 and scores["false_alarms"] <= 1
+    # a detector rebuilt from a saved state continues exactly like the original
+    a = AdaptiveLR(detector=detector, warmup=500)
+    first = feed(a, losses[:3050])
+    b = AdaptiveLR(detector=detector, warmup=500)
+    b.load_state_dict(a.state_dict())
+    rest_a = feed(a, losses[3050:], start=3050)
+    rest_b = feed(b, losses[3050:], start=3050)
+    assert [e["index"] for e in first + rest_a] == alarms
+    assert rest_a == rest_b
+
+
+def test_lowering_the_cap_clamps_the_current_multiplier() -> None:
+    m = AdaptiveLR(boost=4.0, cap=4.0)
+    m.alarm(index=0)
+    m.configure(cap=2.5)
+    assert m.multiplier == 2.5

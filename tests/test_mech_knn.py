@@ -1,0 +1,88 @@
+"""kNN-LM (Khandelwal et al. 2020): exact neighbours, softmax over −d², bounded datastore."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mugpt.corpus import Stream
+from mugpt.engine import Learner, LearnerConfig
+from mugpt.mechanisms.knn import KNNLM
+from mugpt.model import ModelConfig
+
+UNIFORM = np.full((1, 257), 1.0 / 257)
+
+
+def test_knn_on_a_tiny_datastore_matches_a_hand_computation() -> None:
+    knn = KNNLM(k=3, temperature=2.0, lam=0.4)
+    keys = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [0.5, 0.5]])
+    knn.memory.add(keys, np.array([65, 66, 65, 67, 68]))
+    q = np.array([[0.4, 0.1]])
+    d2 = ((keys - q) ** 2).sum(axis=1)  # [0.17, 0.37, 3.77, 15.77, 0.17]
+    nearest = [0, 1, 4]  # the three smallest
+    w = np.exp(-d2[nearest] / 2.0)
+    w /= w.sum()
+    model = np.random.default_rng(0).dirichlet(np.ones(257))[None, :]
+    out = knn.mix(q, model, np.zeros(0, int))
+    assert knn.last_p_knn is not None
+    p = knn.last_p_knn[0]
+    assert p[65] == pytest.approx(w[0], rel=1e-12)
+    assert p[66] == pytest.approx(w[1], rel=1e-12)
+    assert p[68] == pytest.approx(w[2], rel=1e-12)
+    assert p[67] == 0.0  # not among the 3 nearest
+    assert out[0] == pytest.approx(0.6 * model[0] + 0.4 * p, rel=1e-12)
+
+
+def test_fewer_pairs_than_k_uses_them_all_and_temperature_sharpens() -> None:
+    knn = KNNLM(k=10, temperature=1.0, lam=1.0)
+    knn.memory.add(np.array([[0.0], [1.0]]), np.array([97, 98]))
+    knn.mix(np.array([[0.0]]), UNIFORM, np.zeros(0, int))
+    assert knn.last_p_knn is not None
+    assert knn.last_p_knn[0, 97] == pytest.approx(1 / (1 + np.exp(-1)))
+    knn.configure(temperature=0.01)
+    knn.mix(np.array([[0.0]]), UNIFORM, np.zeros(0, int))
+    assert knn.last_p_knn[0, 97] == pytest.approx(1.0)
+
+
+def test_in_step_pairs_are_visible_only_to_later_bytes() -> None:
+    knn = KNNLM(k=1, lam=1.0)
+    knn.memory.add(np.array([[5.0, 5.0]]), np.array([90]))
+    q = np.array([[0.0, 0.0], [0.0, 0.1], [5.0, 5.0]])
+    out = knn.mix(q, np.repeat(UNIFORM, 3, axis=0), np.array([10, 11, 12]))
+    assert out[0, 90] == 1.0  # only the stored pair exists for byte 0
+    assert out[1, 10] == 1.0  # byte 1's nearest is byte 0's pair
+    assert out[2, 90] == 1.0  # the stored pair is at distance 0
+
+
+def test_datastore_is_bounded_and_forgets_the_oldest() -> None:
+    knn = KNNLM(capacity=3)
+    for i in range(5):
+        knn.memory.add(np.array([[float(i)]]), np.array([i]))
+    mem = knn.memory
+    assert mem.filled == 3 and mem.values[mem.chronological()].tolist() == [2, 3, 4]
+    knn.configure(capacity=2)
+    assert mem.values[mem.chronological()].tolist() == [3, 4]
+
+
+def test_ties_are_broken_the_same_way_every_time() -> None:
+    outs = []
+    for _ in range(2):
+        knn = KNNLM(k=2, lam=1.0)
+        knn.memory.add(np.zeros((6, 2)), np.array([1, 2, 3, 4, 5, 6]))  # all at distance 0
+        outs.append(knn.mix(np.zeros((1, 2)), UNIFORM, np.zeros(0, int)))
+    assert np.array_equal(outs[0], outs[1])
+    assert np.count_nonzero(outs[0][0, 1:7]) == 2
+
+
+def test_learner_runs_are_bit_identical_and_report_hits() -> None:
+    text = b"to be or not to be, that is the question. " * 6
+    runs = []
+    for _ in range(2):
+        knn = KNNLM(capacity=100, k=4)
+        learner = Learner(ModelConfig(context=16), mechanisms=[knn],
+                          learner_cfg=LearnerConfig(update_every=4))  # fmt: skip
+        runs.append(learner.run(Stream.from_bytes(text)).losses)
+    assert np.array_equal(runs[0], runs[1])
+    c = knn.counters()
+    assert c["stored"] == 100 and c["predictions"] == len(text)
+    assert 0 < c["hit_rate"] <= 1 and c["mixed_share"] > 0.99
