@@ -21,6 +21,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -239,7 +240,8 @@ class RayBackend:
         except (rex.WorkerCrashedError, rex.NodeDiedError, rex.ActorDiedError) as exc:
             return Outcome(key, "failed", error=f"WorkerDied: {type(exc).__name__}: {exc}")
         except rex.RayError as exc:
-            return Outcome(key, "failed", error=f"{type(exc).__name__}: {exc}")
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Ray colours its messages
+            return Outcome(key, "failed", error=f"{type(exc).__name__}: {text}")
         return _envelope(key, status, payload)
 
     def interrupt(self, grace: float) -> list[Outcome]:

@@ -178,10 +178,13 @@ def _finished_result(out: Path, rid: str) -> dict[str, Any] | None:
         return None
     if summary.get("run_id") != rid:
         return None
-    from mugpt.engine.rundir import read_log_csv
+    from mugpt.engine import read_checkpoint
 
-    losses = read_log_csv(log_path)["loss_bits"]
-    return _result(summary, losses, out, resumed_from=int(summary.get("bytes", 0)))
+    try:
+        _, arrays = read_checkpoint(out / "checkpoint.npz")  # exact losses (the CSV rounds)
+    except CheckpointError:
+        return None
+    return _result(summary, arrays["losses"], out, resumed_from=int(summary.get("bytes", 0)))
 
 
 # ---------------------------------------------------------------------- worker side
