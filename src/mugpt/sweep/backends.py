@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mugpt.errors import ConfigError
-from mugpt.sweep.runner import call_run, limit_threads, request_stop
+from mugpt.sweep.runner import THREAD_VARS, call_run, limit_threads, request_stop
 
 BACKENDS = ("local", "ray")
 
@@ -96,7 +96,10 @@ class LocalBackend:
         self.slots = workers
         limit_threads()  # inherited by the fork server, hence by every worker
         self.ctx = multiprocessing.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["mugpt.sweep.runner", "mugpt.engine.rundir"])
+        self.ctx.set_forkserver_preload(
+            ["mugpt.sweep.runner", "mugpt.engine.rundir", "mugpt.engine.summary",
+             "matplotlib.figure", "matplotlib.backends.backend_agg"]
+        )  # fmt: skip
         self.procs: dict[str, tuple[Any, Any]] = {}
 
     def submit(self, key: str, fn: Any, kwargs: dict[str, Any]) -> None:
@@ -176,7 +179,6 @@ def _death_note(exitcode: int | None) -> str:
 
 
 def _ray_call(fn: Any, kwargs: dict[str, Any]) -> tuple[str, Any]:
-    limit_threads()
     return call_run(fn, kwargs)
 
 
@@ -199,7 +201,12 @@ class RayBackend:
         self.ray = ray
         self.owns = False
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "warning"}
+            threads = {var: os.environ.get(var, "1") for var in THREAD_VARS}
+            kwargs: dict[str, Any] = {
+                "log_to_driver": False,
+                "logging_level": "warning",
+                "runtime_env": {"env_vars": threads},  # one BLAS/numba thread per task
+            }
             try:
                 if address:
                     ray.init(address=address, **kwargs)

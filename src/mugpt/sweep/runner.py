@@ -212,7 +212,11 @@ def describe_error(exc: BaseException) -> str:
     return head + "\n" + trace[-4000:]
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
 def limit_threads() -> None:
-    """One BLAS/numba thread per worker: the workers themselves use the cores."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):  # fmt: skip
+    """One BLAS/numba thread per worker: the workers themselves use the cores. Takes effect
+    in processes started afterwards (it must be set before numpy and numba load)."""
+    for var in THREAD_VARS:
         os.environ.setdefault(var, "1")
