@@ -403,6 +403,8 @@ def plot_pareto(groups: list[dict[str, Any]], path: Path) -> None:
         if len(front) > 1:
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="#666",
                     lw=1, zorder=0, label="Pareto front")  # fmt: skip
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(max(lo, 0.0), hi)  # a wide interval must not suggest negative speeds
         ax.set_title(f"{stream}", fontsize=10)
         ax.set_xlabel("bytes/s (higher is better)")
         ax.set_ylabel("bits per byte (lower is better)")
