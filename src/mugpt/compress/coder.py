@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 import time
 import warnings
 import zlib
@@ -61,6 +62,7 @@ PLACEHOLDER = 0
 """The byte that stands in for not-yet-decoded bytes of a step (any value gives the same
 predictions; tests check that)."""
 _PROGRESS_SECONDS = 0.2
+_CODER_BATCH = 4096  # bytes of predictions the encoder collects before one coder call
 
 
 class PlatformMismatchWarning(UserWarning):
@@ -326,23 +328,41 @@ def encode(
     encoder = constriction.stream.queue.RangeEncoder()
     tick = _ticker(progress, array.size)
     bits = 0.0
+    pending: list[np.ndarray] = []  # predictions not yet handed to the coder
+    coded = 0  # bytes handed to the coder
+
+    def flush(upto: int) -> None:
+        # one coder call per batch of steps: the same stream as one call per symbol
+        nonlocal bits, coded
+        q = coding_probs(np.concatenate(pending))  # (n, 256)
+        symbols = array[coded:upto].astype(np.int32)
+        encoder.encode(symbols, family, q)
+        bits += coded_bits(q, symbols)
+        pending.clear()
+        coded = upto
+
     with deterministic_threads():
         pos = 0
         for size in step_sizes(array.size, learner.cfg.update_every, learner.model_cfg.context):
-            chunk = array[pos : pos + size]
-            out = learner.step(chunk)
-            q = coding_probs(out.probs)  # (k, 256)
-            symbols = chunk.astype(np.int32)
-            encoder.encode(symbols, family, q)
-            bits += coded_bits(q, symbols)
+            out = learner.step(array[pos : pos + size])
+            pending.append(np.asarray(out.probs, dtype=np.float64))
             pos += size
+            if pos - coded >= _CODER_BATCH:
+                flush(pos)
             tick(pos, learner)
+        if pending:
+            flush(pos)
         tick(pos, learner, True)
         fingerprint = platform_fingerprint()
     payload = encoder.get_compressed().astype("<u4").tobytes()
     prequential = float(learner.losses.sum())
+    config = run_config.to_dict()
+    backend = getattr(learner, "backend", None)
+    if backend is not None and "backend" in config["learner"]:
+        # "auto" could pick another backend where the file is decoded: pin the one used
+        config["learner"]["backend"] = backend
     header = Header(
-        config=run_config.to_dict(),
+        config=config,
         length=len(data),
         crc32=zlib.crc32(data),
         payload_bytes=len(payload),
@@ -423,17 +443,20 @@ def decode(
                 rows[j] = predict_in_step(learner, chunk, j)
                 q = coding_probs(rows[j])[None, :]
                 try:
-                    chunk[j] = int(decoder.decode(family, q)[0])
+                    symbol = int(decoder.decode(family, q)[0])
                 except Exception as exc:  # constriction reports exhausted/invalid data
                     raise CompressedFileError(
                         f"the payload cannot be decoded at byte {pos + j:,} ({exc}); the file "
                         "is corrupt"
                     ) from None
+                chunk[j] = symbol
+                total = float(q.sum())
+                share = float(q[0, symbol]) / total if total > 0 else 1.0 / N_BYTE_SYMBOLS
+                bits -= math.log2(max(share, 2.0**-CODER_PRECISION_BITS))
             step = learner.step(chunk)
             recorded = np.asarray(step.probs, dtype=np.float64)
-            if not np.array_equal(recorded, rows, equal_nan=True):
+            if recorded.shape != rows.shape or recorded.tobytes() != rows.tobytes():
                 raise CompressedFileError(_divergence_message(pos, recorded, rows, mismatch))
-            bits += coded_bits(coding_probs(rows), chunk.astype(np.int64))
             out[pos : pos + size] = chunk
             pos += size
             tick(pos, learner)
@@ -453,7 +476,8 @@ def decode(
 
 
 def _divergence_message(pos: int, recorded: np.ndarray, used: np.ndarray, mismatch: list[str]) -> str:  # fmt: skip
-    bad = int(np.argmax(np.any(recorded != used, axis=-1)))
+    differs = recorded != used if recorded.shape == used.shape else np.ones((1, 1), dtype=bool)
+    bad = int(np.argmax(np.any(differs, axis=-1)))
     where = f"byte {pos + bad:,}"
     cause = (
         f" (the file was made on a different platform: {'; '.join(mismatch)})"
