@@ -66,7 +66,7 @@ def test_half_life_in_bytes_or_steps() -> None:
 
 
 def test_ema_detector_fires_once_shortly_after_a_jump() -> None:
-    m = AdaptiveLR(fast_half_life=32, slow_half_life=2048, threshold=1.25, warmup=500)
+    m = AdaptiveLR(fast_half_life=32, slow_half_life=2048, threshold=1.25, warmup=500, boost=2.0)
     events = feed(m, step_losses())
     alarms = [e["index"] for e in events if e["kind"] == "alarm"]
     assert len(alarms) == 1 and 3000 <= alarms[0] < 3000 + 100
@@ -83,7 +83,7 @@ def test_ema_detector_is_quiet_on_a_falling_or_flat_loss() -> None:
 
 
 def test_rearm_allows_a_second_alarm_after_recovery() -> None:
-    m = AdaptiveLR(fast_half_life=32, slow_half_life=1024, warmup=0)
+    m = AdaptiveLR(fast_half_life=32, slow_half_life=1024, threshold=1.25, warmup=0)
     losses = np.concatenate([np.full(3000, 2.0), np.full(3000, 4.0), np.full(6000, 2.0),
                              np.full(3000, 4.0)])  # fmt: skip
     alarms = [e["index"] for e in feed(m, losses, k=16) if e["kind"] == "alarm"]
@@ -96,7 +96,7 @@ def test_alarms_scale_the_learning_rate_of_the_update_in_a_learner() -> None:
         [Phase("a", "t", 0, 600), Phase("b", "t", 600, 1224)],
         np.array([0, 600]),
     )
-    mech = AdaptiveLR(fast_half_life=8, slow_half_life=256, warmup=100, half_life=200)
+    mech = AdaptiveLR(fast_half_life=8, slow_half_life=256, warmup=100, half_life=200, boost=2.0)
     learner = Learner(ModelConfig(context=16), OptimConfig(lr=0.01), [mech],
                       LearnerConfig(update_every=4))  # fmt: skip
     multipliers = []
@@ -106,7 +106,8 @@ def test_alarms_scale_the_learning_rate_of_the_update_in_a_learner() -> None:
     alarms = [e for e in learner.events if e["kind"] == "alarm"]
     assert alarms and 600 <= alarms[0]["index"] < 700
     assert alarms[0]["pos"] <= alarms[0]["index"] < alarms[0]["pos"] + 4
-    assert max(multipliers) == pytest.approx(2.0)
+    assert multipliers[alarms[0]["step"]] == pytest.approx(2.0)  # boosted in the alarm's step
+    assert max(multipliers) <= 4.0  # the cap
     assert multipliers[-1] < max(multipliers)  # decaying back
 
 

@@ -46,18 +46,18 @@ class AdaptiveLRConfig(MechanismConfig):
     Example:
         >>> cfg = AdaptiveLRConfig()
         >>> cfg.detector, cfg.boost, cfg.cap, cfg.half_life, cfg.unit
-        ('ema', 2.0, 4.0, 2000.0, 'bytes')
+        ('ema', 1.5, 4.0, 2000.0, 'bytes')
     """
 
     detector: Literal["ema", "page_hinkley", "adwin"] = Field(
         "ema", description="ema (built in) | page_hinkley | adwin (need `pip install river`)"
     )
-    fast_half_life: float = Field(64.0, ge=1.0, le=1e7, description="fast loss EMA, bytes")
+    fast_half_life: float = Field(256.0, ge=1.0, le=1e7, description="fast loss EMA, bytes")
     slow_half_life: float = Field(4096.0, ge=2.0, le=1e8, description="slow loss EMA, bytes")
-    threshold: float = Field(1.25, ge=1.0, le=10.0, description="alarm when fast/slow > this")
+    threshold: float = Field(1.2, ge=1.0, le=10.0, description="alarm when fast/slow > this")
     rearm: float = Field(1.05, ge=0.5, le=10.0, description="re-arm when fast/slow < this")
     warmup: int = Field(1000, ge=0, le=10**9, description="bytes before the first alarm")
-    boost: float = Field(2.0, ge=1.0, le=100.0, description="multiplier factor per alarm")
+    boost: float = Field(1.5, ge=1.0, le=100.0, description="multiplier factor per alarm")
     cap: float = Field(4.0, ge=1.0, le=100.0, description="largest LR multiplier")
     half_life: float = Field(2000.0, gt=0.0, le=1e9, description="decay of the boost")
     unit: Literal["bytes", "steps"] = Field("bytes", description="unit of half_life")

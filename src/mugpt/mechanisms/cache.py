@@ -200,12 +200,12 @@ class CacheConfig(MechanismConfig):
 
     Example:
         >>> CacheConfig().size, CacheConfig().theta, CacheConfig().lam
-        (1024, 0.3, 0.1)
+        (1024, 10.0, 0.05)
     """
 
     size: int = Field(1024, ge=1, le=1_000_000, description="M: (hidden, next byte) pairs kept")
-    theta: float = Field(0.3, ge=0.0, le=100.0, description="θ: flatness of p_cache")
-    lam: float = Field(0.1, ge=0.0, le=1.0, description="λ: weight of p_cache in the mixture")
+    theta: float = Field(10.0, ge=0.0, le=100.0, description="θ: flatness of p_cache")
+    lam: float = Field(0.05, ge=0.0, le=1.0, description="λ: weight of p_cache in the mixture")
 
 
 @register

@@ -41,7 +41,7 @@ class SelectiveBackpropConfig(MechanismConfig):
         "threshold", description="threshold: skip when loss < tau; percentile: Jiang et al."
     )
     tau: float = Field(
-        2.0, ge=0.0, le=40.0, description="threshold mode: skip below this many bits"
+        2.5, ge=0.0, le=40.0, description="threshold mode: skip below this many bits"
     )
     beta: float = Field(3.0, ge=0.0, le=100.0, description="percentile mode: selectivity β")
     history: int = Field(1024, ge=1, le=1_000_000, description="percentile mode: losses remembered")
