@@ -16,13 +16,14 @@ import numpy as np
 
 from mugpt.errors import ConfigError
 from mugpt.mechanisms import Mechanism, StepContext
-from mugpt.model import BOS, GPT, Activations, ModelConfig, OptimConfig, Optimizer
+from mugpt.model import BOS, GPT, ModelConfig, OptimConfig, Optimizer, UpdateInfo
 from mugpt.model.config import _from_dict
 
 if TYPE_CHECKING:
     from mugpt.corpus import Stream
 
 WINDOW_LOSSES = ("all", "new")
+BACKENDS = ("auto", "numba", "numpy")
 PROB_FLOOR = 2.0**-40
 """Smallest probability scored; keeps a loss finite (40 bits) even if a float underflows."""
 
@@ -34,18 +35,26 @@ class LearnerConfig:
     ``update_every`` (k): bytes predicted per step before the (at most one) update; k = 1 is
     the strict per-byte protocol. ``window_loss``: ``"all"`` trains on every position of the
     window (the full causal block), ``"new"`` only on the k newest. ``seed`` seeds the
-    Learner's generator used by mechanisms.
+    Learner's generator used by mechanisms. ``backend``: ``"numba"`` runs the compiled kernels
+    of :mod:`mugpt.model.fast`, ``"numpy"`` the reference NumPy model, ``"auto"`` numba when it
+    imports. ``batch_streams`` (B): :meth:`Learner.run` splits the bytes it reads into B
+    contiguous sub-streams learned as one batch with shared weights (NNCP, Bellard 2019);
+    each sub-stream stays strictly prequential and losses are reported in stream order.
 
     Example:
         >>> LearnerConfig(update_every=0)
         Traceback (most recent call last):
         ...
         mugpt.errors.ConfigError: update_every=0 must be an integer >= 1
+        >>> LearnerConfig(batch_streams=16).batch_streams
+        16
     """
 
     update_every: int = 1
     window_loss: str = "all"
     seed: int = 0
+    backend: str = "auto"
+    batch_streams: int = 1
 
     def __post_init__(self) -> None:
         k = self.update_every
@@ -57,6 +66,11 @@ class LearnerConfig:
             )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed={self.seed!r} must be a non-negative integer")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend={self.backend!r} is unknown; choose one of {BACKENDS}")
+        b = self.batch_streams
+        if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 4096:
+            raise ConfigError(f"batch_streams={b!r} must be an integer in [1, 4096] (1 = off)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -130,6 +144,26 @@ class RunResult:
 ProgressFn = Callable[[int, int, float], None]
 
 
+def resolve_backend(name: str) -> str:
+    """``"auto"`` → ``"numba"`` when the compiled kernels import, else ``"numpy"``.
+
+    Example:
+        >>> resolve_backend("numpy")
+        'numpy'
+    """
+    if name == "numpy":
+        return "numpy"
+    try:
+        import mugpt.model.fast  # noqa: F401
+    except ImportError as exc:
+        if name == "numba":
+            raise ConfigError(
+                f"backend='numba' needs numba ({exc}); install numba or use backend='numpy'"
+            ) from None
+        return "numpy"
+    return "numba"
+
+
 class Learner:
     """A model, its optimiser and mechanisms, reading a byte stream prequentially.
 
@@ -161,7 +195,17 @@ class Learner:
         names = [m.name for m in mechanisms]
         if len(set(names)) != len(names):
             raise ConfigError(f"each mechanism may appear once; got {names}")
-        self.model = GPT(self.model_cfg)
+        self.backend = resolve_backend(self.cfg.backend)
+        self._fast: Any = None  # the mugpt.model.fast module on the numba backend
+        self.model: Any
+        if self.backend == "numba":
+            from mugpt.model import fast
+
+            self._fast = fast
+            self.model = fast.FastGPT(self.model_cfg)
+        else:
+            self.model = GPT(self.model_cfg)
+        self._extra_model: Any = None  # extra windows get their own workspace (numba)
         dtype = self.model.dtype
         self.optimizer = Optimizer(self.optim_cfg, self.model_cfg.n_params, dtype)
         self.grads = self.model.params.like()
@@ -176,7 +220,7 @@ class Learner:
         self._hist = np.full(4 * (ctx + 1), BOS, dtype=np.int64)
         self._hist_len = 0
         self.last: StepOutput | None = None
-        self.last_acts: Activations | None = None
+        self.last_acts: Any = None  # Activations of the last step's main window
         self.lr_effective = self.lr
         self.checkpoint_extra: dict[str, Any] = {}
 
@@ -259,8 +303,7 @@ class Learner:
         probs = acts.probs[0, new_positions].astype(np.float64)  # (k, V)
         for mech in active:
             probs = mech.adjust_prediction(ctx, probs)
-        picked = probs[np.arange(k), data]
-        loss_bits = -np.log2(np.maximum(picked, PROB_FLOOR))
+        loss_bits = self._loss_bits(probs, data)
         ctx.loss_bits = loss_bits
         self._loss_log.append(loss_bits)
         for mech in active:
@@ -272,8 +315,11 @@ class Learner:
             only_new = np.zeros_like(weights)
             only_new[new_positions] = 1.0
             weights = only_new
-        model_bits = -np.log2(np.maximum(acts.probs[0, np.arange(n), targets], PROB_FLOOR))
-        ctx.window_loss_bits = float((model_bits * weights).sum() / weights.sum())
+        if self._fast is not None:
+            ctx.window_loss_bits = float(self._fast.window_loss_bits(acts.probs[0], targets, weights))  # fmt: skip
+        else:
+            model_bits = -np.log2(np.maximum(acts.probs[0, np.arange(n), targets], PROB_FLOOR))
+            ctx.window_loss_bits = float((model_bits * weights).sum() / weights.sum())
         update = all(mech.should_update(ctx) for mech in active)
         grad_norm: float | None = None
         if update:
@@ -331,15 +377,35 @@ class Learner:
         grads.flat[:] = 0.0
         self.model.backward(acts, targets[None, :], weights[None, :], grads)
         self.counters.backward_passes += 1
-        ctx.grad_norm = float(np.sqrt(np.dot(grads.flat, grads.flat)))
+        ctx.grad_norm = self._grad_norm(grads.flat)
         for mech in active:
             mech.transform_grads(ctx, grads.flat)
-        info = self.optimizer.step(self.model.params.flat, grads.flat, lr_scale)
+        info = self._optimizer_step(self.optimizer, lr_scale)
         if info.applied:
             self.counters.updates += 1
         else:
             self.counters.nonfinite += 1
         return info.grad_norm
+
+    def _loss_bits(self, probs: np.ndarray, data: np.ndarray) -> np.ndarray:
+        """−log2 p(byte) of each scored byte (probs (k, V) float64)."""
+        if self._fast is not None:
+            out = np.empty(data.size, dtype=np.float64)
+            self._fast.loss_bits_of(probs, np.ascontiguousarray(data, dtype=np.uint8), out)
+            return out
+        picked = probs[np.arange(data.size), data]
+        return -np.log2(np.maximum(picked, PROB_FLOOR))
+
+    def _grad_norm(self, g: np.ndarray) -> float:
+        if self._fast is not None:
+            return float(np.sqrt(self._fast.grad_sq_norm(g, np.empty(64, dtype=g.dtype))))
+        return float(np.sqrt(np.dot(g, g)))
+
+    def _optimizer_step(self, optimizer: Optimizer, lr_scale: float = 1.0) -> UpdateInfo:
+        """``optimizer.step`` on the current gradient (compiled on the numba backend)."""
+        if self._fast is not None:
+            return self._fast.step_optimizer(optimizer, self.model.params.flat, self.grads.flat, lr_scale)  # fmt: skip
+        return optimizer.step(self.model.params.flat, self.grads.flat, lr_scale)
 
     def _train_extra(self, symbols: np.ndarray, optimizer: Optimizer | None) -> float:
         """One update on an extra window; returns its mean loss in bits before the update."""
@@ -348,12 +414,17 @@ class Learner:
         weights = (targets != BOS).astype(np.float64)
         if not weights.any():
             return float("nan")
-        acts = self.model.forward(inputs[None, :])
+        model = self.model
+        if self._fast is not None:  # keep the main window's activations for the lab's views
+            if self._extra_model is None:
+                self._extra_model = self._fast.FastGPT(self.model_cfg, self.model.params)
+            model = self._extra_model
+        acts = model.forward(inputs[None, :])
         self.counters.forward_passes += 1
         self.grads.flat[:] = 0.0
-        nats = self.model.backward(acts, targets[None, :], weights[None, :], self.grads)
+        nats = model.backward(acts, targets[None, :], weights[None, :], self.grads)
         self.counters.backward_passes += 1
-        info = (optimizer or self.optimizer).step(self.model.params.flat, self.grads.flat)
+        info = self._optimizer_step(optimizer or self.optimizer)
         if info.applied:
             self.counters.replay_updates += 1
         else:
@@ -379,15 +450,47 @@ class Learner:
         progress_every: float = 0.2,
     ) -> RunResult:
         """Reads ``stream`` from the Learner's position to its end (or ``max_bytes`` in all),
-        ``update_every`` bytes per step, and returns the losses of every byte read so far."""
+        ``update_every`` bytes per step, and returns the losses of every byte read so far.
+
+        With ``batch_streams`` B > 1 the bytes this call reads are split into B contiguous
+        sub-streams that advance together (each starts with BOS, except the first, which
+        continues the Learner's history); afterwards the Learner continues after the last.
+        On the numba backend with no active mechanism the whole loop runs compiled."""
         data = np.frombuffer(stream.data, dtype=np.uint8)
         end = data.size if max_bytes is None else min(data.size, max_bytes)
         starts = np.zeros(data.size + 1, dtype=bool)
         starts[np.asarray(stream.doc_starts, dtype=np.int64)] = True
-        k, ctx_len = self.cfg.update_every, self.model_cfg.context
         begin = self.position
         t0 = time.perf_counter()
-        last_report = t0
+        compiled = self._fast is not None and not any(m.enabled for m in self.mechanisms)
+        if compiled:
+            self._run_compiled(data, starts, end, progress, progress_every)
+        elif self.cfg.batch_streams > 1:
+            self._run_batched(data, starts, end, progress, progress_every)
+        else:
+            self._run_steps(data, starts, end, progress, progress_every)
+        seconds = time.perf_counter() - t0
+        return RunResult(
+            losses=self.losses,
+            counters=self.counters.to_dict(),
+            seconds=seconds,
+            bytes_this_call=self.position - begin,
+            stream=stream,
+            events=list(self.events),
+            mechanisms=[m.describe() for m in self.mechanisms],
+        )
+
+    def _run_steps(
+        self,
+        data: np.ndarray,
+        starts: np.ndarray,
+        end: int,
+        progress: ProgressFn | None,
+        progress_every: float,
+    ) -> None:
+        """The loop of :meth:`step` calls (any backend, any mechanism)."""
+        k, ctx_len = self.cfg.update_every, self.model_cfg.context
+        last_report = time.perf_counter()
         while self.position < end:
             pos = self.position
             stop = min(pos + k, end)
@@ -403,15 +506,291 @@ class Learner:
                 if now - last_report >= progress_every or self.position >= end:
                     last_report = now
                     progress(self.position, end, self.running_bpb())
-        seconds = time.perf_counter() - t0
-        return RunResult(
-            losses=self.losses,
-            counters=self.counters.to_dict(),
-            seconds=seconds,
-            bytes_this_call=self.position - begin,
-            stream=stream,
-            events=list(self.events),
-            mechanisms=[m.describe() for m in self.mechanisms],
+
+    def _run_batched(
+        self,
+        data: np.ndarray,
+        starts: np.ndarray,
+        end: int,
+        progress: ProgressFn | None,
+        progress_every: float,
+    ) -> None:
+        """B sub-streams stepped together in Python (any backend, any mechanism).
+
+        Without mechanisms it computes exactly what :meth:`_run_compiled` computes. With
+        mechanisms, ``adjust_prediction`` and ``observe`` run for each sub-stream in order,
+        with that sub-stream's context; the update hooks (``should_update``, ``lr_scale``,
+        ``transform_grads``, ``extra_windows``) run once per step with the context of the
+        last sub-stream of the step, whose ``loss_bits`` and ``window_loss_bits`` cover the
+        whole batch."""
+        begin = self.position
+        n = end - begin
+        if n <= 0:
+            return
+        cfg = self.model_cfg
+        T, k = cfg.context, self.cfg.update_every
+        n_seg = min(self.cfg.batch_streams, n)
+        bounds = begin + (np.arange(n_seg + 1, dtype=np.int64) * n) // n_seg
+        seg_pos, seg_end = bounds[:-1].copy(), bounds[1:].copy()
+        hists = [np.full(self._hist.size, BOS, dtype=np.int64) for _ in range(n_seg)]
+        hist_len = [0] * n_seg
+        hists[0][: self._hist_len] = self._hist[: self._hist_len]
+        hist_len[0] = self._hist_len
+        losses = np.full(n, np.nan)
+        last_report = time.perf_counter()
+        while True:
+            active_segs = [s for s in range(n_seg) if seg_pos[s] < seg_end[s]]
+            if not active_segs:
+                break
+            rows = []  # per window: inputs, targets, new positions, bytes, first byte index
+            for sgi in active_segs:
+                pos = int(seg_pos[sgi])
+                first = hist_len[sgi] == 0
+                stop = min(pos + k, int(seg_end[sgi]))
+                flags = starts[pos:stop].copy()
+                if first:
+                    flags[0] = True
+                while stop - pos > 1 and (stop - pos) + int(flags.sum()) > T:
+                    stop -= 1
+                    flags = flags[: stop - pos]
+                chunk = data[pos:stop].astype(np.int64)
+                symbols = np.insert(chunk, np.nonzero(flags)[0], BOS) if flags.any() else chunk
+                h, hl = hists[sgi], hist_len[sgi]
+                if hl + symbols.size > h.size:
+                    tail = h[max(0, hl - (T + 1)) : hl].copy()
+                    h[: tail.size] = tail
+                    hl = tail.size
+                h[hl : hl + symbols.size] = symbols
+                hl += symbols.size
+                hist_len[sgi] = hl
+                window = h[max(0, hl - (T + 1)) : hl]
+                inputs, targets = window[:-1], window[1:]
+                slots = np.arange(max(0, inputs.size - symbols.size), inputs.size)
+                new_positions = slots[targets[slots] != BOS]
+                rows.append((inputs, targets, new_positions, data[pos:stop], pos))
+                seg_pos[sgi] = stop
+            n_max = max(r[0].size for r in rows)
+            idx = np.zeros((len(rows), n_max), dtype=np.int64)
+            tgt = np.zeros((len(rows), n_max), dtype=np.int64)
+            weights = np.zeros((len(rows), n_max))
+            for w, (inputs, targets, new_positions, _, _) in enumerate(rows):
+                idx[w, : inputs.size] = inputs
+                tgt[w, : targets.size] = targets
+                if self.cfg.window_loss == "new":
+                    weights[w, new_positions] = 1.0
+                else:
+                    weights[w, : targets.size] = targets != BOS
+            acts = self.model.forward(idx)
+            self.counters.forward_passes += 1
+            active = [m for m in self.mechanisms if m.enabled]
+            ctx: StepContext | None = None
+            step_losses = []
+            for w, (inputs, targets, new_positions, chunk_bytes, pos) in enumerate(rows):
+                ctx = StepContext(
+                    step=self.counters.steps,
+                    position=pos,
+                    new_bytes=chunk_bytes,
+                    inputs=inputs,
+                    targets=targets,
+                    new_positions=new_positions,
+                    hidden=acts.hidden[w, : inputs.size],
+                    rng=self.rng,
+                    optimizer=self.optimizer,
+                    lr=self.lr,
+                    context=T,
+                )
+                probs = acts.probs[w, new_positions].astype(np.float64)
+                for mech in active:
+                    probs = mech.adjust_prediction(ctx, probs)
+                loss_bits = self._loss_bits(probs, chunk_bytes)
+                ctx.loss_bits = loss_bits
+                losses[pos - begin : pos - begin + loss_bits.size] = loss_bits
+                step_losses.append(loss_bits)
+                for mech in active:
+                    mech.observe(ctx, loss_bits)
+            assert ctx is not None
+            ctx.loss_bits = np.concatenate(step_losses)
+            ctx.new_bytes = np.concatenate([r[3] for r in rows])
+            model_bits = -np.log2(
+                np.maximum(np.take_along_axis(acts.probs, tgt[..., None], -1)[..., 0], PROB_FLOOR)
+            )
+            ctx.window_loss_bits = float((model_bits * weights).sum() / weights.sum())
+            if all(mech.should_update(ctx) for mech in active):
+                scale = 1.0
+                for mech in active:
+                    scale *= mech.lr_scale(ctx)
+                self.grads.flat[:] = 0.0
+                self.model.backward(acts, tgt, weights, self.grads)
+                self.counters.backward_passes += 1
+                ctx.grad_norm = self._grad_norm(self.grads.flat)
+                for mech in active:
+                    mech.transform_grads(ctx, self.grads.flat)
+                info = self._optimizer_step(self.optimizer, scale)
+                if info.applied:
+                    self.counters.updates += 1
+                else:
+                    self.counters.nonfinite += 1
+                self.lr_effective = self.lr * scale
+            else:
+                self.counters.skipped += 1
+                self.lr_effective = 0.0
+            replays = 0
+            for mech in active:
+                windows = mech.extra_windows(ctx)
+                opt = mech.extra_optimizer()
+                extra_bits = [
+                    self._train_extra(np.asarray(x, dtype=np.int64), opt) for x in windows
+                ]
+                replays += len(windows)
+                if windows:
+                    mech.replayed(ctx, extra_bits)
+            if replays:
+                ctx.emit("replay", count=replays)
+            for event in ctx.events:
+                self.events.append({"pos": ctx.position, "step": ctx.step, **event})
+            self.counters.steps += 1
+            self.last_acts = acts
+            self.last = StepOutput(
+                position=ctx.position,
+                new_bytes=rows[-1][3],
+                loss_bits=step_losses[-1],
+                probs=probs,
+                updated=self.lr_effective > 0,
+                replays=replays,
+                grad_norm=ctx.grad_norm,
+                lr=self.lr_effective,
+                window_loss_bits=ctx.window_loss_bits,
+                events=ctx.events,
+            )
+            if progress is not None:
+                now = time.perf_counter()
+                if now - last_report >= progress_every:
+                    last_report = now
+                    done = int((seg_pos - bounds[:-1]).sum())
+                    filled = losses[np.isfinite(losses)]
+                    progress(begin + done, end, float(filled.mean()) if filled.size else float("nan"))  # fmt: skip
+        self._loss_log.append(losses)
+        last = n_seg - 1
+        self._hist[:] = hists[last]
+        self._hist_len = hist_len[last]
+        self.position = end
+        if progress is not None:
+            progress(self.position, end, self.running_bpb())
+
+    def _run_compiled(
+        self,
+        data: np.ndarray,
+        starts: np.ndarray,
+        end: int,
+        progress: ProgressFn | None,
+        progress_every: float,
+    ) -> None:
+        """The same protocol as :meth:`_run_steps` (bit for bit when B = 1), as compiled
+        chunks of steps; between chunks it reports progress."""
+        fast = self._fast
+        begin = self.position
+        n = end - begin
+        if n <= 0:
+            return
+        cfg, opt = self.model_cfg, self.optimizer
+        n_seg = min(self.cfg.batch_streams, n)
+        bounds = begin + (np.arange(n_seg + 1, dtype=np.int64) * n) // n_seg
+        seg_pos, seg_end = bounds[:-1].copy(), bounds[1:].copy()
+        if n_seg == 1:
+            hist = self._hist.reshape(1, -1)  # the Learner's own history, updated in place
+        else:
+            hist = np.full((n_seg, self._hist.size), BOS, dtype=np.int64)
+            hist[0, : self._hist_len] = self._hist[: self._hist_len]
+        hist_len = np.zeros(n_seg, dtype=np.int64)
+        hist_len[0] = self._hist_len
+        self.model.ensure_batch(n_seg)
+        ws = self.model.ws
+        losses = np.full(n, np.nan)
+        counters = np.array(
+            [getattr(self.counters, f.name) for f in dataclasses.fields(Counters)], dtype=np.int64
+        )
+        ostate = np.array([opt.t, opt.nonfinite_steps, opt.clipped_steps], dtype=np.int64)
+        hyper = fast.optimizer_hyper(opt.cfg)
+        rec = np.zeros((n_seg * cfg.context, 3), dtype=np.int64)
+        info = np.zeros(4)
+        chunk = 16  # steps per compiled call; grows to about one progress interval
+        done_upto = 0  # B = 1: losses[:done_upto] already handed to the loss log
+        last_report = time.perf_counter()
+        while True:
+            t_call = time.perf_counter()
+            made = fast.run_steps(
+                self.model.params.flat, self.model.offsets, self.model.dims, ws, self.grads.flat,
+                opt.m, opt.v, hyper, ostate, data, starts, seg_pos, seg_end, hist, hist_len,
+                self.cfg.update_every, self.cfg.window_loss == "new", losses, begin,
+                counters, chunk, rec, info,
+            )  # fmt: skip
+            if made == 0:
+                break
+            elapsed = time.perf_counter() - t_call
+            if progress is not None:
+                chunk = int(min(max(chunk * progress_every / max(elapsed, 1e-6), 1), 1 << 20))
+            else:
+                chunk = min(chunk * 4, 1 << 20)
+            if n_seg == 1:
+                upto = int(seg_pos[0] - begin)
+                self._loss_log.append(losses[done_upto:upto].copy())
+                done_upto = upto
+                self.position = int(seg_pos[0])
+            if progress is not None:
+                now = time.perf_counter()
+                if now - last_report >= progress_every:
+                    last_report = now
+                    pos_now = self.position if n_seg == 1 else begin + int((seg_pos - bounds[:-1]).sum())  # fmt: skip
+                    filled = losses[np.isfinite(losses)]
+                    progress(pos_now, end, float(filled.mean()) if filled.size else float("nan"))
+        if n_seg > 1:
+            self._loss_log.append(losses)
+            last = n_seg - 1
+            self._hist[:] = hist[last]
+            self._hist_len = int(hist_len[last])
+        else:
+            self._hist_len = int(hist_len[0])
+        self.position = end
+        for f, value in zip(dataclasses.fields(Counters), counters):
+            setattr(self.counters, f.name, int(value))
+        opt.t, opt.nonfinite_steps, opt.clipped_steps = (int(x) for x in ostate)
+        self.lr_effective = self.lr
+        self._finish_compiled(data, rec, info, losses, begin)
+        if progress is not None:
+            progress(self.position, end, self.running_bpb())
+
+    def _finish_compiled(
+        self, data: np.ndarray, rec: np.ndarray, info: np.ndarray, losses: np.ndarray, begin: int
+    ) -> None:
+        """``last`` and ``last_acts`` for the final step of a compiled run (its last window)."""
+        fast, ws = self._fast, self.model.ws
+        n_rec, n_win = int(info[0]), int(info[1])
+        recs = rec[:n_rec]
+        recs = recs[recs[:, 0] == n_win - 1]
+        window = n_win - 1
+        t_slots, index = recs[:, 1], recs[:, 2]
+        n_in = int(min(self._hist_len, self.model_cfg.context + 1) - 1)
+        weights = (ws.wts[window, :n_in] != 0).astype(np.float64)
+        probs = ws.probs[window, t_slots].astype(np.float64)
+        self.last_acts = fast.FastActivations(
+            idx=ws.idx[window : window + 1, :n_in].copy(),
+            probs=ws.probs[window : window + 1, :n_in],
+            hidden=ws.hidden[window : window + 1, :n_in],
+            workspace=ws,
+        )
+        self.last = StepOutput(
+            position=int(index[0]),
+            new_bytes=data[index].copy(),
+            loss_bits=losses[index - begin].copy(),
+            probs=probs,
+            updated=bool(info[3] > 0),
+            replays=0,
+            grad_norm=float(info[2]),
+            lr=self.lr_effective,
+            window_loss_bits=float(
+                fast.window_loss_bits(ws.probs[window], ws.tgt[window], weights)
+            ),
+            events=[],
         )
 
     @property
