@@ -36,7 +36,15 @@ _LEARNER_FLAGS: list[tuple[str, str, type, str]] = [
         str,
         "all | new: train on every window position or only the k newest (seed: all)",
     ),
-]
+    (
+        "--batch-streams",
+        "batch_streams",
+        int,
+        "B: learn B contiguous sub-streams as one batch, each strictly prequential (seed: 1)",
+    ),
+    ("--backend", "backend", str, "auto | numba | numpy: compiled kernels or the NumPy "
+     "reference (seed: auto = numba when installed)"),
+]  # fmt: skip
 
 
 def _dest(flag: str) -> str:
