@@ -28,6 +28,9 @@ from mugpt.sweep.spec import run_key
 CURVE_POINTS = 400
 """Bins of the loss curve kept in a result (the per-byte log stays in the run directory)."""
 
+SEGMENT_BYTES = 4096
+"""Bytes per ``Learner.run`` call: the granularity of checkpoints and of stopping."""
+
 _STOP = threading.Event()
 
 
@@ -60,6 +63,21 @@ def loss_curve(losses: np.ndarray, points: int = CURVE_POINTS) -> dict[str, list
     return {"x": ends.tolist(), "bpb": (sums / counts).round(5).tolist()}
 
 
+def segment_length(segment_bytes: int, cfg: RunConfig, end: int) -> int:
+    """Bytes per ``Learner.run`` call: ``segment_bytes`` rounded up to a multiple of
+    ``update_every`` (so, unless a document start shortens a step, segment ends fall on the
+    step boundaries of an uninterrupted run). With sub-streams (``batch_streams`` > 1) a call
+    splits its bytes among them, so such a run is read in one call.
+
+    >>> segment_length(4096, RunConfig.from_dict({"learner": {"update_every": 24}}), 10**6)
+    4104
+    """
+    if int(getattr(cfg.learner, "batch_streams", 1) or 1) > 1:
+        return max(1, end)
+    k = cfg.learner.update_every
+    return max(k, -(-segment_bytes // k) * k)
+
+
 def execute_run(
     run_config: dict[str, Any],
     out_dir: str | Path,
@@ -67,6 +85,7 @@ def execute_run(
     *,
     checkpoint_seconds: float = 30.0,
     baselines: bool = True,
+    segment_bytes: int = SEGMENT_BYTES,
 ) -> dict[str, Any]:
     """Runs (or resumes, or just reads back) one configuration; returns its result dict.
 
@@ -74,6 +93,10 @@ def execute_run(
     Calling it again on a finished directory returns the stored result without work; on a
     directory holding a checkpoint of the same run, it continues from there (the losses are
     the same, bit for bit, as those of a run that was never stopped).
+
+    The stream is read with ``Learner.run`` in segments that end at multiples of
+    :func:`segment_length` bytes; between segments the run saves its checkpoint (at most every
+    ``checkpoint_seconds``) and honours a stop request (:func:`request_stop`).
 
     Example:
         >>> import tempfile
@@ -123,26 +146,24 @@ def execute_run(
         )
     extra_base = {"run_config": cfg.to_dict(), "stream_spec": cfg.stream, "run_id": rid,
                   "max_bytes": max_bytes}  # fmt: skip
-    t0 = time.perf_counter()
-    last_save = t0
-
-    def save() -> None:
-        spent = seconds_before + (time.perf_counter() - t0)
-        save_checkpoint(learner, ckpt, extra={**extra_base, "seconds": spent})
-
-    def on_progress(position: int, total: int, bpb: float) -> None:
-        nonlocal last_save
-        now = time.perf_counter()
-        if _STOP.is_set():
-            save()
-            raise RunInterrupted(position)
-        if now - last_save >= checkpoint_seconds and position < total:
-            save()
-            last_save = time.perf_counter()
-
+    seconds = seconds_before
+    last_save = time.perf_counter()
+    seg = segment_length(segment_bytes, cfg, end)
     _STOP.clear()
-    result = learner.run(stream, max_bytes=end, progress=on_progress, progress_every=0.25)
-    seconds = seconds_before + (time.perf_counter() - t0)
+    while True:
+        # Segments end at fixed multiples of `seg`: a resumed run makes exactly the calls
+        # an uninterrupted one makes, and between calls the Learner is a consistent whole.
+        target = min(end, (learner.position // seg + 1) * seg)
+        t_call = time.perf_counter()
+        result = learner.run(stream, max_bytes=target)
+        seconds += time.perf_counter() - t_call
+        if learner.position >= end:
+            break
+        if _STOP.is_set() or time.perf_counter() - last_save >= checkpoint_seconds:
+            save_checkpoint(learner, ckpt, extra={**extra_base, "seconds": seconds})
+            last_save = time.perf_counter()
+            if _STOP.is_set():
+                raise RunInterrupted(learner.position)
 
     summary = build_summary(result, cfg, baselines=baselines)
     summary["seconds"] = seconds
