@@ -161,6 +161,16 @@ def test_compression_is_deterministic_and_header_describes_the_run() -> None:
     assert decompress_bytes(blob) == data
 
 
+def test_the_backend_used_is_pinned_in_the_file() -> None:
+    data = b"numba or numpy, the decoder uses the encoder's kernels"
+    for backend in ("auto", "numpy"):
+        cfg = RunConfig.from_dict({"learner": {"backend": backend}})
+        blob = compress_bytes(data, cfg)
+        pinned = read_header(blob).config["learner"]["backend"]
+        assert pinned == cfg.build_learner().backend != "auto"
+        assert decompress_bytes(blob) == data
+
+
 def test_a_byte_the_model_gives_zero_probability_is_still_encodable() -> None:
     import constriction
 

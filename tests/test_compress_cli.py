@@ -93,6 +93,12 @@ def test_bad_file_gives_a_clear_error_and_no_output(
     assert list(out_dir.iterdir()) == []  # neither the output nor a temporary file
 
 
+def test_sub_streams_are_refused(original: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    assert main(["compress", str(original), str(tmp_path / "x.mgz"), "--batch-streams", "4"]) == 2
+    assert "batch_streams=4" in capsys.readouterr().err
+    assert not (tmp_path / "x.mgz").exists()
+
+
 def test_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compress", str(tmp_path / "nope"), str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err

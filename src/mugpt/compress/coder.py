@@ -186,13 +186,12 @@ def step_sizes(n: int, update_every: int, context: int) -> Iterator[int]:
 
 
 def _check_supported(run_config: Any) -> None:
-    for name in ("batch_streams", "sub_streams", "streams", "batch"):
-        value = getattr(run_config.learner, name, 1)
-        if isinstance(value, int) and value > 1:
-            raise ConfigError(
-                f"compress codes one stream; learner.{name}={value} (interleaved sub-streams) "
-                "is not supported by the compressed format yet — drop it for compression"
-            )
+    value = getattr(run_config.learner, "batch_streams", 1)
+    if isinstance(value, int) and value > 1:
+        raise ConfigError(
+            f"compress codes one stream: batch_streams={value} (sub-streams learned as one "
+            "batch) is not supported by the compressed format; drop --batch-streams"
+        )
 
 
 # ---------------------------------------------------------------------------- prediction
