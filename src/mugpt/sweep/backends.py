@@ -98,7 +98,7 @@ class LocalBackend:
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(
             ["mugpt.sweep.runner", "mugpt.engine.rundir", "mugpt.engine.summary",
-             "matplotlib.figure", "matplotlib.backends.backend_agg"]
+             "matplotlib.figure", "matplotlib.backends.backend_agg", "mugpt.sweep.warmup"]
         )  # fmt: skip
         self.procs: dict[str, tuple[Any, Any]] = {}
 
