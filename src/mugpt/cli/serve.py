@@ -1,0 +1,152 @@
+"""``mugpt serve``: the browser lab."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import socket
+import sys
+import threading
+import time
+import webbrowser
+from pathlib import Path
+
+from mugpt.errors import ConfigError
+
+DESCRIPTION = """\
+Open the browser lab: watch a tiny GPT learn a byte stream, live.
+
+The page starts learning the built-in stream (prose → code → stories → prose) as soon as it
+connects. It draws the loss of every byte with its moving average, phase boundaries, the
+bytes-per-byte of gzip, xz and PPMd on the same bytes, the learning rate and gradient norm,
+the text as it is read (shaded by surprisal), the next-byte distribution and attention maps.
+Pause, step, throttle, switch mechanisms on and off, change the learning rate, sample text,
+build a new stream from phases (or an uploaded text), start more runs and overlay them.
+
+Every run learns in its own process; the page and scripts talk to the server through an HTTP
+JSON API and a WebSocket (OpenAPI schema at /openapi.json, reference at /docs).
+"""
+
+EPILOG = """\
+examples:
+  mugpt serve                              open the lab in your browser on port 8000
+  mugpt serve --no-browser --port 8001     serve only; open http://127.0.0.1:8001/ yourself
+  mugpt serve --open runs/first            view a finished run directory
+  mugpt serve --max-runs 2 --max-params 200000   tighter limits for a shared machine
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="open the browser lab (live charts, controls, comparisons)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")  # fmt: skip
+    p.add_argument("--port", type=int, default=8000,
+                   help="port to listen on (default 8000; 0 = any free port)")  # fmt: skip
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser window")
+    p.add_argument("--open", metavar="RUN_DIR", action="append", default=[],
+                   help="show a finished run directory (config.json, summary.json, log.csv); "
+                   "repeatable")  # fmt: skip
+    p.add_argument("--stream", metavar="SPEC", default=None,
+                   help="stream of a run started without one (default: the built-in stream)")  # fmt: skip
+    p.add_argument("--runs-dir", metavar="DIR", default=None,
+                   help="where run directories and uploads go (default: a temporary folder)")  # fmt: skip
+    g = p.add_argument_group("limits (a request past one gets a clear error; the server goes on)")
+    g.add_argument("--max-runs", type=int, default=None,
+                   help="runs with a live worker process at once (default 4)")  # fmt: skip
+    g.add_argument("--max-params", type=int, default=None,
+                   help="trainable parameters of one model (default 2000000)")  # fmt: skip
+    g.add_argument("--max-context", type=int, default=None,
+                   help="context of one model, in symbols (default 1024)")  # fmt: skip
+    g.add_argument("--max-upload-mb", type=float, default=None,
+                   help="size of one uploaded text in MB (default 20)")  # fmt: skip
+    g.add_argument("--max-sample-bytes", type=int, default=None,
+                   help="bytes one sampling request may generate (default 4000)")  # fmt: skip
+    g.add_argument("--max-stream-mb", type=float, default=None,
+                   help="size of one run's stream in MB (default 200)")  # fmt: skip
+    g.add_argument("--publish-hz", type=float, default=None,
+                   help="updates per second sent to a page, at most 20 (default 10)")  # fmt: skip
+    p.add_argument("--log-level", default="warning",
+                   choices=["critical", "error", "warning", "info", "debug"],
+                   help="server log level (default warning)")  # fmt: skip
+    p.set_defaults(func=serve)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Binds a listening socket, or raises ConfigError saying how to pick another port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is already in use (another mugpt serve?); choose "
+                f"another with --port {port + 1}, or --port 0 for any free port"
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mugpt.serve import ServeSettings, create_app
+
+    def mb(value: float | None) -> int | None:
+        return None if value is None else int(value * 1_000_000)
+
+    settings = ServeSettings.from_env(
+        max_runs=args.max_runs,
+        max_params=args.max_params,
+        max_context=args.max_context,
+        max_upload_bytes=mb(args.max_upload_mb),
+        max_sample_bytes=args.max_sample_bytes,
+        max_stream_bytes=mb(args.max_stream_mb),
+        publish_hz=args.publish_hz,
+        runs_dir=args.runs_dir,
+        default_stream=args.stream,
+    )
+    if args.stream:
+        from mugpt.corpus import parse_spec
+
+        parse_spec(args.stream)  # a bad spec fails now, not in the page
+    for folder in args.open:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"--open {folder}: no such run directory")
+    sock = bind_socket(args.host, args.port)
+    port = sock.getsockname()[1]
+    shown_host = args.host if args.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    if ":" in shown_host:
+        shown_host = f"[{shown_host}]"
+    url = f"http://{shown_host}:{port}/"
+    app = create_app(settings, open_dirs=list(args.open))
+    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=30)
+    server = uvicorn.Server(config)
+    print(f"μGPT lab on {url}   (Ctrl-C stops it; API schema at {url}openapi.json)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: listening on {args.host}: other machines can start runs on this one",
+            file=sys.stderr,
+        )
+    if not args.no_browser:
+
+        def open_when_ready() -> None:
+            for _ in range(200):
+                if server.started:
+                    webbrowser.open(url)
+                    return
+                time.sleep(0.05)
+
+        threading.Thread(target=open_when_ready, daemon=True).start()
+    server.run(sockets=[sock])
+    return 0

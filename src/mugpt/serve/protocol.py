@@ -1,0 +1,253 @@
+"""The lab's wire protocol: commands a page or script sends, and the shape of what comes back.
+
+Commands travel as JSON objects with a ``type`` field (a discriminated union), over the run's
+WebSocket (``/ws/runs/{id}``) or ``POST /api/runs/{id}/commands``. Each may carry a
+``request_id``; the reply repeats it.
+
+Example:
+    >>> cmd = parse_command('{"type": "step", "bytes": 10}')
+    >>> cmd.type, cmd.bytes
+    ('step', 10)
+    >>> parse_command('{"type": "jump"}')
+    Traceback (most recent call last):
+    ...
+    mugpt.serve.protocol.CommandError: unknown command type 'jump'; valid types: pause, resume, step, throttle, reset, mechanism, set_lr, sample
+
+Messages from the server to the page (all JSON objects with a ``type``):
+
+- ``hello``: the run's description and its history so far (sent on connect and after a reset);
+- ``update``: what happened since the previous update, at most ``publish_hz`` per second;
+- ``reply``: the answer to a command (``ok``, ``command``, ``result``);
+- ``error``: a command that could not be applied (``message``); the socket stays open;
+- ``state``: the run's state changed (e.g. ``failed`` with its ``error``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+RequestId = Annotated[
+    str | None, Field(default=None, max_length=64, description="echoed in the reply")
+]
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: RequestId = None
+
+
+class Pause(_Command):
+    """Stop learning after the current step; the run keeps its state."""
+
+    type: Literal["pause"]
+
+
+class Resume(_Command):
+    """Continue learning."""
+
+    type: Literal["resume"]
+
+
+class Step(_Command):
+    """Learn exactly ``bytes`` more bytes, then stay paused."""
+
+    type: Literal["step"]
+    bytes: int = Field(default=1, ge=1, le=10_000_000, description="bytes to learn before pausing")
+
+
+class Throttle(_Command):
+    """Cap the learning speed; ``max_bytes_per_s`` null removes the cap."""
+
+    type: Literal["throttle"]
+    max_bytes_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e9,
+        description="bytes per second at most; null = as fast as possible",
+    )
+
+
+class Reset(_Command):
+    """Start the run again from byte 0 with fresh weights and the current settings."""
+
+    type: Literal["reset"]
+
+
+class SetMechanism(_Command):
+    """Turn a mechanism on or off and/or change its parameters (adds it if absent)."""
+
+    type: Literal["mechanism"]
+    name: str = Field(min_length=1, max_length=64, description="a name from /api/mechanisms")
+    enabled: bool | None = Field(default=None, description="null keeps the current on/off state")
+    params: dict[str, bool | int | float | str | None] = Field(
+        default_factory=dict, description="fields of the mechanism's config schema"
+    )
+
+
+class SetLR(_Command):
+    """Change the base learning rate from the next step on."""
+
+    type: Literal["set_lr"]
+    lr: float = Field(gt=0, le=10, description="the new base learning rate")
+
+
+class Sample(_Command):
+    """Generate text from the current model, continuing the stream read so far."""
+
+    type: Literal["sample"]
+    prompt: str = Field(default="", max_length=10_000, description="text to continue (UTF-8)")
+    length: int = Field(default=200, ge=1, le=10_000_000, description="bytes to generate")
+    temperature: float = Field(default=1.0, gt=0, le=100)
+    top_k: int = Field(default=0, ge=0, le=256, description="keep the k likeliest bytes; 0 = all")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="nucleus sampling mass; 1 = off")
+    seed: int | None = Field(
+        default=0, ge=0, le=2**63 - 1, description="null = a fresh random seed"
+    )
+
+
+Command = Annotated[
+    Pause | Resume | Step | Throttle | Reset | SetMechanism | SetLR | Sample,
+    Field(discriminator="type"),
+]
+COMMAND_TYPES = ("pause", "resume", "step", "throttle", "reset", "mechanism", "set_lr", "sample")
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(Command)
+
+
+class CommandError(ValueError):
+    """A command that is not valid JSON or does not match any command's schema."""
+
+
+def explain_validation(exc: ValidationError) -> str:
+    """One readable line per problem: ``field: message``."""
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = [str(p) for p in err["loc"] if str(p) not in COMMAND_TYPES]
+        where = ".".join(loc) or "command"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_command(data: str | bytes | dict[str, Any]) -> Any:
+    """Validates a command (JSON text or an already decoded object) into its model.
+
+    Raises :class:`CommandError` with a message a person can act on.
+    """
+    if isinstance(data, str | bytes):
+        try:
+            data = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CommandError(
+                f"a command must be a JSON object; could not parse it: {exc}"
+            ) from None
+    if not isinstance(data, dict):
+        raise CommandError('a command must be a JSON object such as {"type": "pause"}')
+    kind = data.get("type")
+    if kind is None:
+        raise CommandError(f'the command has no "type"; valid types: {", ".join(COMMAND_TYPES)}')
+    if kind not in COMMAND_TYPES:
+        raise CommandError(
+            f"unknown command type {kind!r}; valid types: {', '.join(COMMAND_TYPES)}"
+        )
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise CommandError(f"bad {kind!r} command: {explain_validation(exc)}") from None
+
+
+# ---------------------------------------------------------------------------- HTTP models
+
+
+class RunCreate(BaseModel):
+    """Body of ``POST /api/runs``: a (partial) run configuration and how to start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="sections model, optim, learner, mechanisms, stream, seed, preset "
+        "(as in config.json); missing keys take the seed defaults",
+    )
+    label: str | None = Field(default=None, max_length=80, description="a name shown in the page")
+    paused: bool = Field(default=False, description="start paused instead of learning at once")
+    max_bytes_per_s: float | None = Field(
+        default=None, gt=0, le=1e9, description="initial throttle"
+    )
+
+
+class OpenRunDir(BaseModel):
+    """Body of ``POST /api/runs/open``: a finished run directory to view."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(min_length=1, max_length=4096)
+
+
+class CommandReply(BaseModel):
+    """What a command did."""
+
+    ok: bool
+    command: str
+    request_id: str | None = None
+    result: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunInfo(BaseModel):
+    """One run as the API lists it."""
+
+    id: str
+    label: str
+    state: Literal["starting", "running", "paused", "finished", "failed", "stopped"]
+    error: str | None = None
+    readonly: bool = False
+    created: float
+    config: dict[str, Any]
+    cli: str
+    params: int
+    pos: int = 0
+    total: int | None = None
+    bpb: float | None = None
+    bytes_per_s: float | None = None
+    max_bytes_per_s: float | None = None
+    stream: dict[str, Any] = Field(default_factory=dict)
+    mechanisms: list[dict[str, Any]] = Field(default_factory=list)
+    run_dir: str | None = None
+
+
+class UploadInfo(BaseModel):
+    """An uploaded text, ready to be a phase: ``spec`` is ``label=file:PATH``."""
+
+    label: str
+    source: str
+    bytes: int
+    spec: str
+
+
+# ---------------------------------------------------------------------------- JSON safety
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe copy: numpy scalars/arrays become Python values, NaN and ±inf become None.
+
+    >>> clean({"a": np.float32(1.5), "b": [float("nan"), np.int64(3)]})
+    {'a': 1.5, 'b': [None, 3]}
+    """
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return clean(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def dumps(message: dict[str, Any]) -> str:
+    """Compact JSON text of an already clean message."""
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)

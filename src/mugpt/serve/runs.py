@@ -1,0 +1,560 @@
+"""Runs seen from the server: one worker process each, its history, and the pages watching it.
+
+Each live run has a worker process (see :mod:`mugpt.serve.worker`) and two one-way pipes. A
+reader thread turns the worker's messages into calls on the event loop; a writer thread sends
+commands, so the event loop never blocks on a pipe. A worker that dies marks its run
+``failed`` with its error; the server and the other runs carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import multiprocessing
+import multiprocessing.forkserver as forkserver
+import os
+import queue
+import shlex
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mugpt.engine.config import RunConfig
+from mugpt.errors import MugptError
+from mugpt.serve.history import RunHistory, history_from_run_dir, lite_update
+from mugpt.serve.limits import LimitError, ServeSettings, check_params
+from mugpt.serve.protocol import RunInfo, clean, dumps
+from mugpt.serve.worker import worker_main
+
+CLIENT_QUEUE = 256
+"""Messages a page may fall behind by before it is sent the whole picture again."""
+COMMAND_TIMEOUT = 300.0
+STOP_TIMEOUT = 60.0
+LIVE_STATES = ("starting", "running", "paused", "finished")
+
+
+class Client:
+    """One WebSocket watching a run: a bounded queue of JSON texts to send."""
+
+    def __init__(self, lite: bool = False) -> None:
+        self.lite = lite
+        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=CLIENT_QUEUE)
+        self.resyncs = 0
+
+    def offer(self, text: str, resync: Callable[[], str]) -> None:
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            # the page fell behind: drop what it has not read and send it the whole picture
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(resync())
+            self.resyncs += 1
+
+
+class Run:
+    """A run: its configuration, state, history and (if live) worker process."""
+
+    def __init__(
+        self,
+        run_id: str,
+        config: RunConfig,
+        label: str,
+        run_dir: Path,
+        loop: asyncio.AbstractEventLoop,
+        raw_config: dict[str, Any] | None = None,
+        readonly: bool = False,
+    ) -> None:
+        self.id = run_id
+        self.config = config
+        self.raw_config = raw_config
+        self.label = label
+        self.run_dir = run_dir
+        self.loop = loop
+        self.readonly = readonly
+        self.created = time.time()
+        self.state = "finished" if readonly else "starting"
+        self.error: str | None = None
+        self.traceback: str | None = None
+        self.history = RunHistory()
+        self.stream: dict[str, Any] = {"spec": config.stream}
+        self.total: int | None = None
+        self.mechanisms: list[dict[str, Any]] = [
+            {"name": m["name"], "enabled": m.get("enabled", True), "config": {}}
+            for m in config.mechanisms
+        ]
+        self.clients: set[Client] = set()
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.rids = itertools.count(1)
+        self.process: Any = None
+        self.outbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.stopping = False
+        self.files: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def live(self) -> bool:
+        return self.process is not None and self.state in LIVE_STATES
+
+    def info(self) -> RunInfo:
+        latest = self.history.latest
+        config = self.raw_config if self.raw_config is not None else self.config.to_dict()
+        return RunInfo(
+            id=self.id,
+            label=self.label,
+            state=self.state,  # type: ignore[arg-type]
+            error=self.error,
+            readonly=self.readonly,
+            created=self.created,
+            config=config,
+            cli=cli_command(self.config),
+            params=self.config.model.n_params,
+            pos=int(latest.get("pos") or 0),
+            total=self.total,
+            bpb=latest.get("bpb"),
+            bytes_per_s=latest.get("bytes_per_s"),
+            max_bytes_per_s=latest.get("max_bytes_per_s"),
+            stream=self.stream,
+            mechanisms=self.mechanisms,
+            run_dir=str(self.run_dir),
+        )
+
+    def hello(self, lite: bool = False) -> str:
+        return dumps(
+            clean(
+                {
+                    "type": "hello",
+                    "run": self.info().model_dump(),
+                    "history": self.history.snapshot(lite=lite),
+                    "traceback": None if lite else self.traceback,
+                }
+            )
+        )
+
+    # ------------------------------------------------------------------ pages
+
+    def subscribe(self, lite: bool = False) -> Client:
+        client = Client(lite)
+        client.queue.put_nowait(self.hello(lite))
+        self.clients.add(client)
+        return client
+
+    def unsubscribe(self, client: Client) -> None:
+        self.clients.discard(client)
+
+    def broadcast(self, message: dict[str, Any]) -> None:
+        if not self.clients:
+            return
+        full = dumps(message)
+        lite = dumps(lite_update(message)) if message.get("type") == "update" else full
+        for client in list(self.clients):
+            client.offer(lite if client.lite else full, self._resync(client))
+
+    def broadcast_hello(self) -> None:
+        for client in list(self.clients):
+            client.offer(self.hello(client.lite), self._resync(client))
+
+    def _resync(self, client: Client) -> Callable[[], str]:
+        def whole_picture() -> str:
+            return self.hello(client.lite)
+
+        return whole_picture
+
+    # ------------------------------------------------------------------ worker messages
+
+    def on_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "update":
+            self.history.apply(message)
+            if self.state in LIVE_STATES and message.get("state"):
+                self.state = message["state"]
+            if "mechanisms" in message:
+                self.mechanisms = message["mechanisms"]
+            if "config" in message:
+                with contextlib.suppress(MugptError, TypeError, ValueError):
+                    self.config = RunConfig.from_dict(message["config"])
+            self.broadcast(message)
+        elif kind == "reply":
+            future = self.pending.pop(message.get("rid", -1), None)
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif kind == "ready":
+            self.stream = message.get("stream", self.stream)
+            self.total = message.get("total")
+            self.mechanisms = message.get("mechanisms", self.mechanisms)
+            if self.state == "starting":
+                self.state = message.get("state", "running")
+            self.broadcast_hello()
+        elif kind == "reset":
+            self.history.clear()
+            self.state = message.get("state", self.state)
+            self.broadcast_hello()
+        elif kind == "failed":
+            self.fail(str(message.get("error") or "the worker failed"), message.get("traceback"))
+
+    def on_exit(self, exitcode: int | None) -> None:
+        if self.stopping or self.state in ("failed", "stopped"):
+            if self.state != "failed":
+                self.state = "stopped"
+            self._fail_pending(f"run {self.id} has stopped")
+            self.broadcast({"type": "state", "state": self.state, "error": self.error})
+            return
+        if exitcode is not None and exitcode < 0:
+            try:
+                name = signal.Signals(-exitcode).name
+            except ValueError:
+                name = str(-exitcode)
+            why = f"the worker process was killed by signal {name}"
+        else:
+            why = f"the worker process exited unexpectedly (exit code {exitcode})"
+        self.fail(why + "; the server and other runs are fine — start a new run", None)
+
+    def fail(self, error: str, trace: str | None) -> None:
+        self.state = "failed"
+        self.error = error
+        self.traceback = trace
+        self._fail_pending(f"run {self.id} failed: {error}")
+        self.broadcast({"type": "state", "state": "failed", "error": error, "traceback": trace})
+
+    def _fail_pending(self, why: str) -> None:
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(LimitError(409, why))
+        self.pending.clear()
+
+    # ------------------------------------------------------------------ commands
+
+    async def command(
+        self, cmd: dict[str, Any], timeout: float = COMMAND_TIMEOUT
+    ) -> dict[str, Any]:
+        """Sends a command to the worker and waits for its reply (a dict with ``ok``)."""
+        if self.readonly:
+            raise LimitError(
+                409, f"run {self.id} was opened from a folder for viewing; start a new run to learn"
+            )
+        if not self.live:
+            why = f": {self.error}" if self.error else ""
+            raise LimitError(409, f"run {self.id} is {self.state}{why}; start a new run")
+        rid = next(self.rids)
+        future: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self.pending[rid] = future
+        self.outbox.put({"rid": rid, "cmd": cmd})
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self.pending.pop(rid, None)
+            raise LimitError(
+                409, f"run {self.id} did not answer within {timeout:.0f} s; it may be busy"
+            ) from None
+
+    async def stop(self, write: bool = True) -> None:
+        """Asks the worker to write its run directory (unless ``write`` is False) and exit;
+        ends it by force if it does not."""
+        if self.process is None or self.state in ("failed", "stopped"):
+            return
+        self.stopping = True
+        try:
+            reply = await self.command({"type": "stop", "write": write}, timeout=STOP_TIMEOUT)
+            self.files.update(reply.get("result", {}).get("paths", {}))
+        except LimitError:
+            pass
+        if self.state != "failed":
+            self.state = "stopped"
+        await asyncio.to_thread(self.process.join, 5.0)
+        if self.process.is_alive():
+            self.process.terminate()
+            await asyncio.to_thread(self.process.join, 5.0)
+        self.outbox.put(None)
+        self.broadcast({"type": "state", "state": self.state, "error": self.error})
+
+
+class RunManager:
+    """All runs of one server."""
+
+    def __init__(self, settings: ServeSettings, runs_dir: Path) -> None:
+        self.settings = settings
+        self.runs_dir = runs_dir
+        self.runs: dict[str, Run] = {}
+        self.ids = itertools.count(1)
+        self.lock = asyncio.Lock()
+        self.context = worker_context()
+
+    def get(self, run_id: str) -> Run:
+        run = self.runs.get(run_id)
+        if run is None:
+            raise LimitError(404, f"no run {run_id!r}; GET /api/runs lists the runs")
+        return run
+
+    def live_count(self) -> int:
+        return sum(1 for r in self.runs.values() if r.live)
+
+    def validate(self, values: dict[str, Any]) -> RunConfig:
+        """Checks a run configuration the way the worker will use it; LimitError if not."""
+        try:
+            cfg = RunConfig.from_dict(values)
+        except MugptError as exc:
+            raise LimitError(422, str(exc)) from None
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise LimitError(422, f"invalid run configuration: {exc}") from None
+        check_params(cfg.model.n_params, self.settings)
+        if getattr(cfg.learner, "batch_streams", 1) != 1:
+            raise LimitError(
+                422,
+                "learner.batch_streams must be 1 in the lab: it learns one stream in time "
+                "slices (interleaved sub-streams are for `mugpt run`)",
+            )
+        if cfg.model.context > self.settings.max_context:
+            raise LimitError(
+                422,
+                f"context={cfg.model.context} is over this server's limit of "
+                f"{self.settings.max_context} (start it with --max-context to raise it)",
+            )
+        if not cfg.stream and self.settings.default_stream:
+            cfg = cfg.replace(stream=self.settings.default_stream)
+        try:
+            cfg.build_learner()  # model, optimiser, protocol and mechanism parameters
+            if cfg.stream:
+                self._check_stream(cfg.stream)
+        except MugptError as exc:
+            raise LimitError(422, str(exc)) from None
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            raise LimitError(422, f"invalid run configuration: {exc}") from None
+        return cfg
+
+    def _check_stream(self, spec: str) -> None:
+        from mugpt.corpus import parse_spec
+
+        total = 0
+        for phase in parse_spec(spec):
+            kind, _, arg = phase.source.partition(":")
+            if kind in ("file", "dir") and not Path(arg).exists():
+                raise LimitError(
+                    422, f"phase '{phase.label}': {arg!r} does not exist; check the path"
+                )
+            if kind == "stdin":
+                raise LimitError(422, "the lab cannot read stdin; upload the text instead")
+            total += phase.budget or 0
+        if total > self.settings.max_stream_bytes:
+            raise LimitError(
+                422,
+                f"the stream asks for {total:,} bytes; this server allows at most "
+                f"{self.settings.max_stream_bytes:,} (start it with --max-stream-bytes)",
+            )
+
+    async def create(
+        self,
+        values: dict[str, Any],
+        label: str | None = None,
+        paused: bool = False,
+        max_bytes_per_s: float | None = None,
+    ) -> Run:
+        """Validates a configuration and starts a worker learning it."""
+        cfg = self.validate(values)
+        async with self.lock:
+            if self.live_count() >= self.settings.max_runs:
+                finished = [r for r in self.runs.values() if r.live and r.state == "finished"]
+                if not finished:
+                    raise LimitError(
+                        429,
+                        f"this server runs at most {self.settings.max_runs} runs at once "
+                        "(--max-runs); stop one first (its Stop button, or "
+                        "POST /api/runs/ID/stop)",
+                    )
+                await min(finished, key=lambda r: r.created).stop()
+            number = next(self.ids)
+            run_id = f"r{number}"
+            run = Run(
+                run_id,
+                cfg,
+                label or default_label(number, cfg),
+                self.runs_dir / run_id,
+                asyncio.get_running_loop(),
+            )
+            self.runs[run_id] = run
+            try:
+                await self._start_worker(run, paused, max_bytes_per_s)
+            except BaseException:
+                del self.runs[run_id]
+                raise
+        return run
+
+    async def _start_worker(self, run: Run, paused: bool, max_bytes_per_s: float | None) -> None:
+        ctx = self.context
+        cmd_recv, cmd_send = ctx.Pipe(duplex=False)
+        out_recv, out_send = ctx.Pipe(duplex=False)
+        spec = {
+            "config": run.config.to_dict(),
+            "run_dir": str(run.run_dir),
+            "publish_hz": self.settings.publish_hz,
+            "slice_seconds": self.settings.slice_seconds,
+            "max_stream_bytes": self.settings.max_stream_bytes,
+            "paused": paused,
+            "max_bytes_per_s": max_bytes_per_s,
+        }
+        process = ctx.Process(
+            target=worker_main,
+            args=(cmd_recv, out_send, spec),
+            name=f"mugpt-run-{run.id}",
+            daemon=True,
+        )
+        await asyncio.to_thread(process.start)
+        cmd_recv.close()  # the worker holds these ends; closing ours makes EOF visible
+        out_send.close()
+        run.process = process
+        loop = run.loop
+
+        def read() -> None:
+            try:
+                while True:
+                    message = out_recv.recv()
+                    loop.call_soon_threadsafe(run.on_message, message)
+            except (EOFError, OSError):
+                pass
+            process.join(timeout=10)
+            with contextlib.suppress(RuntimeError):  # the loop is closed at shutdown
+                loop.call_soon_threadsafe(run.on_exit, process.exitcode)
+            out_recv.close()
+
+        def write() -> None:
+            while True:
+                item = run.outbox.get()
+                if item is None:
+                    break
+                try:
+                    cmd_send.send(item)
+                except (OSError, EOFError):
+                    break
+            cmd_send.close()
+
+        threading.Thread(target=read, name=f"mugpt-read-{run.id}", daemon=True).start()
+        threading.Thread(target=write, name=f"mugpt-write-{run.id}", daemon=True).start()
+
+    def open_dir(self, path: str | Path) -> Run:
+        """Adds a finished run directory as a read-only run."""
+        try:
+            raw, stream, history = history_from_run_dir(path)
+        except MugptError as exc:
+            raise LimitError(404 if "does not exist" in str(exc) else 422, str(exc)) from None
+        try:
+            cfg = RunConfig.from_dict({k: v for k, v in raw.items() if k != "stream"})
+            cfg = cfg.replace(stream=str(raw.get("stream", "")))
+        except (MugptError, TypeError, ValueError, KeyError, AttributeError):
+            cfg = RunConfig()
+        number = next(self.ids)
+        run_id = f"r{number}"
+        run = Run(
+            run_id,
+            cfg,
+            f"{Path(path).name} (opened)",
+            Path(path).resolve(),
+            asyncio.get_running_loop(),
+            raw_config=raw,
+            readonly=True,
+        )
+        run.history = history
+        run.stream = stream
+        run.total = stream.get("bytes")
+        run.mechanisms = history.latest.get("mechanisms", [])
+        self.runs[run_id] = run
+        return run
+
+    async def remove(self, run_id: str) -> None:
+        run = self.get(run_id)
+        await run.stop(write=False)
+        self.runs.pop(run_id, None)
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(r.stop() for r in self.runs.values() if r.live))
+
+
+PRELOAD = ["mugpt.serve.warm", "mugpt.engine.summary", "mugpt.engine.rundir"]
+"""Modules the fork server imports once (``warm`` also compiles the engine's kernels), so that
+a new run starts in a fraction of a second."""
+
+
+def worker_context() -> Any:
+    """The multiprocessing context for workers: ``forkserver`` where it exists (a clean,
+    single-threaded parent with the engine already imported; forking it is fast and safe),
+    else ``spawn``. Never plain ``fork`` of the server, which holds threads and sockets."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        os.environ["MUGPT_SERVE_WARM"] = "1"  # read by mugpt.serve.warm in the fork server
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def start_worker_server() -> None:
+    """Starts the fork server now (it imports and compiles the engine in the background), so
+    the first run does not wait for it."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        worker_context()
+        forkserver.ensure_running()
+
+
+def default_label(number: int, cfg: RunConfig) -> str:
+    """A short name: the run number and what sets it apart (mechanisms, size)."""
+    mechs = [m["name"] for m in cfg.mechanisms if m.get("enabled", True)]
+    model = cfg.model
+    size = f"L{model.n_layers}·d{model.d_model}"
+    return f"run {number} · {size}" + (f" · {'+'.join(mechs)}" if mechs else "")
+
+
+def cli_command(cfg: RunConfig) -> str:
+    """The ``mugpt run`` command line that repeats ``cfg`` (non-default flags only).
+
+    >>> cli_command(RunConfig.from_dict({"model": {"d_model": 32}, "seed": 3}))
+    'mugpt run --d-model 32 --seed 3'
+    """
+    from mugpt.cli.common import _LEARNER_FLAGS, _MODEL_FLAGS, _OPTIM_FLAGS
+    from mugpt.engine.learner import LearnerConfig
+    from mugpt.model import ModelConfig, OptimConfig
+
+    parts = ["mugpt", "run"]
+    if cfg.stream:
+        parts += ["--stream", cfg.stream]
+    sections = (
+        (_MODEL_FLAGS, cfg.model, ModelConfig()),
+        (_OPTIM_FLAGS, cfg.optim, OptimConfig()),
+        (_LEARNER_FLAGS, cfg.learner, LearnerConfig()),
+    )
+    for flags, values, defaults in sections:
+        for flag, key, _typ, _help in flags:
+            value = getattr(values, key)
+            if value != getattr(defaults, key):
+                parts += [flag, _text(value)]
+    if cfg.model.tied_head:
+        parts.append("--tied-head")
+    for entry in cfg.mechanisms:
+        if not entry.get("enabled", True):
+            continue
+        params = {k: v for k, v in entry.items() if k not in ("name", "enabled")}
+        params = {k: v for k, v in params.items() if v != _mechanism_default(entry["name"], k)}
+        spec = entry["name"]
+        if params:
+            spec += ":" + ",".join(f"{k}={_text(v)}" for k, v in params.items())
+        parts += ["--mech", spec]
+    parts += ["--seed", str(cfg.seed)]
+    return shlex.join(parts)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _mechanism_default(name: str, key: str) -> Any:
+    from mugpt.mechanisms import REGISTRY, available
+
+    available()
+    cls = REGISTRY.get(name)
+    try:
+        return getattr(cls.Config(), key) if cls is not None else object()
+    except (TypeError, ValueError):
+        return object()  # no defaults: always show the value

@@ -1,0 +1,664 @@
+"""One run in its own process: learn in time slices, obey commands, publish aggregated updates.
+
+The server starts :func:`worker_main` in a separate process (multiprocessing, ``forkserver``
+context, or ``spawn`` where there is no fork server) and talks to it over two one-way pipes:
+
+- server → worker: ``{"rid": int, "cmd": {...}}`` — a validated command (see ``protocol``) or
+  one of the internal ``export`` / ``stop`` commands;
+- worker → server: ``ready``, ``update``, ``reset``, ``reply`` and ``failed`` messages (dicts).
+
+The loop does not depend on how fast the engine is: it learns for about ``slice_seconds``
+(growing or shrinking the number of bytes per ``Learner.run`` call to fit), looks at its
+commands, and publishes at most ``publish_hz`` updates per second. Each update aggregates what
+happened since the previous one: per-byte losses (or their per-bin means when there are many),
+the bytes read with their surprisal, the next-byte distribution, attention of the last window,
+learning rate, gradient norm, events and counters; per-phase metrics and the classic
+compressors' figures are recomputed every so often, the latter in a background thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+import traceback
+from collections import deque
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mugpt.errors import ConfigError, MugptError
+
+#: Display EMA of the per-byte loss: y += alpha · (x - y), a time constant of ~100 bytes.
+EMA_ALPHA = 0.01
+#: At most this many loss bins per update; more bytes are averaged into wider bins.
+MAX_BINS_PER_UPDATE = 160
+#: At most this many of the bytes read since the last update are sent as text.
+MAX_TEXT_PER_UPDATE = 600
+#: Attention maps are sent at most this often (seconds), for at most this many positions.
+ATTENTION_EVERY = 0.5
+ATTENTION_POSITIONS = 48
+#: Per-phase metrics are recomputed at most this often (seconds).
+PHASES_EVERY = 1.0
+#: At most this many events per update (replay events are counted in the loss bins instead).
+MAX_EVENTS_PER_UPDATE = 100
+TOP_K = 10
+
+
+def worker_main(commands: Connection, out: Connection, spec: dict[str, Any]) -> None:
+    """Entry point of a run's process: reads commands from ``commands``, writes messages to
+    ``out``. ``spec`` holds ``config`` (a RunConfig dict), ``run_dir``, ``publish_hz``,
+    ``slice_seconds``, ``max_stream_bytes``, ``paused`` and ``max_bytes_per_s``. Any error
+    ends the run with a ``failed`` message naming it."""
+    try:
+        RunWorker(commands, out, spec).loop()
+    except (EOFError, BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
+        return  # the server went away: nothing to report to
+    except BaseException as exc:
+        message = str(exc) if isinstance(exc, MugptError) else f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(OSError, EOFError):
+            out.send({"type": "failed", "error": message, "traceback": traceback.format_exc()})
+    finally:
+        for conn in (commands, out):
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
+def warm_up() -> None:
+    """Runs a tiny learner through every path a worker uses (the compiled loop, a step,
+    a prediction, the mechanism plug-ins), so that compiled kernels are ready."""
+    try:
+        from mugpt.corpus import Stream
+        from mugpt.engine.config import RunConfig
+        from mugpt.mechanisms import available
+
+        available()
+        learner = RunConfig().build_learner()
+        learner.run(Stream.from_bytes(b"warm up the kernels, once.\n" * 3), max_bytes=60)
+        learner.step(b"ok")
+        learner.predict_next()
+    except Exception:
+        pass  # warming is an optimisation, never a requirement
+
+
+class _Bins:
+    """Per-byte losses aggregated into bins: start index, count, mean, EMA at the bin's end,
+    and how many updates were skipped and replay updates made while learning its bytes."""
+
+    def __init__(self) -> None:
+        self.x: list[int] = []
+        self.n: list[int] = []
+        self.mean: list[float] = []
+        self.ema: list[float] = []
+        self.skips: list[int] = []
+        self.replays: list[int] = []
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        return {
+            "x": self.x,
+            "n": self.n,
+            "mean": [round(v, 4) for v in self.mean],
+            "ema": [round(v, 4) for v in self.ema],
+            "skips": self.skips,
+            "replays": self.replays,
+        }
+
+
+class RunWorker:
+    """The state of one live run inside its worker process."""
+
+    def __init__(self, commands: Connection, out: Connection, spec: dict[str, Any]) -> None:
+        from mugpt.engine.config import RunConfig
+
+        self.commands = commands
+        self.out = out
+        self.cfg = RunConfig.from_dict(spec["config"])
+        self.run_dir = Path(spec["run_dir"])
+        self.publish_interval = 1.0 / float(spec.get("publish_hz", 10.0))
+        self.slice_seconds = float(spec.get("slice_seconds", 0.05))
+        self.stream = self.cfg.build_stream()
+        limit = int(spec.get("max_stream_bytes", 0) or 0)
+        if limit and len(self.stream) > limit:
+            raise ConfigError(
+                f"the stream has {len(self.stream):,} bytes; this server allows at most "
+                f"{limit:,} (start it with --max-stream-bytes to raise the limit)"
+            )
+        if len(self.stream) == 0:
+            raise ConfigError("the stream is empty; give it at least one byte")
+        self.data = np.frombuffer(self.stream.data, dtype=np.uint8)
+        self.total = len(self.stream)
+        self.state = "paused" if spec.get("paused") else "running"
+        self.throttle: float | None = spec.get("max_bytes_per_s")
+        self.stopping = False
+        self.config_changed = False
+        self.baseline_lock = threading.Lock()
+        self._fresh()
+        self.send(
+            {
+                "type": "ready",
+                "stream": self.stream.to_dict(),
+                "total": self.total,
+                "params": self.cfg.model.n_params,
+                "config": self.cfg.to_dict(),
+                "mechanisms": self._mechanisms(),
+                "state": self.state,
+            }
+        )
+
+    def _fresh(self) -> None:
+        """A new Learner at byte 0 with the current configuration."""
+        self.learner = self.cfg.build_learner()
+        self.losses = np.zeros(0)
+        self.total_bits = 0.0
+        self.ema: float | None = None
+        self.bins = _Bins()
+        self.text_bytes: deque[tuple[int, int, float]] = deque(maxlen=MAX_TEXT_PER_UPDATE)
+        self.events_sent = 0
+        self.step_budget = 0
+        self.chunk = self.cfg.learner.update_every
+        self.learn_seconds = 0.0
+        self.speed: deque[tuple[float, int]] = deque(maxlen=64)
+        self.tokens = 0.0
+        self.tokens_time = time.monotonic()
+        self.dirty = True
+        self.next_publish = 0.0
+        self.last_attention = 0.0
+        self.last_phases = 0.0
+        self.phases_dirty = True
+        with self.baseline_lock:
+            self.baseline_result: dict[str, Any] | None = None
+        self.baseline_thread: threading.Thread | None = None
+        self.baseline_next = 1000
+        self._prev_counts = (0, 0)
+        self.generation = getattr(self, "generation", -1) + 1
+
+    # ------------------------------------------------------------------ plumbing
+
+    def send(self, message: dict[str, Any]) -> None:
+        from mugpt.serve.protocol import clean
+
+        self.out.send(clean(message))
+
+    def _mechanisms(self) -> list[dict[str, Any]]:
+        return [m.describe() for m in self.learner.mechanisms]
+
+    @property
+    def pos(self) -> int:
+        return int(self.learner.position)
+
+    def can_learn(self) -> bool:
+        return self.pos < self.total and (self.state == "running" or self.step_budget > 0)
+
+    # ------------------------------------------------------------------ the loop
+
+    def loop(self) -> None:
+        while not self.stopping:
+            wait = 0.0
+            if self.can_learn():
+                wait = self.learn_slice()
+            else:
+                wait = 1.0
+            now = time.monotonic()
+            if self.dirty:
+                wait = min(wait, max(0.0, self.next_publish - now))
+            self.handle_commands(wait)
+            if self.stopping:
+                break
+            now = time.monotonic()
+            if self.dirty and now >= self.next_publish:
+                self.publish()
+                self.next_publish = now + self.publish_interval
+
+    def handle_commands(self, wait: float) -> None:
+        """Applies every waiting command; waits up to ``wait`` seconds for the first one."""
+        if not self.commands.poll(wait):
+            return
+        while self.commands.poll(0):
+            message = self.commands.recv()
+            self.apply(message.get("rid"), message["cmd"])
+            if self.stopping:
+                return
+
+    def learn_slice(self) -> float:
+        """Learns for about ``slice_seconds``; returns how long to wait before learning more
+        (non-zero only when a throttle holds it back)."""
+        k = self.cfg.learner.update_every
+        deadline = time.monotonic() + self.slice_seconds
+        while self.can_learn():
+            now = time.monotonic()
+            if now >= deadline:
+                return 0.0
+            n = self.chunk
+            if self.step_budget:
+                n = min(n, self.step_budget)
+            if self.throttle:
+                self.tokens = min(
+                    self.tokens + (now - self.tokens_time) * self.throttle,
+                    max(float(k), self.throttle * self.slice_seconds),
+                )
+                self.tokens_time = now
+                allowed = int(self.tokens)
+                if allowed < min(n, k):
+                    return min(0.25, (min(n, k) - self.tokens) / self.throttle)
+                n = min(n, allowed)
+            if n > k:
+                n -= n % k  # whole steps, so the run splits into the same steps as a straight one
+            start = self.pos
+            t0 = time.perf_counter()
+            result = self.learner.run(self.stream, max_bytes=min(start + n, self.total))
+            dt = time.perf_counter() - t0
+            self.learn_seconds += dt
+            done = self.pos - start
+            if self.throttle:
+                self.tokens -= done
+            if self.step_budget:
+                self.step_budget = max(0, self.step_budget - done)
+            # fit the bytes per call to about a quarter of a slice
+            if dt < self.slice_seconds / 8 and self.chunk < 1 << 20:
+                self.chunk *= 2
+            elif dt > self.slice_seconds / 2 and self.chunk > k:
+                self.chunk = max(k, self.chunk // 2)
+            self.record(start, result)
+            if self.pos >= self.total:
+                self.finish()
+        return 0.0
+
+    def record(self, start: int, result: Any) -> None:
+        """Adds the bytes [start, pos) just learned to the pending update."""
+        end = self.pos
+        self.losses = result.losses
+        if end <= start:
+            return
+        segment = np.asarray(self.losses[start:end], dtype=np.float64)
+        self.total_bits += float(segment.sum())
+        counters = self.learner.counters
+        prev = self._prev_counts
+        skips, replays = counters.skipped - prev[0], counters.replay_updates - prev[1]
+        self._prev_counts = (counters.skipped, counters.replay_updates)
+        self._add_bins(start, segment, max(0, skips), max(0, replays))
+        keep = segment[-MAX_TEXT_PER_UPDATE:]
+        first = end - keep.size
+        for i, bits in enumerate(keep):
+            self.text_bytes.append((first + i, int(self.data[first + i]), float(bits)))
+        self.speed.append((time.monotonic(), end))
+        self.phases_dirty = True
+        self.dirty = True
+
+    def _add_bins(self, start: int, segment: np.ndarray, skips: int, replays: int) -> None:
+        bins = self.bins
+        # bins of at least `stride` bytes keep an update under MAX_BINS_PER_UPDATE entries
+        pending = sum(bins.n) + segment.size
+        stride = max(1, math.ceil(pending / MAX_BINS_PER_UPDATE))
+        if bins.n and bins.n[0] < stride:
+            self._rebin(stride)
+        decay = 1.0 - EMA_ALPHA
+        for lo in range(0, segment.size, stride):
+            part = segment[lo : lo + stride]
+            m = part.size
+            prev = self.ema if self.ema is not None else float(part[0])
+            # closed form of m EMA steps: decay^m·prev + alpha·Σ decay^(m-1-i)·x_i
+            weights = EMA_ALPHA * decay ** np.arange(m - 1, -1, -1, dtype=np.float64)
+            self.ema = float(decay**m * prev + weights @ part)
+            bins.x.append(start + lo)
+            bins.n.append(m)
+            bins.mean.append(float(part.mean()))
+            bins.ema.append(self.ema)
+            bins.skips.append(0)
+            bins.replays.append(0)
+        bins.skips[-1] += skips
+        bins.replays[-1] += replays
+
+    def _rebin(self, stride: int) -> None:
+        """Merges neighbouring pending bins until each holds at least ``stride`` bytes."""
+        old = self.bins
+        new = _Bins()
+        for i in range(len(old.n)):
+            if new.n and new.n[-1] < stride:
+                total = new.n[-1] + old.n[i]
+                new.mean[-1] = (new.mean[-1] * new.n[-1] + old.mean[i] * old.n[i]) / total
+                new.n[-1] = total
+                new.ema[-1] = old.ema[i]
+                new.skips[-1] += old.skips[i]
+                new.replays[-1] += old.replays[i]
+            else:
+                new.x.append(old.x[i])
+                new.n.append(old.n[i])
+                new.mean.append(old.mean[i])
+                new.ema.append(old.ema[i])
+                new.skips.append(old.skips[i])
+                new.replays.append(old.replays[i])
+        self.bins = new
+
+    def finish(self) -> None:
+        self.state = "finished"
+        self.step_budget = 0
+        self.dirty = True
+        self.phases_dirty = True
+        self._start_baselines(force=True)
+        with contextlib.suppress(OSError, MugptError):
+            self.write_files(("all",))  # if it fails, an export will say why when asked
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(self) -> None:
+        self.dirty = False
+        now = time.monotonic()
+        learner = self.learner
+        pos = self.pos
+        last = learner.last
+        message: dict[str, Any] = {
+            "type": "update",
+            "generation": self.generation,
+            "state": self.state,
+            "pos": pos,
+            "total": self.total,
+            "bpb": self.total_bits / pos if pos else None,
+            "bytes_per_s": self._bytes_per_s(),
+            "max_bytes_per_s": self.throttle,
+            "loss": self.bins.to_dict(),
+            "text": [list(t) for t in self.text_bytes],
+            "lr": float(learner.lr) if last is None else float(last.lr),
+            "base_lr": float(learner.lr),
+            "grad_norm": None if last is None else last.grad_norm,
+            "counters": learner.counters.to_dict(),
+        }
+        for t in message["text"]:
+            t[2] = round(t[2], 2)
+        self.bins = _Bins()
+        self.text_bytes.clear()
+        events = learner.events[self.events_sent :]
+        self.events_sent = len(learner.events)
+        shown = [e for e in events if e.get("kind") != "replay"]
+        message["events"] = shown[-MAX_EVENTS_PER_UPDATE:]
+        message["events_dropped"] = max(0, len(shown) - MAX_EVENTS_PER_UPDATE)
+        if any(e.get("kind") == "mechanism" for e in events):
+            message["mechanisms"] = self._mechanisms()
+        if self.config_changed:
+            message["config"] = self.cfg.to_dict()
+            self.config_changed = False
+        if pos > 0 or learner.last is not None:
+            message["topk"] = self._topk()
+            message["next_byte"] = int(self.data[pos]) if pos < self.total else None
+        if now - self.last_attention >= ATTENTION_EVERY:
+            attention = self._attention()
+            if attention is not None:
+                message["attention"] = attention
+                self.last_attention = now
+        if self.phases_dirty and (
+            now - self.last_phases >= PHASES_EVERY or self.state != "running"
+        ):
+            message["phases"] = self._phases()
+            self.phases_dirty = False
+            self.last_phases = now
+        self._start_baselines()
+        with self.baseline_lock:
+            if self.baseline_result is not None:
+                message["baselines"] = self.baseline_result
+                self.baseline_result = None
+        self.send(message)
+
+    def _bytes_per_s(self) -> float | None:
+        if len(self.speed) < 2:
+            return None
+        (t0, p0), (t1, p1) = self.speed[0], self.speed[-1]
+        return (p1 - p0) / (t1 - t0) if t1 > t0 else None
+
+    def _topk(self) -> list[list[float]]:
+        probs = self.learner.predict_next()
+        order = np.argsort(-probs, kind="stable")[:TOP_K]
+        return [[int(s), round(float(probs[s]), 5)] for s in order]
+
+    def _attention(self) -> dict[str, Any] | None:
+        acts = self.learner.last_acts
+        if acts is None:
+            return None
+        try:
+            n_layers = self.cfg.model.n_layers
+            layers = list(range(n_layers))
+            if n_layers * self.cfg.model.n_heads > 16:
+                layers = [n_layers - 1]
+            maps = []
+            for layer in layers:
+                att = np.asarray(acts.attention(layer))[0]  # (H, T, T)
+                att = att[:, -ATTENTION_POSITIONS:, -ATTENTION_POSITIONS:]
+                # percent as integers: a quarter of the JSON of three decimals
+                maps.append({"layer": layer, "heads": np.rint(att * 100).astype(int).tolist()})
+            idx = getattr(acts, "idx", None)
+            if idx is not None:
+                tokens = np.asarray(idx)[0][-ATTENTION_POSITIONS:]
+            else:
+                tokens = self.learner.history[-ATTENTION_POSITIONS - 1 : -1]
+            return {"layers": maps, "tokens": [int(t) for t in tokens], "scale": 100}
+        except (AttributeError, IndexError, TypeError, ValueError):
+            return None  # an engine without attention maps: the page shows none
+
+    def _phases(self) -> list[dict[str, Any]]:
+        from mugpt.engine.metrics import phase_metrics
+
+        return phase_metrics(self.losses[: self.pos], self.stream)
+
+    def _start_baselines(self, force: bool = False) -> None:
+        """Starts computing gzip/xz/PPMd on the bytes seen so far, in a thread, when enough
+        new bytes have come in since the last time (geometrically spaced)."""
+        pos = self.pos
+        if pos == 0 or (pos < self.baseline_next and not force):
+            return
+        if self.baseline_thread is not None and self.baseline_thread.is_alive():
+            return
+        self.baseline_next = max(int(pos * 1.5), pos + 2000)
+        data = self.stream.data[:pos]
+        generation = self.generation
+
+        def compute() -> None:
+            from mugpt.engine.baselines import baseline_bpb
+
+            result = {"n": pos, "bpb": baseline_bpb(data)}
+            with self.baseline_lock:
+                if generation == self.generation:
+                    self.baseline_result = result
+                    self.dirty = True
+
+        self.baseline_thread = threading.Thread(target=compute, daemon=True)
+        self.baseline_thread.start()
+
+    # ------------------------------------------------------------------ commands
+
+    def apply(self, rid: Any, cmd: dict[str, Any]) -> None:
+        kind = cmd.get("type", "?")
+        try:
+            result = self._apply(kind, cmd) or {}
+        except MugptError as exc:
+            self.send(
+                {"type": "reply", "rid": rid, "ok": False, "command": kind, "error": str(exc)}
+            )
+            return
+        except (TypeError, ValueError) as exc:
+            self.send(
+                {
+                    "type": "reply",
+                    "rid": rid,
+                    "ok": False,
+                    "command": kind,
+                    "error": f"{kind}: {exc}",
+                }
+            )
+            return
+        self.dirty = True
+        self.send({"type": "reply", "rid": rid, "ok": True, "command": kind, "result": result})
+
+    def _apply(self, kind: str, cmd: dict[str, Any]) -> dict[str, Any] | None:
+        learner = self.learner
+        if kind == "pause":
+            self.state = "paused" if self.state != "finished" else self.state
+            self.step_budget = 0
+        elif kind == "resume":
+            if self.state == "finished":
+                raise ConfigError("the run has read its whole stream; reset it to start again")
+            self.state = "running"
+            self.tokens_time = time.monotonic()
+        elif kind == "step":
+            if self.state == "finished":
+                raise ConfigError("the run has read its whole stream; reset it to start again")
+            self.state = "paused"
+            self.step_budget += int(cmd["bytes"])
+        elif kind == "throttle":
+            self.throttle = cmd.get("max_bytes_per_s")
+            self.tokens, self.tokens_time = 0.0, time.monotonic()
+            learner.events.append(
+                {
+                    "pos": self.pos,
+                    "step": learner.counters.steps,
+                    "kind": "throttle",
+                    "max_bytes_per_s": self.throttle,
+                }
+            )
+        elif kind == "reset":
+            was_paused = self.state == "paused"
+            self._fresh()
+            self.state = "paused" if was_paused else "running"
+            self.send({"type": "reset", "generation": self.generation, "state": self.state})
+        elif kind == "mechanism":
+            self._set_mechanism(cmd["name"], cmd.get("enabled"), cmd.get("params") or {})
+            self.config_changed = True
+            return {"mechanisms": self._mechanisms()}
+        elif kind == "set_lr":
+            learner.set_lr(float(cmd["lr"]))
+            self.cfg = self.cfg.with_overrides({"optim.lr": float(cmd["lr"])})
+            self.config_changed = True
+        elif kind == "sample":
+            return self._sample(cmd)
+        elif kind == "export":
+            return {"paths": self.write_files((cmd["what"],))}
+        elif kind == "stop":
+            files: dict[str, str] = {}
+            try:
+                if cmd.get("write", True):
+                    files = self.write_files(("all",))
+            finally:
+                self.stopping = True
+            return {"paths": files}
+        else:
+            raise ConfigError(f"unknown command {kind!r}")
+        return None
+
+    def _set_mechanism(self, name: str, enabled: bool | None, params: dict[str, Any]) -> None:
+        from mugpt.mechanisms import make_mechanism
+
+        learner = self.learner
+        if any(m.name == name for m in learner.mechanisms):
+            learner.set_mechanism(name, enabled, **params)
+        else:
+            mech = make_mechanism((name, dict(params)))
+            if enabled is not None:
+                mech.enabled = bool(enabled)
+            learner.add_mechanism(mech)
+        self.cfg = self.cfg.replace(
+            mechanisms=[
+                {"name": m.name, "enabled": m.enabled, **m.config.model_dump()}
+                for m in learner.mechanisms
+            ]
+        )
+
+    def _sample(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        from mugpt.model import generate, show_bytes
+
+        prompt = str(cmd.get("prompt", "")).encode("utf-8")
+        t0 = time.perf_counter()
+        out = generate(
+            self.learner.model,
+            prompt,
+            int(cmd.get("length", 200)),
+            temperature=float(cmd.get("temperature", 1.0)),
+            top_k=int(cmd.get("top_k", 0)),
+            top_p=float(cmd.get("top_p", 1.0)),
+            seed=cmd.get("seed"),
+            history=self.learner.history,
+        )
+        return {
+            "text": show_bytes(out),
+            "bytes": len(out),
+            "prompt": show_bytes(prompt),
+            "at_byte": self.pos,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+
+    # ------------------------------------------------------------------ files
+
+    def write_files(self, what: tuple[str, ...]) -> dict[str, str]:
+        """Writes the asked files of the run directory (each atomically) and returns their
+        paths; ``("all",)`` writes the whole directory of the run-directory contract."""
+        import json
+        import os
+
+        from mugpt.engine.checkpoint import atomic_write_bytes, save_checkpoint
+        from mugpt.engine.rundir import FILES, write_log_csv, write_run_dir
+
+        if what == ("all",):
+            summary = self.summary()
+            write_run_dir(
+                self.run_dir,
+                self.learner,
+                self.result(),
+                self.cfg,
+                summary,
+                force=True,
+                extra_config={"stream": self.stream.spec},
+            )
+            return {name: str(self.run_dir / name) for name in FILES}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        paths: dict[str, str] = {}
+        for name in what:
+            if name == "config":
+                path = self.run_dir / "config.json"
+                values = {**self.cfg.to_dict(), "stream": self.stream.spec}
+                atomic_write_bytes(path, json.dumps(values, indent=2).encode())
+            elif name == "summary":
+                path = self.run_dir / "summary.json"
+                atomic_write_bytes(path, json.dumps(self.summary(), indent=2).encode())
+            elif name == "log":
+                path = self.run_dir / "log.csv"
+                partial = self.run_dir / f".log.csv.{os.getpid()}.tmp"
+                names = [p.label for p in self.stream.phases]
+                labels = [names[i] for i in self.stream.phase_ids()[: self.pos].tolist()]
+                try:
+                    write_log_csv(partial, self.learner.losses, self.stream.data, labels)
+                    os.replace(partial, path)
+                finally:
+                    partial.unlink(missing_ok=True)
+            elif name == "checkpoint":
+                path = self.run_dir / "checkpoint.npz"
+                save_checkpoint(
+                    self.learner,
+                    path,
+                    extra={"run_config": self.cfg.to_dict(), "stream": self.stream.spec},
+                )
+            else:
+                raise ConfigError(f"cannot export {name!r}; choose log, summary or checkpoint")
+            paths[name] = str(path)
+        return paths
+
+    def result(self) -> Any:
+        """The run so far as a RunResult (what summaries and run directories are built from)."""
+        from mugpt.engine.learner import RunResult
+
+        learner = self.learner
+        return RunResult(
+            losses=learner.losses,
+            counters=learner.counters.to_dict(),
+            seconds=self.learn_seconds,
+            bytes_this_call=self.pos,
+            stream=self.stream,
+            events=list(learner.events),
+            mechanisms=self._mechanisms(),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        from mugpt.engine.summary import build_summary
+
+        summary = build_summary(self.result(), self.cfg)
+        summary["state"] = self.state
+        summary["stream_bytes"] = self.total
+        return summary

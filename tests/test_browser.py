@@ -1,0 +1,225 @@
+"""End to end: ``mugpt serve`` on a free loopback port, driven in headless Chromium.
+
+The page must load without console errors, learn the default stream as soon as it connects,
+draw the loss chart, pause and resume, log a mechanism switched on, turn an uploaded text into
+a phase of a new run, and sample text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = 60_000  # generous upper bounds for slow, shared CI machines (not timing tests)
+FIRST_BYTES_MS = 240_000  # the first run waits for the engine to compile on a cold cache
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``mugpt serve --no-browser --port 0`` in a subprocess; yields its URL."""
+    runs = tmp_path_factory.mktemp("lab-runs")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mugpt",
+            "serve",
+            "--no-browser",
+            "--port",
+            "0",
+            "--runs-dir",
+            str(runs),
+            "--max-sample-bytes",
+            "1000",
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    match = re.search(r"(http://127\.0\.0\.1:\d+/)", first)
+    assert match, f"the server did not start: {first}{proc.stdout.read() if proc.poll() else ''}"
+    url = match.group(1)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert get_json(url + "api/health")["ok"]
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.1)
+    yield url
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser: Any, server: str) -> Iterator[Any]:
+    """A fresh page on the lab; fails the test if the page logs any error."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(WAIT_MS)
+    pg.goto(server)
+    yield pg
+    context.close()
+    assert errors == [], f"the page logged errors: {errors}"
+
+
+def bytes_seen(pg: Any) -> int:
+    return int(pg.get_by_test_id("bytes-seen").inner_text())
+
+
+def wait_bytes_above(pg: Any, value: int) -> int:
+    pg.wait_for_function(
+        "v => Number(document.querySelector('[data-testid=bytes-seen]').textContent) > v",
+        arg=value,
+        timeout=FIRST_BYTES_MS,
+    )
+    return bytes_seen(pg)
+
+
+def test_page_loads_learns_the_default_stream_and_draws(page: Any, server: str) -> None:
+    seen = wait_bytes_above(page, 0)
+    assert page.locator("#run-state").inner_text() == "running"
+    run = get_json(server + "api/runs")[0]
+    assert run["stream"]["spec"].startswith("prose=stdlib-prose:75k,code=stdlib-code:75k")
+    chart = page.get_by_test_id("loss-chart")
+    page.wait_for_function(
+        "() => Number(document.querySelector('[data-testid=loss-chart]').dataset.lastX) > 0"
+    )
+    last_x = float(chart.get_attribute("data-last-x"))
+    wait_bytes_above(page, seen)
+    page.wait_for_function(
+        "x => Number(document.querySelector('[data-testid=loss-chart]').dataset.lastX) > x",
+        arg=last_x,
+    )
+    assert float(page.get_by_test_id("bpb").inner_text()) > 0
+    assert page.locator("#topk .sym").count() == 10
+    assert page.locator("#attention canvas").count() == 4  # one map per head of the seed model
+    assert page.locator("#phase-table tbody tr").count() == 4
+    assert "run=" in page.url and "d_model=16" in page.url and "seed=0" in page.url
+
+
+def test_pause_stops_bytes_seen_and_resume_restarts_it(page: Any, server: str) -> None:
+    wait_bytes_above(page, 0)
+    page.get_by_test_id("pause").click()
+    page.wait_for_function("() => document.querySelector('#run-state').textContent === 'paused'")
+    run_id = page.evaluate("window.mugptLab.runId")
+    server_pos = get_json(f"{server}api/runs/{run_id}")["pos"]
+    page.wait_for_function(
+        "p => Number(document.querySelector('[data-testid=bytes-seen]').textContent) === p",
+        arg=server_pos,
+    )
+    page.wait_for_timeout(1500)  # paused: nothing is learned meanwhile
+    assert bytes_seen(page) == server_pos
+    assert get_json(f"{server}api/runs/{run_id}")["pos"] == server_pos
+    page.get_by_test_id("resume").click()
+    wait_bytes_above(page, server_pos)
+    assert page.locator("#run-state").inner_text() == "running"
+
+
+def test_toggling_a_mechanism_shows_in_the_event_log(page: Any) -> None:
+    wait_bytes_above(page, 0)
+    toggle = page.get_by_test_id("mech-toggle-grad_clip")
+    toggle.check()
+    log = page.get_by_test_id("event-log")
+    log.get_by_text(re.compile(r"grad_clip on")).first.wait_for()
+    assert page.locator(".mech[data-name=grad_clip]").get_attribute("class") == "mech on"
+    assert "mech=grad_clip" in page.url
+    toggle.uncheck()
+    log.get_by_text(re.compile(r"grad_clip off")).first.wait_for()
+
+
+def test_an_uploaded_text_becomes_a_phase_of_a_new_run(page: Any, tmp_path: Path) -> None:
+    wait_bytes_above(page, 0)
+    first_run = page.evaluate("window.mugptLab.runId")
+    text = "the quick brown fox jumps over the lazy dog. " * 60
+    page.locator("#upload-file").set_input_files(
+        files=[{"name": "fox.txt", "mimeType": "text/plain", "buffer": text.encode()}]
+    )
+    page.locator("#upload-label").fill("mine")
+    page.locator("#upload-go").click()
+    spec = page.locator("#stream-spec")
+    page.wait_for_function(
+        "() => document.querySelector('#stream-spec').value.includes('mine=file:')"
+    )
+    # learn only the upload, then a generated phase
+    while page.locator("#phase-editor tbody tr").count() > 1:
+        page.locator("#phase-editor tbody tr").first.get_by_role("button", name="Remove").click()
+    assert spec.input_value().startswith("mine=file:")
+    page.locator("#new-run").click()
+    page.wait_for_function("r => window.mugptLab.runId !== r", arg=first_run)
+    page.locator("#phase-table tbody tr").filter(has_text="mine").wait_for()
+    page.wait_for_function(
+        "() => document.querySelector('#stream-text').textContent.includes('quick brown')"
+    )
+    assert page.locator("#current-phase").inner_text() == "mine"
+    # the previous run is overlaid for comparison
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=loss-chart]').data.some("
+        "t => t.name && t.name.endsWith('(avg)') && t.x.length > 0)"
+    )
+
+
+def test_sampling_returns_text_and_a_limit_is_explained(page: Any) -> None:
+    wait_bytes_above(page, 0)
+    page.locator("#sample-length").fill("60")
+    page.locator("#sample-prompt").fill("the ")
+    page.locator("#sample-go").click()
+    out = page.get_by_test_id("sample-output")
+    page.wait_for_function(
+        "() => { const t = document.querySelector('[data-testid=sample-output]').textContent;"
+        " return t.length > 4 && t !== 'sampling…'; }"
+    )
+    assert out.inner_text().startswith("the ")
+    page.locator("#sample-length").fill("5000")
+    page.locator("#sample-go").click()
+    page.locator("#notice").get_by_text(re.compile("over this server's limit of 1000")).wait_for()
