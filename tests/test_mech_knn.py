@@ -86,3 +86,23 @@ def test_learner_runs_are_bit_identical_and_report_hits() -> None:
     c = knn.counters()
     assert c["stored"] == 100 and c["predictions"] == len(text)
     assert 0 < c["hit_rate"] <= 1 and c["mixed_share"] > 0.99
+
+
+def test_compiled_and_numpy_neighbour_search_agree() -> None:
+    from mugpt.mechanisms import cache as c
+
+    rng = np.random.default_rng(3)
+    m, k = 40, 5
+    rank = rng.integers(0, 6, size=(k, m + k)).astype(np.float32)  # many ties
+    for n_keep in (1, 7, 60):
+        fast = c.topk_rows(rank, m, n_keep)
+        ref = c._topk_numpy(rank, m, n_keep)
+        assert np.array_equal(fast, ref)
+        row = rank[2, : m + 2]
+        expected = sorted(range(row.size), key=lambda i: (row[i], i))[:n_keep]
+        assert fast[2, : len(expected)].tolist() == expected
+    dots = rng.normal(size=(k, m + k)).astype(np.float32)
+    values = rng.integers(0, 256, m + k).astype(np.int16)
+    assert np.allclose(c.cache_rows(dots, m, values, 2.0), c._cache_rows_numpy(dots, m, values, 2.0),
+                       rtol=1e-12, atol=1e-15)  # fmt: skip
+    assert not c.cache_rows(dots, 0, values[:k], 2.0)[0].any()  # nothing visible to byte 0

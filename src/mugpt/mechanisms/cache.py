@@ -19,6 +19,7 @@ decode): no randomness, a preallocated ring buffer with a fixed slot order, floa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,9 +33,9 @@ VOCAB = 257
 class PairMemory:
     """A preallocated ring buffer of (key vector, next symbol) pairs, oldest overwritten first.
 
-    Keys are float64 with their squared norms kept beside them (for L2 distances). Slot order
-    is fixed by the history of writes, so any computation over ``keys[:filled]`` is
-    deterministic.
+    Keys keep the floating dtype of the first keys added (the model's: float32 by default)
+    and their squared norms are kept beside them (for L2 distances). Slot order is fixed by
+    the history of writes, so any computation over ``keys[:filled]`` is deterministic.
 
     Example:
         >>> mem = PairMemory(capacity=2)
@@ -52,11 +53,15 @@ class PairMemory:
         self.filled = 0
         self.head = 0  # next slot to write
 
-    def _allocate(self, dim: int) -> None:
+    def _allocate(self, dim: int, dtype: np.dtype) -> None:
         self.dim = dim
-        self.keys = np.zeros((self.capacity, dim), dtype=np.float64)
-        self.sq_norms = np.zeros(self.capacity, dtype=np.float64)
+        self.keys = np.zeros((self.capacity, dim), dtype=dtype)
+        self.sq_norms = np.zeros(self.capacity, dtype=dtype)
         self.values = np.zeros(self.capacity, dtype=np.int16)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.keys.dtype
 
     def add(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Appends pairs in order (rows of ``keys`` with ``values``)."""
@@ -64,7 +69,8 @@ class PairMemory:
         if n == 0:
             return
         if self.dim == 0:
-            self._allocate(int(keys.shape[1]))
+            kind = keys.dtype if keys.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+            self._allocate(int(keys.shape[1]), kind)
         if n > self.capacity:  # only the newest fit
             keys, values = keys[-self.capacity :], values[-self.capacity :]
             self.head = (self.head + n - self.capacity) % self.capacity
@@ -91,7 +97,7 @@ class PairMemory:
         self.capacity = capacity
         self.filled = self.head = 0
         if self.dim:
-            self._allocate(self.dim)
+            self._allocate(self.dim, keys.dtype)
             self.add(keys, values)
 
     def state_dict(self) -> dict[str, Any]:
@@ -107,7 +113,7 @@ class PairMemory:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.capacity = int(state["capacity"])
         self.dim = int(state["dim"])
-        self.keys = np.asarray(state["keys"], dtype=np.float64).copy()
+        self.keys = np.array(state["keys"])
         self.values = np.asarray(state["values"], dtype=np.int16).copy()
         self.sq_norms = np.einsum("ij,ij->i", self.keys, self.keys) if self.dim else np.zeros(0)
         self.filled = int(state["filled"])
@@ -116,22 +122,125 @@ class PairMemory:
 
 def step_dots(
     memory: PairMemory, queries: np.ndarray, step_values: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Dot products of each of the step's ``k`` queries with what it may look at: the stored
     pairs (slot order), then the step's own pairs (whose keys are the queries themselves).
 
-    Returns (dots (k, m + k), values (m + k,), visible (k, m + k) bool): query ``j`` sees the
-    step's pair ``i`` only when ``i < j``, because byte ``i`` was scored before byte ``j``."""
+    Returns (dots (k, m + k), values (m + k,)). Query ``j`` may use the first ``m + j``
+    columns only: the step's pair ``i`` is visible to it when ``i < j``, because byte ``i`` was
+    scored before byte ``j`` (:func:`visible_mask`). ``queries`` must have the memory's dtype
+    (see :func:`as_queries`)."""
     k = queries.shape[0]
     m = memory.filled
-    dots = np.empty((k, m + k), dtype=np.float64)
+    dots = np.empty((k, m + k), dtype=queries.dtype)
     if m:
         np.matmul(queries, memory.keys[:m].T, out=dots[:, :m])
     np.matmul(queries, queries.T, out=dots[:, m:])
     values = np.concatenate([memory.values[:m], step_values.astype(np.int16)])
-    visible = np.ones((k, m + k), dtype=bool)
-    visible[:, m:] = np.tril(np.ones((k, k), dtype=bool), -1)
-    return dots, values, visible
+    return dots, values
+
+
+def visible_mask(k: int, m: int) -> np.ndarray:
+    """(k, m + k) bool: row ``j`` sees the ``m`` stored pairs and the step's pairs ``i < j``."""
+    return np.arange(m + k)[None, :] < (m + np.arange(k))[:, None]
+
+
+def _cache_rows_numpy(dots: np.ndarray, m: int, values: np.ndarray, theta: float) -> np.ndarray:
+    k = dots.shape[0]
+    scores = np.where(visible_mask(k, m), theta * dots.astype(np.float64), -np.inf)
+    top = scores.max(axis=1, keepdims=True)
+    top[~np.isfinite(top)] = 0.0
+    weights = np.exp(scores - top)  # 0 where not visible
+    mass = weights.sum(axis=1, keepdims=True)
+    np.divide(weights, mass, out=weights, where=mass > 0)
+    return scatter_rows(values, weights)
+
+
+def _cache_rows_loops(dots: np.ndarray, m: int, values: np.ndarray, theta: float) -> np.ndarray:
+    # one fused pass per row (compiled by numba): no (k, m) temporaries
+    k = dots.shape[0]
+    out = np.zeros((k, VOCAB))
+    for j in range(k):
+        n = m + j
+        if n == 0:
+            continue
+        top = -np.inf
+        for i in range(n):
+            top = max(top, theta * float(dots[j, i]))
+        total = 0.0
+        for i in range(n):
+            w = np.exp(theta * float(dots[j, i]) - top)
+            out[j, values[i]] += w
+            total += w
+        for v in range(VOCAB):
+            out[j, v] /= total
+    return out
+
+
+def _topk_numpy(rank: np.ndarray, m: int, n_keep: int) -> np.ndarray:
+    """Row-wise indexes of the ``n_keep`` smallest visible entries, ordered by (value, index);
+    -1 pads rows that see fewer entries."""
+    k = rank.shape[0]
+    masked = np.where(visible_mask(k, m), rank, np.inf)
+    out = np.full((k, n_keep), -1, dtype=np.int64)
+    for j in range(k):
+        row = masked[j, : m + j]
+        take = min(n_keep, row.size)
+        if take == 0:
+            continue
+        if take < row.size:
+            kth = np.partition(row, take - 1)[take - 1]
+            less = np.flatnonzero(row < kth)
+            equal = np.flatnonzero(row == kth)[: take - less.size]
+            idx = np.concatenate([less, equal])
+        else:
+            idx = np.arange(row.size)
+        out[j, :take] = idx[np.lexsort((idx, row[idx]))]
+    return out
+
+
+def _topk_loops(rank: np.ndarray, m: int, n_keep: int) -> np.ndarray:
+    # a sorted insertion list per row (compiled by numba); ties keep the lower index
+    k = rank.shape[0]
+    out = np.full((k, n_keep), -1, dtype=np.int64)
+    best = np.empty(n_keep)
+    for j in range(k):
+        count = 0
+        for i in range(m + j):
+            v = float(rank[j, i])
+            if count == n_keep and not v < best[n_keep - 1]:
+                continue
+            pos = count if count < n_keep else n_keep - 1
+            while pos > 0 and v < best[pos - 1]:
+                if pos < n_keep:
+                    best[pos] = best[pos - 1]
+                    out[j, pos] = out[j, pos - 1]
+                pos -= 1
+            best[pos] = v
+            out[j, pos] = i
+            if count < n_keep:
+                count += 1
+    return out
+
+
+cache_rows: Callable[[np.ndarray, int, np.ndarray, float], np.ndarray]
+topk_rows: Callable[[np.ndarray, int, int], np.ndarray]
+try:  # compiled kernels when numba is present; the NumPy versions select the same pairs
+    import numba
+
+    cache_rows = numba.njit(cache=True, nogil=True)(_cache_rows_loops)
+    topk_rows = numba.njit(cache=True, nogil=True)(_topk_loops)
+except ImportError:  # pragma: no cover - numba is a dependency
+    cache_rows = _cache_rows_numpy
+    topk_rows = _topk_numpy
+
+
+def as_queries(memory: PairMemory, hidden: np.ndarray) -> np.ndarray:
+    """The step's hidden states in the dtype the memory stores (the model's, once known)."""
+    dtype = memory.dtype if memory.dim else hidden.dtype
+    if dtype not in (np.float32, np.float64):
+        dtype = np.dtype(np.float64)
+    return np.ascontiguousarray(hidden, dtype=dtype)
 
 
 def scatter_rows(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -234,18 +343,13 @@ class ContinuousCache(Mechanism):
     def cache_distribution(self, queries: np.ndarray, step_values: np.ndarray) -> np.ndarray:
         """p_cache (k, 257) for ``queries`` (k, C); rows that see no pair are all zero.
         ``step_values[i]`` is the byte that followed query i (used by queries after it)."""
-        dots, values, visible = step_dots(self.memory, queries, step_values)
-        scores = np.where(visible, self.config.theta * dots, -np.inf)  # (k, m + k)
-        top = scores.max(axis=1, keepdims=True)
-        top[~np.isfinite(top)] = 0.0
-        weights = np.exp(scores - top)  # 0 where not visible
-        mass = weights.sum(axis=1, keepdims=True)
-        np.divide(weights, mass, out=weights, where=mass > 0)
-        return scatter_rows(values, weights)
+        dots, values = step_dots(self.memory, queries, step_values)
+        out: np.ndarray = cache_rows(dots, self.memory.filled, values, float(self.config.theta))
+        return out
 
     def mix(self, queries: np.ndarray, probs: np.ndarray, step_values: np.ndarray) -> np.ndarray:
         """(1 − λ)·probs + λ·p_cache on the rows where the cache has something to say."""
-        q = np.asarray(queries, dtype=np.float64)
+        q = as_queries(self.memory, queries)
         k = q.shape[0]
         values = np.zeros(k, dtype=np.int64)
         values[: step_values.size] = step_values

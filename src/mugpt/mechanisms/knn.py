@@ -13,8 +13,8 @@ The mixed ``p`` is the prediction whose loss is recorded. The datastore is bound
 vectorised NumPy. A pair is stored only after its byte was scored; within a step byte ``j``
 also sees the pairs of the step's bytes before it.
 
-Deterministic (compression relies on it): no randomness, a fixed slot order, the selected
-neighbours sorted by slot before their weights are summed.
+Deterministic (compression relies on it): no randomness, a fixed slot order, neighbours
+ordered by (distance, slot) with ties going to the older slot.
 """
 
 from __future__ import annotations
@@ -25,7 +25,14 @@ import numpy as np
 from pydantic import Field
 
 from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
-from mugpt.mechanisms.cache import MixStats, PairMemory, scatter_rows, step_dots
+from mugpt.mechanisms.cache import (
+    MixStats,
+    PairMemory,
+    as_queries,
+    scatter_rows,
+    step_dots,
+    topk_rows,
+)
 
 
 class KNNConfig(MechanismConfig):
@@ -67,34 +74,38 @@ class KNNLM(Mechanism):
         self.last_p_knn: np.ndarray | None = None
 
     def knn_distribution(self, queries: np.ndarray, step_values: np.ndarray) -> np.ndarray:
-        """p_knn (k, 257) for ``queries`` (k, C); rows that see no pair are all zero."""
-        dots, values, visible = step_dots(self.memory, queries, step_values)
+        """p_knn (k, 257) for ``queries`` (k, C); rows that see no pair are all zero.
+
+        The search ranks in the memory's dtype by ``|key|² − 2·q·key`` (one matrix product,
+        then a top-k pass whose ties go to the older slot); the distances of the chosen
+        neighbours are then recomputed exactly in float64."""
+        dots, values = step_dots(self.memory, queries, step_values)
         m = self.memory.filled
-        q_sq = np.einsum("ij,ij->i", queries, queries)
-        # rank by |key|² − 2·q·key (the row's |q|² is added back to the chosen few only)
-        rank = dots
+        rank = dots  # (k, m + k), reused in place
         rank *= -2.0
         rank[:, :m] += self.memory.sq_norms[:m]
-        rank[:, m:] += q_sq
-        rank[:, m:][~visible[:, m:]] = np.inf
-        n_keep = min(self.config.k, rank.shape[1])
-        if n_keep < rank.shape[1]:
-            nearest = np.argpartition(rank, n_keep - 1, axis=1)[:, :n_keep]
-            nearest.sort(axis=1)  # a canonical order, so the sums below are reproducible
-        else:
-            nearest = np.broadcast_to(np.arange(rank.shape[1]), rank.shape)
-        d = np.take_along_axis(rank, nearest, axis=1) + q_sq[:, None]  # (k, n_keep) d²
-        np.maximum(d, 0.0, out=d)
+        rank[:, m:] += np.einsum("ij,ij->i", queries, queries)
+        nearest = topk_rows(rank, m, self.config.k)  # (k, n_keep), -1 = none
+        found = nearest >= 0
+        stored = found & (nearest < m)
+        chosen = np.zeros((*nearest.shape, queries.shape[1]), dtype=np.float64)
+        if m:
+            chosen[stored] = self.memory.keys[nearest[stored]]
+        in_step = found & ~stored
+        chosen[in_step] = queries[nearest[in_step] - m]
+        diff = chosen - queries[:, None, :].astype(np.float64)
+        d = np.einsum("ijc,ijc->ij", diff, diff)  # (k, n_keep) exact squared L2
+        d[~found] = np.inf
         best = d.min(axis=1, keepdims=True)
         best[~np.isfinite(best)] = 0.0
-        weights = np.exp(-(d - best) / self.config.temperature)  # 0 where not visible
+        weights = np.exp(-(d - best) / self.config.temperature)  # 0 where nothing was found
         mass = weights.sum(axis=1, keepdims=True)
         np.divide(weights, mass, out=weights, where=mass > 0)
-        return scatter_rows(values[nearest], weights)
+        return scatter_rows(np.where(found, values[nearest], 0), weights)
 
     def mix(self, queries: np.ndarray, probs: np.ndarray, step_values: np.ndarray) -> np.ndarray:
         """(1 − λ)·probs + λ·p_knn on the rows that see at least one stored pair."""
-        q = np.asarray(queries, dtype=np.float64)
+        q = as_queries(self.memory, queries)
         values = np.zeros(q.shape[0], dtype=np.int64)
         values[: step_values.size] = step_values
         p_knn = self.knn_distribution(q, values)
