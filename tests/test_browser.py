@@ -46,31 +46,26 @@ def get_json(url: str) -> Any:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mugpt serve --no-browser --port 0`` in a subprocess; yields its URL."""
     runs = tmp_path_factory.mktemp("lab-runs")
+    command = [sys.executable, "-m", "mugpt", "serve", "--no-browser", "--port", "0"]
+    command += ["--runs-dir", str(runs), "--max-sample-bytes", "1000"]
+    log_path = runs / "server.log"
+    log = log_path.open("w")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mugpt",
-            "serve",
-            "--no-browser",
-            "--port",
-            "0",
-            "--runs-dir",
-            str(runs),
-            "--max-sample-bytes",
-            "1000",
-        ],  # fmt: skip
-        stdout=subprocess.PIPE,
+        command,
+        stdout=log,
         stderr=subprocess.STDOUT,
-        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    match = re.search(r"(http://127\.0\.0\.1:\d+/)", first)
-    assert match, f"the server did not start: {first}{proc.stdout.read() if proc.poll() else ''}"
-    url = match.group(1)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
+    url = ""
+    while not url:
+        match = re.search(r"(http://127\.0\.0\.1:\d+/)", log_path.read_text())
+        if match:
+            url = match.group(1)
+        elif proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"the server did not start: {log_path.read_text()}")
+        else:
+            time.sleep(0.1)
     while True:
         try:
             assert get_json(url + "api/health")["ok"]
@@ -86,6 +81,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    log.close()
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,22 @@ import re
 import resource
 import statistics
 import tempfile
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi import (
+    FastAPI,
+    File,
+    Form,
+    Query,
+    Request,
+    UploadFile,
+    WebSocket,
+    WebSocketDisconnect,
+)
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -63,26 +73,36 @@ def plotly_js_path() -> Path:
 
 class LoopLag:
     """Measures how late the event loop wakes a sleeping task (a direct measure of how
-    responsive the server is), keeping the last few thousand samples."""
+    responsive the server is), keeping the last ten minutes of samples."""
 
     def __init__(self, period: float = 0.05) -> None:
         self.period = period
-        self.samples: deque[float] = deque(maxlen=6000)
+        self.samples: deque[tuple[float, float]] = deque(maxlen=int(600 / period))
 
     async def watch(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             t0 = loop.time()
             await asyncio.sleep(self.period)
-            self.samples.append(max(0.0, loop.time() - t0 - self.period))
+            now = loop.time()
+            self.samples.append((now, max(0.0, now - t0 - self.period)))
 
-    def stats(self) -> dict[str, Any]:
-        values = sorted(self.samples)
+    def stats(self, window: float = 60.0) -> dict[str, Any]:
+        """p50, p99 and max lag in ms over the last ``window`` seconds."""
+        since = asyncio.get_running_loop().time() - window
+        values = sorted(lag for t, lag in self.samples if t >= since)
         if not values:
-            return {"samples": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+            return {
+                "samples": 0,
+                "window_s": window,
+                "p50_ms": None,
+                "p99_ms": None,
+                "max_ms": None,
+            }
         q = statistics.quantiles(values, n=100) if len(values) > 1 else values * 99
         return {
             "samples": len(values),
+            "window_s": window,
             "p50_ms": round(q[49] * 1e3, 3),
             "p99_ms": round(q[98] * 1e3, 3),
             "max_ms": round(values[-1] * 1e3, 3),
@@ -204,7 +224,11 @@ def create_app(
     # ------------------------------------------------------------------ information
 
     @app.get("/api/health", tags=["server"])
-    async def health() -> dict[str, Any]:
+    async def health(
+        lag_window: Annotated[
+            float, Query(gt=0, le=600, description="seconds of lag samples")
+        ] = 60,
+    ) -> dict[str, Any]:
         """Liveness, event-loop lag (how late the server wakes up) and memory."""
         workers = {
             r.id: rss_mb(r.process.pid)
@@ -217,8 +241,9 @@ def create_app(
             "runs": len(manager.runs),
             "live_runs": manager.live_count(),
             "clients": sum(len(r.clients) for r in manager.runs.values()),
-            "loop_lag": lag.stats(),
+            "loop_lag": lag.stats(lag_window),
             "rss_mb": rss_mb(),
+            "cpu_seconds": round(time.process_time(), 3),
             "workers_rss_mb": workers,
         }
 

@@ -94,6 +94,7 @@ class Run:
         self.outbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.stopping = False
         self.files: dict[str, str] = {}
+        self._hello: dict[bool, str] = {}
 
     # ------------------------------------------------------------------ views
 
@@ -125,16 +126,22 @@ class Run:
         )
 
     def hello(self, lite: bool = False) -> str:
-        return dumps(
-            clean(
-                {
-                    "type": "hello",
-                    "run": self.info().model_dump(),
-                    "history": self.history.snapshot(lite=lite),
-                    "traceback": None if lite else self.traceback,
-                }
+        """The ``hello`` message: the run and its history (built once per change, since
+        many pages may connect at the same moment)."""
+        cached = self._hello.get(lite)
+        if cached is None:
+            cached = dumps(
+                clean(
+                    {
+                        "type": "hello",
+                        "run": self.info().model_dump(),
+                        "history": self.history.snapshot(lite=lite),
+                        "traceback": None if lite else self.traceback,
+                    }
+                )
             )
-        )
+            self._hello[lite] = cached
+        return cached
 
     # ------------------------------------------------------------------ pages
 
@@ -168,6 +175,7 @@ class Run:
     # ------------------------------------------------------------------ worker messages
 
     def on_message(self, message: dict[str, Any]) -> None:
+        self._hello.clear()
         kind = message.get("type")
         if kind == "update":
             self.history.apply(message)
@@ -198,6 +206,7 @@ class Run:
             self.fail(str(message.get("error") or "the worker failed"), message.get("traceback"))
 
     def on_exit(self, exitcode: int | None) -> None:
+        self._hello.clear()
         if self.stopping or self.state in ("failed", "stopped"):
             if self.state != "failed":
                 self.state = "stopped"
@@ -215,6 +224,7 @@ class Run:
         self.fail(why + "; the server and other runs are fine — start a new run", None)
 
     def fail(self, error: str, trace: str | None) -> None:
+        self._hello.clear()
         self.state = "failed"
         self.error = error
         self.traceback = trace
@@ -265,6 +275,7 @@ class Run:
             pass
         if self.state != "failed":
             self.state = "stopped"
+        self._hello.clear()
         await asyncio.to_thread(self.process.join, 5.0)
         if self.process.is_alive():
             self.process.terminate()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 import time
 import traceback
@@ -46,6 +47,8 @@ PHASES_EVERY = 1.0
 #: At most this many events per update (replay events are counted in the loss bins instead).
 MAX_EVENTS_PER_UPDATE = 100
 TOP_K = 10
+WORKER_NICENESS = 5
+"""Workers run at a lower CPU priority than the server (Unix ``nice``)."""
 
 
 def worker_main(commands: Connection, out: Connection, spec: dict[str, Any]) -> None:
@@ -53,6 +56,10 @@ def worker_main(commands: Connection, out: Connection, spec: dict[str, Any]) -> 
     ``out``. ``spec`` holds ``config`` (a RunConfig dict), ``run_dir``, ``publish_hz``,
     ``slice_seconds``, ``max_stream_bytes``, ``paused`` and ``max_bytes_per_s``. Any error
     ends the run with a ``failed`` message naming it."""
+    if hasattr(os, "nice"):
+        # learning is background work: the server that draws it must stay responsive
+        with contextlib.suppress(OSError):
+            os.nice(WORKER_NICENESS)
     try:
         RunWorker(commands, out, spec).loop()
     except (EOFError, BrokenPipeError, ConnectionResetError, KeyboardInterrupt):

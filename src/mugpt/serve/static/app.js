@@ -33,7 +33,7 @@
     hist: emptyHistory(), compare: new Map(), runs: [],
     pending: new Map(), nextRequest: 1,
     chartDirty: true, formRunId: null, lastTextIndex: -1, utf8: null,
-    rows: [], reconnectTimer: null, closing: null, dirty: {}, textQueue: [],
+    rows: [], reconnectTimer: null, closing: null, dirty: {}, textQueue: [], revision: 0,
   };
 
   // ------------------------------------------------------------------ helpers
@@ -327,6 +327,15 @@
       setSpec(run.stream && run.stream.spec ? run.stream.spec : (S.streams ? S.streams.default_spec : ""));
     }
     if (run.state === "failed" && run.error) notify(`This run failed: ${run.error}`);
+    clearTimeout(S.startingTimer);
+    if (run.state === "starting") {
+      S.startingTimer = setTimeout(() => {
+        if (S.run && S.run.id === run.id && S.run.state === "starting") {
+          notify("Starting the run: building its stream and, the first time on this machine, " +
+            "compiling the engine (this can take a minute).", "info");
+        }
+      }, 4000);
+    }
     syncMechanisms(run.mechanisms || []);
     renderAll();
     writeUrl();
@@ -507,7 +516,7 @@
     }
     const pos = S.latest.pos || 0;
     const traces = [
-      { name: "loss per byte", x: cx, y: cy, type: "scatter", mode: "lines", line: { color: "rgba(90,100,115,0.45)", width: 0.7 }, hoverinfo: "x+y" },
+      { name: "loss per byte (older bytes in bins)", x: cx, y: cy, type: "scatter", mode: "markers", marker: { size: 3, color: "rgba(90,100,115,0.28)" }, hoverinfo: "x+y" },
       { name: "moving average", x: ex, y: ey, type: "scatter", mode: "lines", line: { color: "#1f5fbf", width: 2.5 } },
       { name: "bpb so far", x: S.hist.bpb.x, y: S.hist.bpb.y, type: "scatter", mode: "lines", line: { color: "#1b1f24", width: 1.5, dash: "dash" } },
     ];
@@ -533,6 +542,7 @@
     const { shapes, annotations } = phaseShapes(maxX);
     const layout = {
       uirevision: S.runId,
+      datarevision: ++S.revision,
       margin: { l: 52, r: 16, t: 28, b: 42 },
       font: { family: "system-ui, sans-serif", size: 13, color: "#1b1f24" },
       paper_bgcolor: "#fff", plot_bgcolor: "#fff",
@@ -557,6 +567,7 @@
     ];
     const layout = {
       uirevision: S.runId,
+      datarevision: ++S.revision, // the series grow in place: tell plotly they changed
       margin: { l: 60, r: 52, t: 10, b: 42 },
       font: { family: "system-ui, sans-serif", size: 12, color: "#1b1f24" },
       xaxis: { title: { text: "bytes read" }, gridcolor: "#eef1f4", zeroline: false, autorange: true },
