@@ -149,7 +149,11 @@ def test_named_values_and_mechanism_lists() -> None:
     )
     plan = spec.plan()
     assert [r.labels["mechanisms"] for r in plan] == ["none", "sb"]
-    assert plan[1].config["mechanisms"] == [{"name": "selective_backprop", "tau": 1.5}]
+    # the run config holds every parameter, defaults included (they are part of the run's key)
+    from mugpt.mechanisms import make_mechanism
+
+    defaults = make_mechanism("selective_backprop").config.model_dump()
+    assert plan[1].config["mechanisms"] == [{"name": "selective_backprop", **defaults, "tau": 1.5}]
     unnamed = SweepSpec.from_dict({"grid": {"mechanisms": [[], [{"name": "selective_backprop"}]]}})
     assert [r.labels["mechanisms"] for r in unnamed.plan()] == ["baseline", "selective_backprop"]
 

@@ -256,6 +256,7 @@ class SweepSpec:
             except MugptError as exc:
                 raise ConfigError(f"{self.source}: {where}: {exc}") from None
             _check_run_config(cfg0, lambda msg, w=where: ConfigError(f"{self.source}: {w}: {msg}"))
+            cfg0 = cfg0.replace(mechanisms=full_mechanisms(cfg0))
             point_id = run_key(cfg0, self.budget)
             for seed in self.seeds:
                 cfg = cfg0.with_overrides({"seed": seed})
@@ -290,6 +291,22 @@ def run_key(cfg: RunConfig, max_bytes: int | None) -> str:
     if max_bytes is None:
         return digest
     return hashlib.sha256(f"{digest}|max_bytes={max_bytes}".encode()).hexdigest()[:16]
+
+
+def full_mechanisms(cfg: RunConfig) -> list[dict[str, Any]]:
+    """The mechanisms of ``cfg`` with every parameter written out, defaults included, so a
+    run's key and its config.json change when a mechanism's defaults do.
+
+    >>> full_mechanisms(RunConfig.from_dict({"mechanisms": [{"name": "replay"}]}))[0]["name"]
+    'replay'
+    """
+    out = []
+    for entry, mech in zip(cfg.mechanisms, cfg.build_mechanisms()):
+        full = {"name": mech.name, **mech.config.model_dump()}
+        if "enabled" in entry:
+            full["enabled"] = entry["enabled"]
+        out.append(full)
+    return out
 
 
 def point_label(labels: dict[str, str]) -> str:
