@@ -249,7 +249,11 @@ def history_from_losses(
 def history_from_run_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], RunHistory]:
     """Reads a run directory into (config dict, stream description, history)."""
     root = Path(path).expanduser()
-    if not root.is_dir():
+    try:
+        found = root.is_dir()
+    except (OSError, ValueError):  # e.g. a name too long for the file system
+        found = False
+    if not found:
         raise ConfigError(f"run directory {str(root)!r} does not exist or is not a folder")
     config = _read_json(root / "config.json")
     summary = _read_json(root / "summary.json")

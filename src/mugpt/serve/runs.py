@@ -262,14 +262,14 @@ class Run:
                 409, f"run {self.id} did not answer within {timeout:.0f} s; it may be busy"
             ) from None
 
-    async def stop(self, write: bool = True) -> None:
+    async def stop(self, write: bool = True, timeout: float = STOP_TIMEOUT) -> None:
         """Asks the worker to write its run directory (unless ``write`` is False) and exit;
-        ends it by force if it does not."""
+        ends it by force if it has not within ``timeout`` seconds."""
         if self.process is None or self.state in ("failed", "stopped"):
             return
         self.stopping = True
         try:
-            reply = await self.command({"type": "stop", "write": write}, timeout=STOP_TIMEOUT)
+            reply = await self.command({"type": "stop", "write": write}, timeout=timeout)
             self.files.update(reply.get("result", {}).get("paths", {}))
         except LimitError:
             pass
@@ -333,7 +333,7 @@ class RunManager:
                 self._check_stream(cfg.stream)
         except MugptError as exc:
             raise LimitError(422, str(exc)) from None
-        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError, OSError) as exc:
             raise LimitError(422, f"invalid run configuration: {exc}") from None
         return cfg
 
@@ -343,7 +343,7 @@ class RunManager:
         total = 0
         for phase in parse_spec(spec):
             kind, _, arg = phase.source.partition(":")
-            if kind in ("file", "dir") and not Path(arg).exists():
+            if kind in ("file", "dir") and not _exists(arg):
                 raise LimitError(
                     422, f"phase '{phase.label}': {arg!r} does not exist; check the path"
                 )
@@ -451,6 +451,8 @@ class RunManager:
             raw, stream, history = history_from_run_dir(path)
         except MugptError as exc:
             raise LimitError(404 if "does not exist" in str(exc) else 422, str(exc)) from None
+        except (OSError, ValueError) as exc:
+            raise LimitError(422, f"cannot read run directory {str(path)!r}: {exc}") from None
         try:
             cfg = RunConfig.from_dict({k: v for k, v in raw.items() if k != "stream"})
             cfg = cfg.replace(stream=str(raw.get("stream", "")))
@@ -480,7 +482,9 @@ class RunManager:
         self.runs.pop(run_id, None)
 
     async def shutdown(self) -> None:
-        await asyncio.gather(*(r.stop() for r in self.runs.values() if r.live))
+        """Stops every live run, each writing its run directory (briefly: the server is
+        going away)."""
+        await asyncio.gather(*(r.stop(timeout=15.0) for r in self.runs.values() if r.live))
 
 
 PRELOAD = ["mugpt.serve.warm", "mugpt.engine.summary", "mugpt.engine.rundir"]
@@ -506,6 +510,13 @@ def start_worker_server() -> None:
     if "forkserver" in multiprocessing.get_all_start_methods():
         worker_context()
         forkserver.ensure_running()
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):  # a name too long, a NUL byte: no such file
+        return False
 
 
 def default_label(number: int, cfg: RunConfig) -> str:
