@@ -71,6 +71,8 @@ def main() -> int:
                     )
                     for name in args.mech:
                         page.get_by_test_id(f"mech-toggle-{name}").check()
+                    page.evaluate("window.scrollTo(0, 0)")
+                    page.mouse.move(args.width - 5, 5)  # no hover effects in the picture
                     time.sleep(args.seconds)
                     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                     page.screenshot(path=args.out, full_page=args.full_page)

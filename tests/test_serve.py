@@ -457,3 +457,23 @@ def test_limits_give_clear_4xx_and_the_server_goes_on(tmp_path: Any) -> None:
         assert sample.status_code == 422 and "--max-sample-bytes" in sample.json()["detail"]
         assert c.get("/api/health").json()["ok"]
         assert c.delete(f"/api/runs/{first.json()['id']}").status_code == 200
+
+
+def test_serve_open_shows_a_run_directory_read_only(tmp_path: Any) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    rows = ["index,byte,phase,loss_bits"]
+    rows += [f"{i},{97 + i % 3},{'a' if i < 6 else 'b'},{8 - i * 0.5}" for i in range(10)]
+    (folder / "log.csv").write_text("\n".join(rows) + "\n")
+    (folder / "config.json").write_text(json.dumps({"model": {"d_model": 32}, "seed": 4}))
+    with TestClient(create_app(ServeSettings(runs_dir=tmp_path), open_dirs=[str(folder)])) as c:
+        (view,) = c.get("/api/runs").json()
+        assert view["readonly"] and view["pos"] == 10 and view["config"]["seed"] == 4
+        assert view["bpb"] == pytest.approx(np.mean([8 - i * 0.5 for i in range(10)]))
+        assert [(p["label"], p["start"], p["end"]) for p in view["stream"]["phases"]] == [
+            ("a", 0, 6),
+            ("b", 6, 10),
+        ]
+        assert "--d-model 32" in view["cli"] and "--seed 4" in view["cli"]
+        log = c.get(f"/api/runs/{view['id']}/export/log")
+        assert log.status_code == 200 and log.text.splitlines()[1] == "0,97,a,8.0"

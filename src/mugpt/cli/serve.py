@@ -18,13 +18,13 @@ Open the browser lab: watch a tiny GPT learn a byte stream, live.
 
 The page starts learning the built-in stream (prose → code → stories → prose) as soon as it
 connects. It draws the loss of every byte with its moving average, phase boundaries, the
-bytes-per-byte of gzip, xz and PPMd on the same bytes, the learning rate and gradient norm,
+bits per byte of gzip, xz and PPMd on the same bytes, the learning rate and gradient norm,
 the text as it is read (shaded by surprisal), the next-byte distribution and attention maps.
 Pause, step, throttle, switch mechanisms on and off, change the learning rate, sample text,
 build a new stream from phases (or an uploaded text), start more runs and overlay them.
 
 Every run learns in its own process; the page and scripts talk to the server through an HTTP
-JSON API and a WebSocket (OpenAPI schema at /openapi.json, reference at /docs).
+JSON API and a WebSocket, described by the OpenAPI schema at /openapi.json.
 """
 
 EPILOG = """\

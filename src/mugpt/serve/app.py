@@ -297,7 +297,7 @@ def create_app(
                 {
                     "name": name,
                     "strict_online": bool(getattr(cls, "strict_online", True)),
-                    "doc": doc.split("\n\n")[0].replace("\n", " ").strip(),
+                    "doc": doc.split("\n\n")[0].replace("\n", " ").replace("``", "").strip(),
                     "schema": cls.Config.model_json_schema(),
                     "defaults": clean(defaults),
                 }

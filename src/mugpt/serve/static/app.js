@@ -535,8 +535,8 @@
     }
     traces.push(
       { name: "shift alarm", x: S.hist.alarms.map((a) => a.pos), y: S.hist.alarms.map(() => 0.97), yaxis: "y2", type: "scatter", mode: "markers", marker: { symbol: "triangle-down", size: 11, color: "#b42318" }, hovertemplate: "alarm at byte %{x}<extra></extra>" },
-      { name: "replay", x: rx, y: rx.map(() => 0.03), yaxis: "y2", type: "scatter", mode: "markers", marker: { symbol: "line-ns-open", size: 8, color: "#1d7a46" }, hovertemplate: "replay near byte %{x}<extra></extra>" },
-      { name: "skipped update", x: sx, y: sx.map(() => 0.08), yaxis: "y2", type: "scatter", mode: "markers", marker: { symbol: "line-ns-open", size: 8, color: "#a15c00" }, hovertemplate: "skipped update near byte %{x}<extra></extra>" },
+      { name: "replay", x: rx, y: rx.map(() => 0.03), yaxis: "y2", type: "scatter", mode: "markers", marker: { symbol: "line-ns-open", size: 6, color: "rgba(29,122,70,0.6)" }, hovertemplate: "replay near byte %{x}<extra></extra>" },
+      { name: "skipped update", x: sx, y: sx.map(() => 0.08), yaxis: "y2", type: "scatter", mode: "markers", marker: { symbol: "line-ns-open", size: 6, color: "rgba(161,92,0,0.7)" }, hovertemplate: "skipped update near byte %{x}<extra></extra>" },
     );
     let maxX = Math.max(pos, ...[...S.compare.values()].map((c) => c.pos || 0), 1);
     const { shapes, annotations } = phaseShapes(maxX);
