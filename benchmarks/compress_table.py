@@ -64,7 +64,7 @@ def measure(name: str, data: bytes, presets: list[str], log: Callable[[str], Non
         rows.append(_row(name, label, data, len(blob), None, t_c, t_d))
     assert rows[0]["size"] == reference["gzip"] and rows[3]["size"] == reference["ppmd"]
     for preset in presets:
-        cfg = RunConfig.from_dict({"preset": preset})
+        cfg = RunConfig.from_dict(_config_values(preset))
         log(f"{name}: μGPT {preset} compressing {len(data):,} bytes ...")
         (blob, report), t_c = timed(lambda cfg=cfg: encode(data, cfg))
         log(f"  {report.summary_line('compressed')}")
@@ -72,8 +72,17 @@ def measure(name: str, data: bytes, presets: list[str], log: Callable[[str], Non
         log(f"  {dreport.summary_line('decompressed')}")
         assert back == data, preset
         k = cfg.learner.update_every
-        rows.append(_row(name, f"μGPT {preset} (k={k})", data, len(blob), report.prequential_bpb, t_c, t_d))  # fmt: skip
+        label = f"μGPT {preset}" if preset in PRESETS else f"μGPT {preset[: preset.index('={')]}"
+        rows.append(_row(name, f"{label} (k={k})", data, len(blob), report.prequential_bpb, t_c, t_d))  # fmt: skip
     return rows
+
+
+def _config_values(spec: str) -> dict[str, Any]:
+    """A preset name, or ``LABEL={json of a run config}``."""
+    if spec in PRESETS:
+        return {"preset": spec}
+    values: dict[str, Any] = json.loads(spec[spec.index("={") + 1 :])
+    return values
 
 
 def _row(name: str, label: str, data: bytes, size: int, preq: float | None, t_c: float, t_d: float) -> dict[str, Any]:  # fmt: skip
@@ -102,12 +111,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument("--presets", default=",".join(p for p in ("seed", "strong") if p in PRESETS))
+    ap.add_argument("--presets", default=",".join(p for p in ("seed", "strong") if p in PRESETS),
+                    help="comma list of presets to measure")  # fmt: skip
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=JSON",
+                    help='also a run config, e.g. \'seed k=8={"learner": {"update_every": 8}}\'')  # fmt: skip
     ap.add_argument("--default-bytes", type=int, default=0, help="prefix of the default stream (0 = all)")  # fmt: skip
     ap.add_argument("--tinystories-bytes", type=int, default=200_000, help="prefix (0 = all 2 MiB)")  # fmt: skip
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = ap.parse_args()
-    presets = [p for p in args.presets.split(",") if p]
+    presets = [p for p in args.presets.split(",") if p] + list(args.variant)
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
