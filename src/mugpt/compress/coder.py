@@ -344,7 +344,7 @@ def encode(
         pos = 0
         for size in step_sizes(array.size, learner.cfg.update_every, learner.model_cfg.context):
             out = learner.step(array[pos : pos + size])
-            pending.append(np.asarray(out.probs, dtype=np.float64))
+            pending.append(np.array(out.probs, dtype=np.float64))  # a copy: kept past the step
             pos += size
             if pos - coded >= _CODER_BATCH:
                 flush(pos)
