@@ -47,6 +47,10 @@ _LEARNER_FLAGS: list[tuple[str, str, type, str]] = [
 ]  # fmt: skip
 
 
+def _metavar(typ: type) -> str:
+    return {int: "N", float: "X"}.get(typ, "NAME")
+
+
 def _dest(flag: str) -> str:
     return "cfg_" + flag.lstrip("-").replace("-", "_")
 
@@ -75,7 +79,9 @@ def add_run_config_args(parser: argparse.ArgumentParser, mechanisms: bool = True
     )
     m = parser.add_argument_group("model")
     for flag, _key, typ, text in _MODEL_FLAGS:
-        m.add_argument(flag, dest=_dest(flag), type=typ, default=None, help=text)
+        m.add_argument(
+            flag, dest=_dest(flag), type=typ, default=None, help=text, metavar=_metavar(typ)
+        )
     m.add_argument(
         "--tied-head",
         dest="cfg_tied_head",
@@ -85,10 +91,14 @@ def add_run_config_args(parser: argparse.ArgumentParser, mechanisms: bool = True
     )
     o = parser.add_argument_group("optimiser")
     for flag, _key, typ, text in _OPTIM_FLAGS:
-        o.add_argument(flag, dest=_dest(flag), type=typ, default=None, help=text)
+        o.add_argument(
+            flag, dest=_dest(flag), type=typ, default=None, help=text, metavar=_metavar(typ)
+        )
     lg = parser.add_argument_group("protocol")
     for flag, _key, typ, text in _LEARNER_FLAGS:
-        lg.add_argument(flag, dest=_dest(flag), type=typ, default=None, help=text)
+        lg.add_argument(
+            flag, dest=_dest(flag), type=typ, default=None, help=text, metavar=_metavar(typ)
+        )
     if mechanisms:
         parser.add_argument(
             "--mech",
