@@ -462,9 +462,11 @@ class Learner:
         starts[np.asarray(stream.doc_starts, dtype=np.int64)] = True
         begin = self.position
         t0 = time.perf_counter()
-        compiled = self._fast is not None and not any(m.enabled for m in self.mechanisms)
-        if compiled:
-            self._run_compiled(data, starts, end, progress, progress_every)
+        active = [m for m in self.mechanisms if m.enabled]
+        # a mechanism may bring its hooks into the compiled loop (same results, bit for bit)
+        fused = active[0] if len(active) == 1 and hasattr(active[0], "compiled_run") else None
+        if self._fast is not None and (not active or fused is not None):
+            self._run_compiled(data, starts, end, progress, progress_every, fused)
         elif self.cfg.batch_streams > 1:
             self._run_batched(data, starts, end, progress, progress_every)
         else:
@@ -684,9 +686,11 @@ class Learner:
         end: int,
         progress: ProgressFn | None,
         progress_every: float,
+        fused: Any = None,
     ) -> None:
         """The same protocol as :meth:`_run_steps` (bit for bit when B = 1), as compiled
-        chunks of steps; between chunks it reports progress."""
+        chunks of steps; between chunks it reports progress. ``fused``: the one active
+        mechanism, whose ``compiled_run`` supplies a kernel with its hooks built in."""
         fast = self._fast
         begin = self.position
         n = end - begin
@@ -716,13 +720,16 @@ class Learner:
         chunk = 16  # steps per compiled call; grows to about one progress interval
         done_upto = 0  # B = 1: losses[:done_upto] already handed to the loss log
         last_report = time.perf_counter()
+        kernel, extra, finish = fast.run_steps, (), None
+        if fused is not None:
+            kernel, extra, finish = fused.compiled_run(cfg.context)
         while True:
             t_call = time.perf_counter()
-            made = fast.run_steps(
+            made = kernel(
                 self.model.params.flat, self.model.offsets, self.model.dims, ws, self.grads.flat,
                 opt.m, opt.v, hyper, ostate, data, starts, seg_pos, seg_end, hist, hist_len,
                 self.cfg.update_every, self.cfg.window_loss == "new", losses, begin,
-                counters, chunk, rec, info,
+                counters, chunk, rec, info, *extra,
             )  # fmt: skip
             if made == 0:
                 break
@@ -755,12 +762,19 @@ class Learner:
             setattr(self.counters, f.name, int(value))
         opt.t, opt.nonfinite_steps, opt.clipped_steps = (int(x) for x in ostate)
         self.lr_effective = self.lr
-        self._finish_compiled(data, rec, info, losses, begin)
+        mixed = finish(n) if finish is not None else None
+        self._finish_compiled(data, rec, info, losses, begin, mixed)
         if progress is not None:
             progress(self.position, end, self.running_bpb())
 
     def _finish_compiled(
-        self, data: np.ndarray, rec: np.ndarray, info: np.ndarray, losses: np.ndarray, begin: int
+        self,
+        data: np.ndarray,
+        rec: np.ndarray,
+        info: np.ndarray,
+        losses: np.ndarray,
+        begin: int,
+        mixed: np.ndarray | None = None,
     ) -> None:
         """``last`` and ``last_acts`` for the final step of a compiled run (its last window)."""
         fast, ws = self._fast, self.model.ws
@@ -772,6 +786,8 @@ class Learner:
         n_in = int(min(self._hist_len, self.model_cfg.context + 1) - 1)
         weights = (ws.wts[window, :n_in] != 0).astype(np.float64)
         probs = ws.probs[window, t_slots].astype(np.float64)
+        if mixed is not None:  # the fused mechanism's rows of that window
+            probs = mixed[: t_slots.size].copy()
         self.last_acts = fast.FastActivations(
             idx=ws.idx[window : window + 1, :n_in].copy(),
             probs=ws.probs[window : window + 1, :n_in],

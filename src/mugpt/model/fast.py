@@ -96,7 +96,7 @@ Workspace = namedtuple(
         "colm",  # (T,) column max / row sums
         "colinv",  # (T,)
         "yT",  # (C, T)
-        "ebits",  # int32 scratch of the float32 exp (≥ V, ≥ T)
+        "ebits",  # int32 scratch of the float32 exp (≥ V and ≥ T; T·V when it fits)
         "lanes",  # (max(64, V),) scratch of reductions
         "mask_add",  # (T, T) causal mask [s, t]: 0 where t ≥ s, −1e30 elsewhere
         "mask_mul",  # (T, T) causal mask [s, t]: 1 where t ≥ s, 0 elsewhere
@@ -142,7 +142,7 @@ def make_workspace(cfg: ModelConfig, batch: int) -> Workspace:
         nfx=z(B, T, C), nfr=z(B, T), hidden=z(B, T, C), probs=z(B, T, V),
         tgt=np.zeros((B, T), dtype=np.int64), wts=z(B, T),
         sc=z(T, T), colm=z(T), colinv=z(T), yT=z(C, T),
-        ebits=np.zeros(max(V, min(T * T, 65536)), dtype=np.int32), lanes=z(max(64, V)),
+        ebits=np.zeros(min(max(T * V, T * T), 1 << 16), dtype=np.int32), lanes=z(max(64, V)),
         mask_add=np.where(causal, 0.0, -1e30).astype(dt), mask_mul=causal.astype(dt),
         head_cv=z(C, V), head_vc=z(V, C),
         wqkvT=z(L, 3 * C, C), woT=z(L, C, C), winT=z(L, F, C), woutT=z(L, C, F),
@@ -332,7 +332,9 @@ def _softmax_rows(z: Any, n_rows: int, tmp: Any, bits: Any) -> None:  # pragma: 
         m = _like(row, _fold(row, tmp, True))
         for j in range(v):
             row[j] = row[j] - m
-        _exp_inplace(row, bits)
+    _exp_matrix(z[:n_rows], bits)  # one long vectorised pass
+    for r in range(n_rows):
+        row = z[r]
         inv = _like(row, 1.0 / _fold(row, tmp, False))
         for j in range(v):
             row[j] = row[j] * inv
@@ -798,6 +800,118 @@ def _history_append(
 
 
 @njit(**_JIT)
+def gather_step(
+    ws: Any,
+    data: Any,
+    starts: Any,
+    seg_pos: Any,
+    seg_end: Any,
+    hist: Any,
+    hist_len: Any,
+    update_every: int,
+    new_only: bool,
+    rec: Any,
+    symbols: Any,
+    t_len: int,
+) -> tuple[int, int, float]:  # pragma: no cover - compiled
+    """Builds one step's windows in ws (idx, tgt, unnormalised wts) from the unfinished
+    segments and advances them. rec[r] = (window, slot, byte index) of each new byte, in
+    segment order. Returns (windows, records, total weight)."""
+    keep = t_len + 1
+    n_win = 0
+    n_rec = 0
+    total_w = 0.0
+    for sgi in range(seg_pos.size):
+        pos, end = seg_pos[sgi], seg_end[sgi]
+        if pos >= end:
+            continue
+        first = hist_len[sgi] == 0
+        stop = min(pos + update_every, end)
+        # a step holds at most T symbols, BOS included (as Learner.run)
+        while True:
+            n_bos = 0
+            for i in range(pos, stop):
+                if starts[i] or (first and i == pos):
+                    n_bos += 1
+            if stop - pos <= 1 or (stop - pos) + n_bos <= t_len:
+                break
+            stop -= 1
+        n_sym = 0
+        for i in range(pos, stop):
+            if starts[i] or (first and i == pos):
+                symbols[n_sym] = BOS
+                n_sym += 1
+            symbols[n_sym] = data[i]
+            n_sym += 1
+        h = hist[sgi]
+        hl = _history_append(h, hist_len[sgi], symbols, n_sym, keep)
+        hist_len[sgi] = hl
+        n_in = min(hl, keep) - 1  # window inputs
+        w0 = hl - n_in - 1
+        idx, tgt, wts = ws.idx[n_win], ws.tgt[n_win], ws.wts[n_win]
+        for t in range(t_len):
+            if t < n_in:
+                idx[t] = h[w0 + t]
+                tgt[t] = h[w0 + t + 1]
+                wts[t] = 0 if (new_only or tgt[t] == BOS) else 1
+            else:
+                idx[t] = 0
+                tgt[t] = 0
+                wts[t] = 0
+        # the new bytes are the last n_sym targets that are not BOS
+        g = pos
+        for t in range(max(0, n_in - n_sym), n_in):
+            if tgt[t] != BOS:
+                rec[n_rec, 0] = n_win
+                rec[n_rec, 1] = t
+                rec[n_rec, 2] = g
+                n_rec += 1
+                g += 1
+                if new_only:
+                    wts[t] = 1
+        for t in range(n_in):
+            total_w += float(wts[t])
+        seg_pos[sgi] = stop
+        n_win += 1
+    return n_win, n_rec, total_w
+
+
+@njit(**_JIT)
+def train_step(
+    flat: Any,
+    offs: Any,
+    dims: Any,
+    ws: Any,
+    grads: Any,
+    m: Any,
+    v: Any,
+    hyper: Any,
+    ostate: Any,
+    counters: Any,
+    n_win: int,
+    total_w: float,
+) -> tuple[float, int]:  # pragma: no cover - compiled
+    """Normalises the weights, backward over the windows, one optimiser update; returns
+    (gradient norm, 0 | 1 | 2 as ``optimizer_step``)."""
+    t_len = dims[D_T]
+    for b in range(n_win):
+        for t in range(t_len):
+            ws.wts[b, t] = _like(ws.wts, float(ws.wts[b, t]) / total_w)
+    for i in range(grads.size):
+        grads[i] = 0
+    backward_batch(flat, offs, dims, ws, grads, n_win)
+    counters[C_BACKWARD] += 1
+    norm = math.sqrt(grad_sq_norm(grads, ws.lanes))
+    applied = optimizer_step(flat, grads, m, v, hyper, ostate, 1.0, norm)
+    if applied:
+        counters[C_UPDATES] += 1
+    else:
+        counters[C_NONFINITE] += 1
+    counters[C_STEPS] += 1
+    return norm, applied
+
+
+@njit(**_JIT)
 def run_steps(
     flat: Any,
     offs: Any,
@@ -834,66 +948,13 @@ def run_steps(
     Returns the number of steps made (0 when every segment is finished).
     """
     t_len = dims[D_T]
-    keep = t_len + 1
-    n_seg = seg_pos.size
     symbols = np.empty(t_len, dtype=np.int64)
     steps = 0
     while steps < max_steps:
-        n_win = 0
-        n_rec = 0
-        total_w = 0.0
-        for sgi in range(n_seg):
-            pos, end = seg_pos[sgi], seg_end[sgi]
-            if pos >= end:
-                continue
-            first = hist_len[sgi] == 0
-            stop = min(pos + update_every, end)
-            # a step holds at most T symbols, BOS included (as Learner.run)
-            while True:
-                n_bos = 0
-                for i in range(pos, stop):
-                    if starts[i] or (first and i == pos):
-                        n_bos += 1
-                if stop - pos <= 1 or (stop - pos) + n_bos <= t_len:
-                    break
-                stop -= 1
-            n_sym = 0
-            for i in range(pos, stop):
-                if starts[i] or (first and i == pos):
-                    symbols[n_sym] = BOS
-                    n_sym += 1
-                symbols[n_sym] = data[i]
-                n_sym += 1
-            h = hist[sgi]
-            hl = _history_append(h, hist_len[sgi], symbols, n_sym, keep)
-            hist_len[sgi] = hl
-            n_in = min(hl, keep) - 1  # window inputs
-            w0 = hl - n_in - 1
-            idx, tgt, wts = ws.idx[n_win], ws.tgt[n_win], ws.wts[n_win]
-            for t in range(t_len):
-                if t < n_in:
-                    idx[t] = h[w0 + t]
-                    tgt[t] = h[w0 + t + 1]
-                    wts[t] = 0 if (new_only or tgt[t] == BOS) else 1
-                else:
-                    idx[t] = 0
-                    tgt[t] = 0
-                    wts[t] = 0
-            # the new bytes are the last n_sym targets that are not BOS
-            g = pos
-            for t in range(max(0, n_in - n_sym), n_in):
-                if tgt[t] != BOS:
-                    rec[n_rec, 0] = n_win
-                    rec[n_rec, 1] = t
-                    rec[n_rec, 2] = g
-                    n_rec += 1
-                    g += 1
-                    if new_only:
-                        wts[t] = 1
-            for t in range(n_in):
-                total_w += float(wts[t])
-            seg_pos[sgi] = stop
-            n_win += 1
+        n_win, n_rec, total_w = gather_step(
+            ws, data, starts, seg_pos, seg_end, hist, hist_len, update_every, new_only, rec,
+            symbols, t_len,
+        )  # fmt: skip
         if n_win == 0:
             break
         forward_batch(flat, offs, dims, ws, n_win)
@@ -902,20 +963,9 @@ def run_steps(
             b, t, g = rec[r, 0], rec[r, 1], rec[r, 2]
             p = max(float(ws.probs[b, t, data[g]]), PROB_FLOOR)
             losses[g - base] = -math.log2(p)
-        for b in range(n_win):
-            for t in range(t_len):
-                ws.wts[b, t] = _like(ws.wts, float(ws.wts[b, t]) / total_w)
-        for i in range(grads.size):
-            grads[i] = 0
-        backward_batch(flat, offs, dims, ws, grads, n_win)
-        counters[C_BACKWARD] += 1
-        norm = math.sqrt(grad_sq_norm(grads, ws.lanes))
-        applied = optimizer_step(flat, grads, m, v, hyper, ostate, 1.0, norm)
-        if applied:
-            counters[C_UPDATES] += 1
-        else:
-            counters[C_NONFINITE] += 1
-        counters[C_STEPS] += 1
+        norm, applied = train_step(
+            flat, offs, dims, ws, grads, m, v, hyper, ostate, counters, n_win, total_w
+        )
         steps += 1
         info[0] = n_rec
         info[1] = n_win

@@ -1,0 +1,864 @@
+"""Context mixing: blend the model's prediction with count-based n-gram predictions.
+
+A byte-level version of the mixing at the heart of PAQ (Mahoney 2005, "Adaptive weighing of
+context models for lossless data compression", Florida Tech. CS-2005-16; Mahoney 2013, *Data
+Compression Explained*, §4): several simple models each predict the next byte, and a mixer,
+trained online on the log loss, combines them. Here the models are
+
+- the transformer's distribution ``p_model``;
+- an order-0 and an order-1 count model, and hashed order-2 … ``max_order`` count models,
+  each predicting ``p_o(y) = (c(y) + a) / (n + 256 a)`` from the counts ``c`` of the bytes that
+  followed the same ``o`` previous symbols (``a`` = ``prior``; counts are halved past
+  ``count_limit`` so that they follow a changing stream). A hashed context keeps the
+  ``slot_size`` bytes seen most (one-byte counts); order 2 has 2^16 slots, order 3 2^18,
+  higher orders 2^``table_bits`` each, and a newer context takes the slot of an older one;
+
+and the mixer is geometric (a product of experts, the multi-symbol form of PAQ's logistic
+mixing): ``p(y) ∝ exp(Σ_i w_i · log p_i(y))``. Its weights are chosen by the highest order
+whose context has been seen (as PAQ selects weight sets by context) and follow the gradient of
+``−log2 p(x)``: ``w_i += lr · (log p_i(x) − E_p[log p_i])``. A context never seen before gives a
+uniform ``p_o`` — a constant under the normalisation — so it contributes nothing.
+
+Strictly online and deterministic: the prediction of every byte of a step uses the counts and
+weights as they were before the step (no byte sees itself), the state changes only in
+``observe``, hash tables have a fixed size and replacement rule, and all arithmetic is float64
+in a fixed order (compiled with numba). With ``batch_streams`` > 1 the sub-streams share the
+counts and weights; contexts come from each sub-stream's own window.
+
+Example:
+    >>> import numpy as np
+    >>> from mugpt.corpus import Stream
+    >>> from mugpt.engine import Learner, LearnerConfig
+    >>> text = b"abracadabra " * 60
+    >>> plain = Learner(learner_cfg=LearnerConfig(update_every=8)).run(Stream.from_bytes(text))
+    >>> mixed = Learner(mechanisms=[NgramMix()], learner_cfg=LearnerConfig(update_every=8))
+    >>> bool(mixed.run(Stream.from_bytes(text)).bpb < plain.bpb)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numba import njit
+from pydantic import Field
+
+from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
+from mugpt.model.fast import C_FORWARD, D_T, PROB_FLOOR, forward_batch, gather_step, train_step
+
+V = 257
+BYTES = 256
+_JIT: dict[str, Any] = {"cache": True, "nogil": True, "error_model": "numpy"}
+_MULT = np.uint64(0x9E3779B97F4A7C15)
+LOG_FLOOR = 1e-12
+N_BUCKETS = 6
+
+
+def table_bits(order: int, bits: int) -> int:
+    """log2 of the hashed slots of an order: 2^16 for order 2 (its 257² contexts), 2^18 for
+    order 3, 2^``bits`` above (never more than ``bits``)."""
+    return min(bits, {2: 16, 3: 18}.get(order, bits))
+
+
+class NgramMixConfig(MechanismConfig):
+    max_order: int = Field(5, ge=1, le=16, description="highest n-gram order")
+    table_bits: int = Field(18, ge=8, le=24, description="log2 of hashed contexts per order ≥ 4")
+    slot_size: int = Field(16, ge=2, le=64, description="distinct next bytes kept per context")
+    prior: float = Field(0.05, gt=0, le=16, description="additive count a of every byte")
+    count_limit: int = Field(250, ge=2, le=254, description="halve a context's counts past this total")  # fmt: skip
+    lr: float = Field(0.002, gt=0, le=1, description="mixer learning rate")
+    model_weight: float = Field(1.0, ge=0, le=8, description="initial weight of the model")
+    ngram_weight: float = Field(0.3, ge=0, le=8, description="initial weight of each order")
+
+
+# ----------------------------------------------------------------------------- kernels
+
+_LN2 = math.log(2.0)
+
+
+_TWO52 = 4503599627370496.0  # 2^52: adding it puts a small integer in a double's low bits
+
+
+@njit(**_JIT)
+def _log_into(x: Any, out: Any, scratch: Any) -> None:  # pragma: no cover - compiled
+    """out[i] = ln x[i] for 0 < x (normal floats), vectorisable: x = m·2^e with m in
+    [√½, √2), ln m = 2·atanh(s), s = (m − 1)/(m + 1), by its series to s¹³ (|error| < 2e-11).
+
+    The exponent is read from the bits without an int64 → float conversion (which AVX2 lacks):
+    ``e`` goes into the low bits of 2^52 and is read back as a double. ``scratch`` holds 2·x.size
+    doubles."""
+    n = x.size
+    mant = scratch[:n]
+    expo = scratch[n : 2 * n]
+    mbits = mant.view(np.int64)
+    ebits = expo.view(np.int64)
+    for i in range(n):
+        mant[i] = x[i]
+    for i in range(n):
+        b = mbits[i]
+        ebits[i] = (b >> 52) | 0x4330000000000000
+        mbits[i] = (b & 0xFFFFFFFFFFFFF) | 0x3FF0000000000000
+    for i in range(n):
+        m = mant[i]
+        big = 1.0 * (m > 1.4142135623730951)
+        m = m * (1.0 - 0.5 * big)
+        e = expo[i] - (_TWO52 + 1023.0) + big
+        s = (m - 1.0) / (m + 1.0)
+        s2 = s * s
+        s4 = s2 * s2
+        p = (2.0 + s2 * (2.0 / 3.0)) + s4 * ((2.0 / 5.0 + s2 * (2.0 / 7.0)) + s4 * (2.0 / 9.0 + s2 * (2.0 / 11.0 + s2 * (2.0 / 13.0))))  # fmt: skip
+        out[i] = e * _LN2 + p * s
+
+
+@njit(**_JIT)
+def _exp_into(x: Any, out: Any, scratch: Any) -> None:  # pragma: no cover - compiled
+    """out[i] = exp(x[i]) for −700 ≤ x ≤ 0 (smaller x are clamped), vectorisable: 2^k·e^r
+    with the Cody–Waite split of ln 2 and e^r by its Taylor series to r¹² (|r| ≤ ln(2)/2).
+    2^k is built from the bits of k + 1023 + 2^52 shifted into the exponent field."""
+    n = x.size
+    scale = scratch[:n]
+    bits = scale.view(np.int64)
+    for i in range(n):
+        y = max(x[i], -700.0)
+        k = np.floor(y * 1.4426950408889634 + 0.5)
+        r = (y - k * 0.6931471803691238) - k * 1.9082149292705877e-10
+        # Estrin's scheme: a short dependency chain, so that independent elements overlap
+        r2 = r * r
+        r4 = r2 * r2
+        r8 = r4 * r4
+        s0 = (1.0 + r) + r2 * (0.5 + r * (1.0 / 6.0))
+        s1 = (1.0 / 24.0 + r * (1.0 / 120.0)) + r2 * (1.0 / 720.0 + r * (1.0 / 5040.0))
+        s2 = (1.0 / 40320.0 + r * (1.0 / 362880.0)) + r2 * (1.0 / 3628800.0 + r * (1.0 / 39916800.0))  # fmt: skip
+        p = (s0 + r4 * s1) + r8 * (s2 + r4 * (1.0 / 479001600.0))
+        out[i] = p
+        scale[i] = k + (_TWO52 + 1023.0)
+    for i in range(n):
+        bits[i] = bits[i] << 52
+    for i in range(n):
+        out[i] = out[i] * scale[i]
+
+
+@njit(**_JIT)
+def _context_hashes(inputs: Any, slot: int, max_order: int, out: Any) -> int:  # pragma: no cover
+    """Hashes of the contexts of orders 1..max_order ending at inputs[slot]; returns how
+    many orders the window can supply (out[o - 1] is order o)."""
+    h = np.uint64(0)
+    avail = min(max_order, slot + 1)
+    for o in range(1, avail + 1):
+        h = (h + np.uint64(inputs[slot - o + 1] + 1)) * _MULT
+        h = h ^ (h >> np.uint64(29))
+        out[o - 1] = h
+    return avail
+
+
+@njit(**_JIT)
+def _predict(
+    probs: Any,
+    inputs: Any,
+    slots: Any,
+    max_order: int,
+    prior: float,
+    l0: Any,
+    n0: Any,
+    l1: Any,
+    n1: Any,
+    offs: Any,
+    obits: Any,
+    chk: Any,
+    nsym: Any,
+    tot: Any,
+    sym: Any,
+    cnt: Any,
+    ltab: Any,
+    weights: Any,
+    out: Any,
+    dense: Any,
+    sparse_sym: Any,
+    sparse_val: Any,
+    sparse_n: Any,
+    base: Any,
+    expect: Any,
+    wset: Any,
+    hashes: Any,
+    scratch: Any,
+    j0: int,
+    j1: int,
+) -> None:  # pragma: no cover - compiled
+    """Mixed rows out[j0:j1] from the model's rows probs (k, V).
+
+    Keeps what the update needs: the log-probabilities of the dense experts (model, order 0,
+    order 1) in dense (k, 3, 256); for each hashed order o ≥ 2 (index o − 2) the bytes listed
+    in its context and their log-probabilities (sparse_sym, sparse_val, sparse_n) and the
+    log-probability ``base`` of every other byte; the experts' expectations under the mix
+    (k, E) and the weight set used (k,). l0, l1 hold ln(count + prior), n0, n1 the totals;
+    order o's contexts live in slots offs[o−2] … + 2^obits[o−2] of chk, nsym, tot, sym, cnt;
+    ltab[c] = ln(c + prior)."""
+    uniform = -math.log(BYTES)
+    mixed = scratch[BYTES : 2 * BYTES]
+    fold = scratch[2 * BYTES : 3 * BYTES]
+    log_prior = math.log(prior)
+    for j in range(j0, j1):
+        lp = dense[j]
+        for y in range(BYTES):
+            mixed[y] = max(float(probs[j, y]), LOG_FLOOR)
+        _log_into(mixed, lp[0], scratch[3 * BYTES :])
+        norm0 = math.log(n0[0] + BYTES * prior)
+        prev = inputs[slots[j]]
+        norm1 = math.log(n1[prev] + BYTES * prior)
+        row1 = l1[prev]
+        top = 1 if n1[prev] > 0 else 0
+        top_n = n1[prev]
+        top_det = 0
+        avail = _context_hashes(inputs, slots[j], max_order, hashes[j])
+        for o in range(2, max_order + 1):
+            t = o - 2
+            sparse_n[j, t] = 0
+            base[j, t] = uniform
+            if o > avail:
+                continue
+            h = hashes[j, o - 1]
+            idx = offs[t] + np.int64(h >> np.uint64(64 - obits[t]))
+            check = np.uint32(h & np.uint64(0xFFFFFFFF)) | np.uint32(1)
+            if chk[idx] != check or tot[idx] == 0:
+                continue
+            total = float(tot[idx])
+            top = o
+            top_n = total
+            top_det = 1 if nsym[idx] == 1 else 0
+            norm = math.log(total + BYTES * prior)
+            base[j, t] = log_prior - norm
+            n: Any = np.int64(nsym[idx])
+            sparse_n[j, t] = n
+            for s in range(n):
+                sparse_sym[j, t, s] = sym[idx, s]
+                sparse_val[j, t, s] = ltab[cnt[idx, s]] - norm
+        # weights chosen by the highest seen order, how often its context was seen (buckets
+        # 1, 2, 3-4, 5-8, 9-16, 17+) and whether only one byte ever followed it
+        bucket = 0
+        while bucket < N_BUCKETS - 1 and top_n > (1 << bucket):
+            bucket += 1
+        wset[j] = (top * N_BUCKETS + bucket) * 2 + top_det
+        w = weights[wset[j]]
+        w0, w1, w2 = w[0], w[1], w[2]
+        lm, lo0, lo1 = lp[0], lp[1], lp[2]
+        for y in range(BYTES):
+            a = l0[y] - norm0
+            b = row1[y] - norm1
+            lo0[y] = a
+            lo1[y] = b
+            mixed[y] = w0 * lm[y] + w1 * a + w2 * b
+        # a hashed order adds w·(value − base) to its listed bytes (its base is a constant
+        # shift for every byte, which the normalisation removes)
+        for t in range(max_order - 1):
+            wt = w[t + 3]
+            for s in range(sparse_n[j, t]):
+                y = sparse_sym[j, t, s]
+                mixed[y] = mixed[y] + wt * (sparse_val[j, t, s] - base[j, t])
+        for y in range(BYTES):
+            fold[y] = mixed[y]
+        m = _fold_max(fold)
+        for y in range(BYTES):
+            mixed[y] = mixed[y] - m
+        row = out[j]
+        _exp_into(mixed, row[:BYTES], scratch)
+        for y in range(BYTES):
+            fold[y] = row[y]
+        inv = 1.0 / _fold_sum(fold)
+        for y in range(BYTES):
+            row[y] = row[y] * inv
+        row[BYTES] = 0.0
+        for i in range(3):
+            li = lp[i]
+            for y in range(BYTES):
+                fold[y] = row[y] * li[y]
+            expect[j, i] = _fold_sum(fold)
+        for t in range(max_order - 1):
+            e = base[j, t]
+            for s in range(sparse_n[j, t]):
+                e += row[sparse_sym[j, t, s]] * (sparse_val[j, t, s] - base[j, t])
+            expect[j, t + 3] = e
+
+
+@njit(**_JIT)
+def _fold_max(x: Any) -> float:  # pragma: no cover - compiled
+    """max of x (length a power of two), by halving in place: vectorisable and exact."""
+    h = x.size // 2
+    while h >= 1:
+        for i in range(h):
+            x[i] = max(x[i], x[i + h])
+        h //= 2
+    return x[0]
+
+
+@njit(**_JIT)
+def _fold_sum(x: Any) -> float:  # pragma: no cover - compiled
+    """Σ x (length a power of two), by halving in place: vectorisable, a fixed order."""
+    h = x.size // 2
+    while h >= 1:
+        for i in range(h):
+            x[i] = x[i] + x[i + h]
+        h //= 2
+    return x[0]
+
+
+@njit(**_JIT)
+def _update(
+    targets: Any,
+    inputs: Any,
+    slots: Any,
+    max_order: int,
+    prior: float,
+    limit: int,
+    lr: float,
+    c0: Any,
+    l0: Any,
+    n0: Any,
+    c1: Any,
+    l1: Any,
+    n1: Any,
+    offs: Any,
+    obits: Any,
+    chk: Any,
+    nsym: Any,
+    tot: Any,
+    sym: Any,
+    cnt: Any,
+    weights: Any,
+    dense: Any,
+    sparse_sym: Any,
+    sparse_val: Any,
+    sparse_n: Any,
+    base: Any,
+    expect: Any,
+    wset: Any,
+    hashes: Any,
+    j0: int,
+    j1: int,
+) -> None:  # pragma: no cover - compiled
+    """Mixer step and count updates for the scored bytes j0 … j1 − 1, in order."""
+    n_exp = weights.shape[1]
+    slot_size = sym.shape[1]
+    for j in range(j0, j1):
+        x = targets[j]
+        w = weights[wset[j]]
+        for i in range(3):
+            w[i] += lr * (dense[j, i, x] - expect[j, i])
+        for t in range(n_exp - 3):
+            lx = base[j, t]
+            for s in range(sparse_n[j, t]):
+                if sparse_sym[j, t, s] == x:
+                    lx = sparse_val[j, t, s]
+            w[t + 3] += lr * (lx - expect[j, t + 3])
+        # order 0 and order 1: dense counts with their logs beside them
+        c0[x] += 1.0
+        n0[0] += 1.0
+        l0[x] = math.log(c0[x] + prior)
+        if n0[0] > limit:
+            n0[0] = 0.0
+            for y in range(BYTES):
+                c0[y] *= 0.5
+                n0[0] += c0[y]
+                l0[y] = math.log(c0[y] + prior)
+        prev = inputs[slots[j]]
+        c1[prev, x] += 1.0
+        n1[prev] += 1.0
+        l1[prev, x] = math.log(c1[prev, x] + prior)
+        if n1[prev] > limit:
+            n1[prev] = 0.0
+            for y in range(BYTES):
+                c1[prev, y] *= 0.5
+                n1[prev] += c1[prev, y]
+                l1[prev, y] = math.log(c1[prev, y] + prior)
+        # orders 2..: hashed contexts with a short list of next bytes each
+        avail = min(max_order, slots[j] + 1)
+        for o in range(2, avail + 1):
+            t = o - 2
+            h = hashes[j, o - 1]
+            idx = offs[t] + np.int64(h >> np.uint64(64 - obits[t]))
+            check = np.uint32(h & np.uint64(0xFFFFFFFF)) | np.uint32(1)
+            if chk[idx] != check:  # a new context takes the slot
+                chk[idx] = check
+                nsym[idx] = 0
+                tot[idx] = 0
+            n: Any = np.int64(nsym[idx])
+            found: Any = -1
+            for s in range(n):
+                if sym[idx, s] == x:
+                    found = s
+                    break
+            if found < 0:
+                if n < slot_size:
+                    found = n
+                    nsym[idx] = n + 1
+                else:  # replace the rarest (the first of equals)
+                    found = 0
+                    for s in range(1, n):
+                        if cnt[idx, s] < cnt[idx, found]:
+                            found = s
+                    tot[idx] -= cnt[idx, found]
+                sym[idx, found] = x
+                cnt[idx, found] = 0
+            cnt[idx, found] += 1
+            tot[idx] += 1
+            if tot[idx] > limit:
+                total = np.int64(0)
+                for s in range(np.int64(nsym[idx])):
+                    cnt[idx, s] = cnt[idx, s] >> 1
+                    total += np.int64(cnt[idx, s])
+                tot[idx] = total
+
+
+@njit(**_JIT)
+def _snapshot(
+    j: int,
+    inputs: Any,
+    slots: Any,
+    max_order: int,
+    c0: Any,
+    l0: Any,
+    n0: Any,
+    c1: Any,
+    l1: Any,
+    n1: Any,
+    offs: Any,
+    obits: Any,
+    chk: Any,
+    nsym: Any,
+    tot: Any,
+    sym: Any,
+    cnt: Any,
+    weights: Any,
+    wset: Any,
+    hashes: Any,
+    undo_f: Any,
+    undo_i: Any,
+    undo_b: Any,
+) -> None:  # pragma: no cover - compiled
+    """Saves everything ``_update`` of row j may change (undo_f: floats, undo_i: slot
+    indexes and integers, undo_b: the slots' byte lists), so that :func:`_restore` can put
+    it back exactly."""
+    n_exp = weights.shape[1]
+    f = undo_f[j]
+    w = weights[wset[j]]
+    for i in range(n_exp):
+        f[i] = w[i]
+    at = n_exp
+    prev = inputs[slots[j]]
+    for y in range(BYTES):
+        f[at + y] = c0[y]
+        f[at + BYTES + y] = l0[y]
+        f[at + 2 * BYTES + y] = c1[prev, y]
+        f[at + 3 * BYTES + y] = l1[prev, y]
+    f[at + 4 * BYTES] = n0[0]
+    f[at + 4 * BYTES + 1] = n1[prev]
+    avail = min(max_order, slots[j] + 1)
+    m = sym.shape[1]
+    for o in range(2, max_order + 1):
+        t = o - 2
+        if o > avail:
+            undo_i[j, t, 0] = -1
+            continue
+        idx = offs[t] + np.int64(hashes[j, o - 1] >> np.uint64(64 - obits[t]))
+        undo_i[j, t, 0] = idx
+        undo_i[j, t, 1] = np.int64(chk[idx])
+        undo_i[j, t, 2] = np.int64(nsym[idx])
+        undo_i[j, t, 3] = np.int64(tot[idx])
+        for q in range(m):
+            undo_b[j, t, q] = sym[idx, q]
+            undo_b[j, t, m + q] = cnt[idx, q]
+
+
+@njit(**_JIT)
+def _restore(
+    j: int,
+    inputs: Any,
+    slots: Any,
+    max_order: int,
+    c0: Any,
+    l0: Any,
+    n0: Any,
+    c1: Any,
+    l1: Any,
+    n1: Any,
+    chk: Any,
+    nsym: Any,
+    tot: Any,
+    sym: Any,
+    cnt: Any,
+    weights: Any,
+    wset: Any,
+    undo_f: Any,
+    undo_i: Any,
+    undo_b: Any,
+) -> None:  # pragma: no cover - compiled
+    """Undoes row j's update (rows are restored last first)."""
+    n_exp = weights.shape[1]
+    f = undo_f[j]
+    w = weights[wset[j]]
+    for i in range(n_exp):
+        w[i] = f[i]
+    at = n_exp
+    prev = inputs[slots[j]]
+    for y in range(BYTES):
+        c0[y] = f[at + y]
+        l0[y] = f[at + BYTES + y]
+        c1[prev, y] = f[at + 2 * BYTES + y]
+        l1[prev, y] = f[at + 3 * BYTES + y]
+    n0[0] = f[at + 4 * BYTES]
+    n1[prev] = f[at + 4 * BYTES + 1]
+    m = sym.shape[1]
+    for t in range(max_order - 1):
+        idx = undo_i[j, t, 0]
+        if idx < 0:
+            continue
+        chk[idx] = undo_i[j, t, 1]
+        nsym[idx] = undo_i[j, t, 2]
+        tot[idx] = undo_i[j, t, 3]
+        for q in range(m):
+            sym[idx, q] = undo_b[j, t, q]
+            cnt[idx, q] = undo_b[j, t, m + q]
+
+
+@njit(**_JIT)
+def _predict_in_order(
+    probs: Any,
+    inputs: Any,
+    slots: Any,
+    targets: Any,
+    max_order: int,
+    prior: float,
+    limit: int,
+    lr: float,
+    c0: Any,
+    l0: Any,
+    n0: Any,
+    c1: Any,
+    l1: Any,
+    n1: Any,
+    offs: Any,
+    obits: Any,
+    chk: Any,
+    nsym: Any,
+    tot: Any,
+    sym: Any,
+    cnt: Any,
+    ltab: Any,
+    weights: Any,
+    out: Any,
+    dense: Any,
+    sparse_sym: Any,
+    sparse_val: Any,
+    sparse_n: Any,
+    base: Any,
+    expect: Any,
+    wset: Any,
+    hashes: Any,
+    scratch: Any,
+    undo_f: Any,
+    undo_i: Any,
+    undo_b: Any,
+) -> None:  # pragma: no cover - compiled
+    """Row j predicted after the update of rows 0 … j − 1 (their bytes precede byte j), then
+    every update undone: the state is left as it was, ``observe`` redoes the updates."""
+    k = slots.size
+    for j in range(k):
+        _predict(
+            probs, inputs, slots, max_order, prior, l0, n0, l1, n1, offs, obits, chk, nsym,
+            tot, sym, cnt, ltab, weights, out, dense, sparse_sym, sparse_val, sparse_n, base,
+            expect, wset, hashes, scratch, j, j + 1,
+        )  # fmt: skip
+        if j == k - 1:
+            break
+        _snapshot(
+            j, inputs, slots, max_order, c0, l0, n0, c1, l1, n1, offs, obits, chk, nsym, tot,
+            sym, cnt, weights, wset, hashes, undo_f, undo_i, undo_b,
+        )  # fmt: skip
+        _update(
+            targets, inputs, slots, max_order, prior, limit, lr, c0, l0, n0, c1, l1, n1, offs,
+            obits, chk, nsym, tot, sym, cnt, weights, dense, sparse_sym, sparse_val, sparse_n,
+            base, expect, wset, hashes, j, j + 1,
+        )  # fmt: skip
+    for j in range(k - 2, -1, -1):
+        _restore(
+            j, inputs, slots, max_order, c0, l0, n0, c1, l1, n1, chk, nsym, tot, sym, cnt,
+            weights, wset, undo_f, undo_i, undo_b,
+        )  # fmt: skip
+
+
+@njit(**_JIT)
+def run_steps_mixed(
+    flat: Any,
+    offs: Any,
+    dims: Any,
+    ws: Any,
+    grads: Any,
+    m: Any,
+    v: Any,
+    hyper: Any,
+    ostate: Any,
+    data: Any,
+    starts: Any,
+    seg_pos: Any,
+    seg_end: Any,
+    hist: Any,
+    hist_len: Any,
+    update_every: int,
+    new_only: bool,
+    losses: Any,
+    base: int,
+    counters: Any,
+    max_steps: int,
+    rec: Any,
+    info: Any,
+    max_order: int,
+    prior: float,
+    limit: int,
+    lr: float,
+    c0: Any,
+    l0: Any,
+    n0: Any,
+    c1: Any,
+    l1: Any,
+    n1: Any,
+    toffs: Any,
+    obits: Any,
+    chk: Any,
+    nsym: Any,
+    tot: Any,
+    sym: Any,
+    cnt: Any,
+    ltab: Any,
+    weights: Any,
+    probs64: Any,
+    out: Any,
+    dense: Any,
+    sparse_sym: Any,
+    sparse_val: Any,
+    sparse_n: Any,
+    basev: Any,
+    expect: Any,
+    wset: Any,
+    hashes: Any,
+    scratch: Any,
+    targets: Any,
+) -> int:  # pragma: no cover - compiled
+    """``mugpt.model.fast.run_steps`` with this mechanism fused in: after each forward pass
+    every window's rows are mixed (``adjust_prediction``), scored, then learned by the mixer
+    and the counts (``observe``) — window by window, as the Learner's hooks would run, so the
+    result is the same bit for bit. ``out`` keeps the mixed rows of the last window."""
+    t_len = dims[D_T]
+    symbols = np.empty(t_len, dtype=np.int64)
+    steps = 0
+    while steps < max_steps:
+        n_win, n_rec, total_w = gather_step(
+            ws, data, starts, seg_pos, seg_end, hist, hist_len, update_every, new_only, rec,
+            symbols, t_len,
+        )  # fmt: skip
+        if n_win == 0:
+            break
+        forward_batch(flat, offs, dims, ws, n_win)
+        counters[C_FORWARD] += 1
+        r0 = 0
+        for w in range(n_win):
+            r1 = r0
+            while r1 < n_rec and rec[r1, 0] == w:
+                r1 += 1
+            kk = r1 - r0
+            slots = rec[r0:r1, 1]
+            for j in range(kk):
+                for y in range(V):
+                    probs64[j, y] = ws.probs[w, slots[j], y]
+                targets[j] = data[rec[r0 + j, 2]]
+            for j in range(kk):  # predict, score, learn: byte by byte, as in the hooks
+                _predict(
+                    probs64, ws.idx[w], slots, max_order, prior, l0, n0, l1, n1, toffs, obits,
+                    chk, nsym, tot, sym, cnt, ltab, weights, out, dense, sparse_sym,
+                    sparse_val, sparse_n, basev, expect, wset, hashes, scratch, j, j + 1,
+                )  # fmt: skip
+                p = max(float(out[j, targets[j]]), PROB_FLOOR)
+                losses[rec[r0 + j, 2] - base] = -math.log2(p)
+                _update(
+                    targets, ws.idx[w], slots, max_order, prior, limit, lr, c0, l0, n0, c1,
+                    l1, n1, toffs, obits, chk, nsym, tot, sym, cnt, weights, dense,
+                    sparse_sym, sparse_val, sparse_n, basev, expect, wset, hashes, j, j + 1,
+                )  # fmt: skip
+            r0 = r1
+        norm, applied = train_step(
+            flat, offs, dims, ws, grads, m, v, hyper, ostate, counters, n_win, total_w
+        )
+        steps += 1
+        info[0] = n_rec
+        info[1] = n_win
+        info[2] = norm
+        info[3] = applied
+    return steps
+
+
+# ----------------------------------------------------------------------------- mechanism
+
+
+@register
+class NgramMix(Mechanism):
+    """Mixes the model's prediction with order-0 … ``max_order`` count models (PAQ-style)."""
+
+    name = "ngram_mix"
+    strict_online = True
+    Config = NgramMixConfig
+
+    def __init__(self, config: NgramMixConfig | None = None, **params: Any) -> None:
+        super().__init__(config, **params)
+        self._allocate()
+        self.mixed_bytes = 0
+
+    @property
+    def cfg(self) -> NgramMixConfig:
+        assert isinstance(self.config, NgramMixConfig)
+        return self.config
+
+    def _allocate(self) -> None:
+        cfg = self.cfg
+        log_prior = math.log(cfg.prior)
+        self.c0 = np.zeros(BYTES)
+        self.l0 = np.full(BYTES, log_prior)
+        self.n0 = np.zeros(1)
+        self.c1 = np.zeros((V, BYTES))
+        self.l1 = np.full((V, BYTES), log_prior)
+        self.n1 = np.zeros(V)
+        orders = range(2, cfg.max_order + 1)
+        self.obits = np.array([table_bits(o, cfg.table_bits) for o in orders], dtype=np.int64)
+        sizes = (1 << self.obits).astype(np.int64)
+        self.offs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        n_slots = int(sizes.sum())
+        self.chk = np.zeros(n_slots, dtype=np.uint32)
+        self.nsym = np.zeros(n_slots, dtype=np.uint8)
+        self.tot = np.zeros(n_slots, dtype=np.uint16)
+        self.sym = np.zeros((n_slots, cfg.slot_size), dtype=np.uint8)
+        self.cnt = np.zeros((n_slots, cfg.slot_size), dtype=np.uint8)
+        self.ltab = np.log(np.arange(BYTES, dtype=np.float64) + cfg.prior)
+        n_exp = cfg.max_order + 2  # the model, orders 0..max_order
+        self.weights = np.full(((cfg.max_order + 1) * N_BUCKETS * 2, n_exp), cfg.ngram_weight)
+        self.weights[:, 0] = cfg.model_weight
+        self._pending: tuple[Any, ...] | None = None
+        self._shape = (cfg.max_order, cfg.table_bits, cfg.slot_size, cfg.prior)
+
+    @property
+    def table_bytes(self) -> int:
+        """Memory held by the count tables."""
+        arrays = (self.c0, self.c1, self.l1, self.chk, self.nsym, self.tot, self.sym, self.cnt)
+        return int(sum(a.nbytes for a in arrays))
+
+    def _scratch(self, k: int) -> tuple[Any, ...]:
+        cfg = self.cfg
+        orders, n_exp = max(cfg.max_order - 1, 1), cfg.max_order + 2
+        return (
+            np.empty((k, 3, BYTES)),  # dense
+            np.zeros((k, orders, cfg.slot_size), dtype=np.int64),  # sparse_sym
+            np.zeros((k, orders, cfg.slot_size)),  # sparse_val
+            np.zeros((k, orders), dtype=np.int64),  # sparse_n
+            np.zeros((k, orders)),  # base
+            np.empty((k, n_exp)),  # expect
+            np.empty(k, dtype=np.int64),  # wset
+            np.zeros((k, max(cfg.max_order, 1)), dtype=np.uint64),  # hashes
+        )
+
+    def _tables(self) -> tuple[Any, ...]:
+        return (self.offs, self.obits, self.chk, self.nsym, self.tot, self.sym, self.cnt)
+
+    def on_configure(self) -> None:
+        cfg = self.cfg
+        if (cfg.max_order, cfg.table_bits, cfg.slot_size, cfg.prior) != self._shape:
+            self._allocate()  # the tables' shape changed: start them afresh
+
+    def counters(self) -> dict[str, Any]:
+        return {"mixed_bytes": self.mixed_bytes}
+
+    # ------------------------------------------------------------ the compiled run loop
+
+    def compiled_run(self, context: int) -> tuple[Any, tuple[Any, ...], Any]:
+        """(kernel, extra arguments, finish) for the Learner's compiled loop: the kernel is
+        ``run_steps`` with this mechanism fused in (same results as the hooks, bit for bit);
+        ``finish(n_bytes)`` settles the counters afterwards and returns the last mixed rows."""
+        cfg = self.cfg
+        k = context
+        out = np.zeros((k, V))
+        extra = (
+            cfg.max_order, float(cfg.prior), int(cfg.count_limit), float(cfg.lr),
+            self.c0, self.l0, self.n0, self.c1, self.l1, self.n1, *self._tables(), self.ltab,
+            self.weights, np.zeros((k, V)), out, *self._scratch(k), np.empty(5 * BYTES),
+            np.zeros(k, dtype=np.int64),
+        )  # fmt: skip
+
+        def finish(n_bytes: int) -> np.ndarray:
+            self.mixed_bytes += n_bytes
+            self._pending = None
+            return out
+
+        return run_steps_mixed, extra, finish
+
+    def adjust_prediction(self, ctx: StepContext, probs: np.ndarray) -> np.ndarray:
+        cfg = self.cfg
+        k = probs.shape[0]
+        inputs = np.ascontiguousarray(ctx.inputs, dtype=np.int64)
+        slots = np.ascontiguousarray(ctx.new_positions, dtype=np.int64)
+        out = np.zeros((k, V))
+        keep = self._scratch(k)
+        targets = np.ascontiguousarray(ctx.new_bytes, dtype=np.int64)
+        orders = max(cfg.max_order - 1, 1)
+        n_exp = cfg.max_order + 2
+        _predict_in_order(
+            np.ascontiguousarray(probs, dtype=np.float64), inputs, slots, targets,
+            cfg.max_order, float(cfg.prior), int(cfg.count_limit), float(cfg.lr), self.c0,
+            self.l0, self.n0, self.c1, self.l1, self.n1, *self._tables(), self.ltab,
+            self.weights, out, *keep, np.empty(5 * BYTES),
+            np.empty((k, n_exp + 4 * BYTES + 2)), np.empty((k, orders, 4), dtype=np.int64),
+            np.empty((k, orders, 2 * cfg.slot_size), dtype=np.uint8),
+        )  # fmt: skip
+        self._pending = (ctx.step, ctx.position, inputs, slots, keep)
+        return out
+
+    def observe(self, ctx: StepContext, loss_bits: np.ndarray) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or pending[:2] != (ctx.step, ctx.position):
+            return  # adjust_prediction did not run for this step (e.g. just switched on)
+        _, _, inputs, slots, keep = pending
+        cfg = self.cfg
+        targets = np.ascontiguousarray(ctx.new_bytes, dtype=np.int64)
+        _update(
+            targets, inputs, slots, cfg.max_order, float(cfg.prior), int(cfg.count_limit),
+            float(cfg.lr), self.c0, self.l0, self.n0, self.c1, self.l1, self.n1,
+            *self._tables(), self.weights, *keep, 0, targets.size,
+        )  # fmt: skip
+        self.mixed_bytes += int(targets.size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "c0": self.c0.copy(),
+            "l0": self.l0.copy(),
+            "n0": self.n0.copy(),
+            "c1": self.c1.copy(),
+            "l1": self.l1.copy(),
+            "n1": self.n1.copy(),
+            "chk": self.chk.copy(),
+            "sym": self.sym.copy(),
+            "cnt": self.cnt.copy(),
+            "nsym": self.nsym.copy(),
+            "tot": self.tot.copy(),
+            "weights": self.weights.copy(),
+            "mixed_bytes": self.mixed_bytes,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._allocate()
+        for key in ("c0", "l0", "n0", "c1", "l1", "n1", "chk", "sym", "cnt", "nsym", "tot", "weights"):  # fmt: skip
+            target = getattr(self, key)
+            value = np.asarray(state[key], dtype=target.dtype)
+            if value.shape != target.shape:
+                from mugpt.errors import CheckpointError
+
+                raise CheckpointError(
+                    f"ngram_mix state {key} has shape {value.shape}, config needs {target.shape}"
+                )
+            target[...] = value
+        self.mixed_bytes = int(state["mixed_bytes"])
