@@ -23,6 +23,7 @@ CHANGES: dict[str, tuple[dict[str, Any], Callable[[Any], bool]]] = {
     "grad_clip": ({"mode": "value", "clip_value": 0.01}, lambda m: m.config.mode == "value"),
     "cache": ({"size": 10}, lambda m: m.memory.filled == 10 and m.memory.keys.shape[0] == 10),
     "knn": ({"capacity": 12, "k": 3}, lambda m: m.memory.filled == 12),
+    "ngram_mix": ({"lr": 0.01, "max_order": 3}, lambda m: m.config.lr == 0.01),
 }
 
 
