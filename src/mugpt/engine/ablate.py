@@ -212,12 +212,19 @@ def _job(
 
 
 def _one_blas_thread() -> None:
-    """Worker initialiser: one BLAS thread per process (the processes are the parallelism)."""
+    """Worker initialiser: one BLAS and one numba thread per process (the processes are the
+    parallelism; more threads would only compete for the same cores)."""
     try:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(1)
     except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        pass
+    try:
+        import numba
+
+        numba.set_num_threads(1)
+    except (ImportError, ValueError):  # pragma: no cover - numba is a dependency
         pass
 
 
@@ -454,6 +461,7 @@ class AblationResult:
         ax2.barh(y2, speed, xerr=speed_err, color="gray", capsize=2)
         ax2.set_yticks(y2, [a.name for a in all_arms])
         ax2.invert_yaxis()
+        ax2.set_xlim(left=0.0)
         ax2.set_xlabel("bytes/s (mean, 95% CI)")
         fig.suptitle(self.describe_setup(), fontsize=7, wrap=True)
         fig.tight_layout()
@@ -492,9 +500,40 @@ class AblationResult:
         return paths
 
 
+def load_ablation(path: str | Path) -> AblationResult:
+    """Reads the ``ablation.json`` that :meth:`AblationResult.save` wrote (to re-render it).
+
+    Example:
+        >>> import tempfile
+        >>> from mugpt.corpus import Stream
+        >>> res = ablate(RunConfig(), Stream.from_bytes(b"ab" * 20), seeds=2, jobs=1,
+        ...              mechanisms=[{"name": "grad_clip"}])
+        >>> out = res.save(tempfile.mkdtemp())
+        >>> load_ablation(out["json"]).to_markdown() == res.to_markdown()
+        True
+    """
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return AblationResult(
+            arms=[Arm(**a) for a in data["arms"]],
+            seeds=[int(s) for s in data["seeds"]],
+            phases=list(data["stream"]["phases"]),
+            runs={a: {int(s): r for s, r in v.items()} for a, v in data["runs"].items()},
+            config=data["config"],
+            stream=data["stream"],
+            max_bytes=data["max_bytes"],
+            seconds=float(data["seconds"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read ablation results {str(path)!r}: {exc}") from None
+
+
 def _short(v: float) -> str:
-    if v == int(v) and abs(v) < 1e12:
-        return f"{int(v):,}"
+    """A counter for reading: thousands separated, four significant digits below 1000."""
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
     return f"{v:.4g}"
 
 
