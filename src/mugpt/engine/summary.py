@@ -89,7 +89,7 @@ def build_summary(
         summary["stream"] = stream.spec
     summary["phases"] = phases
     summary["boundaries"] = boundaries
-    alarms = [int(e["pos"]) for e in result.events if e.get("kind") == "alarm"]
+    alarms = [int(e.get("index", e["pos"])) for e in result.events if e.get("kind") == "alarm"]
     if alarms or any(m.get("name") == "adaptive_lr" for m in result.mechanisms):
         tolerance = detection_tolerance or 2000
         summary["detection"] = {
