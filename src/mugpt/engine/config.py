@@ -22,8 +22,18 @@ SECTIONS = ("model", "optim", "learner", "mechanisms", "stream", "seed", "preset
 PRESETS: dict[str, dict[str, Any]] = {
     # the original μGPT: strict per-byte learning with the seed model
     "seed": {},
+    # the strongest configuration found at ≥ 40,000 bytes/s on one thread (docs/bench.md):
+    # a wider model trained NNCP-style (Adam β1 = 0, β2 = 0.9999, clipping, no warm-up), 24
+    # bytes per step, mixed PAQ-style with count models of orders 0-10 (mechanisms/ngram_mix)
+    "strong": {
+        "model": {"d_model": 32, "n_heads": 4, "d_ff": 128},
+        "optim": {"lr": 0.003, "beta1": 0.0, "beta2": 0.9999, "grad_clip": 1.0},
+        "learner": {"update_every": 24},
+        "mechanisms": [{"name": "ngram_mix", "max_order": 10, "table_bits": 18, "prior": 0.005}],
+    },
 }
-"""Named configurations. ``seed`` is the original μGPT."""
+"""Named configurations. ``seed`` is the original μGPT; ``strong`` the best prequential bpb
+found at ≥ 40,000 bytes/s (see docs/bench.md)."""
 
 
 @dataclass

@@ -63,10 +63,10 @@ def table_bits(order: int, bits: int) -> int:
 
 
 class NgramMixConfig(MechanismConfig):
-    max_order: int = Field(5, ge=1, le=16, description="highest n-gram order")
+    max_order: int = Field(6, ge=1, le=16, description="highest n-gram order")
     table_bits: int = Field(18, ge=8, le=24, description="log2 of hashed contexts per order ≥ 4")
     slot_size: int = Field(16, ge=2, le=64, description="distinct next bytes kept per context")
-    prior: float = Field(0.05, gt=0, le=16, description="additive count a of every byte")
+    prior: float = Field(0.005, gt=0, le=16, description="additive count a of every byte")
     count_limit: int = Field(250, ge=2, le=254, description="halve a context's counts past this total")  # fmt: skip
     lr: float = Field(0.002, gt=0, le=1, description="mixer learning rate")
     model_weight: float = Field(1.0, ge=0, le=8, description="initial weight of the model")
@@ -84,7 +84,7 @@ _TWO52 = 4503599627370496.0  # 2^52: adding it puts a small integer in a double'
 @njit(**_JIT)
 def _log_into(x: Any, out: Any, scratch: Any) -> None:  # pragma: no cover - compiled
     """out[i] = ln x[i] for 0 < x (normal floats), vectorisable: x = m·2^e with m in
-    [√½, √2), ln m = 2·atanh(s), s = (m − 1)/(m + 1), by its series to s¹³ (|error| < 2e-11).
+    [√½, √2), ln m = 2·atanh(s), s = (m − 1)/(m + 1), by its series to s⁷ (|error| < 1e-7).
 
     The exponent is read from the bits without an int64 → float conversion (which AVX2 lacks):
     ``e`` goes into the low bits of 2^52 and is read back as a double. ``scratch`` holds 2·x.size
@@ -108,14 +108,15 @@ def _log_into(x: Any, out: Any, scratch: Any) -> None:  # pragma: no cover - com
         s = (m - 1.0) / (m + 1.0)
         s2 = s * s
         s4 = s2 * s2
-        p = (2.0 + s2 * (2.0 / 3.0)) + s4 * ((2.0 / 5.0 + s2 * (2.0 / 7.0)) + s4 * (2.0 / 9.0 + s2 * (2.0 / 11.0 + s2 * (2.0 / 13.0))))  # fmt: skip
+        p = (2.0 + s2 * (2.0 / 3.0)) + s4 * (2.0 / 5.0 + s2 * (2.0 / 7.0))
         out[i] = e * _LN2 + p * s
 
 
 @njit(**_JIT)
 def _exp_into(x: Any, out: Any, scratch: Any) -> None:  # pragma: no cover - compiled
     """out[i] = exp(x[i]) for −700 ≤ x ≤ 0 (smaller x are clamped), vectorisable: 2^k·e^r
-    with the Cody–Waite split of ln 2 and e^r by its Taylor series to r¹² (|r| ≤ ln(2)/2).
+    with the Cody–Waite split of ln 2 and e^r by its Taylor series to r⁷ (|r| ≤ ln(2)/2;
+    relative error < 1e-8, ample for a mixture's weights, and the same bits on every call).
     2^k is built from the bits of k + 1023 + 2^52 shifted into the exponent field."""
     n = x.size
     scale = scratch[:n]
@@ -124,14 +125,12 @@ def _exp_into(x: Any, out: Any, scratch: Any) -> None:  # pragma: no cover - com
         y = max(x[i], -700.0)
         k = np.floor(y * 1.4426950408889634 + 0.5)
         r = (y - k * 0.6931471803691238) - k * 1.9082149292705877e-10
-        # Estrin's scheme: a short dependency chain, so that independent elements overlap
+        # degree 7 (relative error < 1e-8: plenty for mixing weights), Estrin's scheme
         r2 = r * r
         r4 = r2 * r2
-        r8 = r4 * r4
         s0 = (1.0 + r) + r2 * (0.5 + r * (1.0 / 6.0))
         s1 = (1.0 / 24.0 + r * (1.0 / 120.0)) + r2 * (1.0 / 720.0 + r * (1.0 / 5040.0))
-        s2 = (1.0 / 40320.0 + r * (1.0 / 362880.0)) + r2 * (1.0 / 3628800.0 + r * (1.0 / 39916800.0))  # fmt: skip
-        p = (s0 + r4 * s1) + r8 * (s2 + r4 * (1.0 / 479001600.0))
+        p = s0 + r4 * s1
         out[i] = p
         scale[i] = k + (_TWO52 + 1023.0)
     for i in range(n):
@@ -197,7 +196,6 @@ def _predict(
     ltab[c] = ln(c + prior)."""
     uniform = -math.log(BYTES)
     mixed = scratch[BYTES : 2 * BYTES]
-    fold = scratch[2 * BYTES : 3 * BYTES]
     log_prior = math.log(prior)
     for j in range(j0, j1):
         lp = dense[j]
@@ -256,51 +254,57 @@ def _predict(
             for s in range(sparse_n[j, t]):
                 y = sparse_sym[j, t, s]
                 mixed[y] = mixed[y] + wt * (sparse_val[j, t, s] - base[j, t])
-        for y in range(BYTES):
-            fold[y] = mixed[y]
-        m = _fold_max(fold)
+        # four partial maxima and sums, then one pass for the normalisation and the
+        # expectations of the dense experts (twelve independent accumulators)
+        m0 = m1 = m2 = m3 = mixed[0]
+        for y in range(0, BYTES, 4):
+            m0 = max(m0, mixed[y])
+            m1 = max(m1, mixed[y + 1])
+            m2 = max(m2, mixed[y + 2])
+            m3 = max(m3, mixed[y + 3])
+        m = max(max(m0, m1), max(m2, m3))
         for y in range(BYTES):
             mixed[y] = mixed[y] - m
         row = out[j]
         _exp_into(mixed, row[:BYTES], scratch)
-        for y in range(BYTES):
-            fold[y] = row[y]
-        inv = 1.0 / _fold_sum(fold)
-        for y in range(BYTES):
-            row[y] = row[y] * inv
+        z0 = z1 = z2 = z3 = 0.0
+        for y in range(0, BYTES, 4):
+            z0 += row[y]
+            z1 += row[y + 1]
+            z2 += row[y + 2]
+            z3 += row[y + 3]
+        inv = 1.0 / ((z0 + z1) + (z2 + z3))
+        a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = c0_ = c1_ = c2_ = c3_ = 0.0
+        for y in range(0, BYTES, 4):
+            p0 = row[y] * inv
+            p1 = row[y + 1] * inv
+            p2 = row[y + 2] * inv
+            p3 = row[y + 3] * inv
+            row[y] = p0
+            row[y + 1] = p1
+            row[y + 2] = p2
+            row[y + 3] = p3
+            a0 += p0 * lm[y]
+            a1 += p1 * lm[y + 1]
+            a2 += p2 * lm[y + 2]
+            a3 += p3 * lm[y + 3]
+            b0 += p0 * lo0[y]
+            b1 += p1 * lo0[y + 1]
+            b2 += p2 * lo0[y + 2]
+            b3 += p3 * lo0[y + 3]
+            c0_ += p0 * lo1[y]
+            c1_ += p1 * lo1[y + 1]
+            c2_ += p2 * lo1[y + 2]
+            c3_ += p3 * lo1[y + 3]
         row[BYTES] = 0.0
-        for i in range(3):
-            li = lp[i]
-            for y in range(BYTES):
-                fold[y] = row[y] * li[y]
-            expect[j, i] = _fold_sum(fold)
+        expect[j, 0] = (a0 + a1) + (a2 + a3)
+        expect[j, 1] = (b0 + b1) + (b2 + b3)
+        expect[j, 2] = (c0_ + c1_) + (c2_ + c3_)
         for t in range(max_order - 1):
             e = base[j, t]
             for s in range(sparse_n[j, t]):
                 e += row[sparse_sym[j, t, s]] * (sparse_val[j, t, s] - base[j, t])
             expect[j, t + 3] = e
-
-
-@njit(**_JIT)
-def _fold_max(x: Any) -> float:  # pragma: no cover - compiled
-    """max of x (length a power of two), by halving in place: vectorisable and exact."""
-    h = x.size // 2
-    while h >= 1:
-        for i in range(h):
-            x[i] = max(x[i], x[i + h])
-        h //= 2
-    return x[0]
-
-
-@njit(**_JIT)
-def _fold_sum(x: Any) -> float:  # pragma: no cover - compiled
-    """Σ x (length a power of two), by halving in place: vectorisable, a fixed order."""
-    h = x.size // 2
-    while h >= 1:
-        for i in range(h):
-            x[i] = x[i] + x[i + h]
-        h //= 2
-    return x[0]
 
 
 @njit(**_JIT)
@@ -730,12 +734,12 @@ class NgramMix(Mechanism):
         self.obits = np.array([table_bits(o, cfg.table_bits) for o in orders], dtype=np.int64)
         sizes = (1 << self.obits).astype(np.int64)
         self.offs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        n_slots = int(sizes.sum())
-        self.chk = np.zeros(n_slots, dtype=np.uint32)
-        self.nsym = np.zeros(n_slots, dtype=np.uint8)
-        self.tot = np.zeros(n_slots, dtype=np.uint16)
-        self.sym = np.zeros((n_slots, cfg.slot_size), dtype=np.uint8)
-        self.cnt = np.zeros((n_slots, cfg.slot_size), dtype=np.uint8)
+        # one record per hashed context, so that a lookup touches one cache line:
+        # check (uint32) | total (uint16) | listed (uint8) | pad | bytes[M] | counts[M]
+        m = cfg.slot_size
+        record = 8 + 2 * m + (-(8 + 2 * m)) % 8
+        self.slots = np.zeros((int(sizes.sum()), record), dtype=np.uint8)
+        self._bind_views()
         self.ltab = np.log(np.arange(BYTES, dtype=np.float64) + cfg.prior)
         n_exp = cfg.max_order + 2  # the model, orders 0..max_order
         self.weights = np.full(((cfg.max_order + 1) * N_BUCKETS * 2, n_exp), cfg.ngram_weight)
@@ -743,11 +747,18 @@ class NgramMix(Mechanism):
         self._pending: tuple[Any, ...] | None = None
         self._shape = (cfg.max_order, cfg.table_bits, cfg.slot_size, cfg.prior)
 
+    def _bind_views(self) -> None:
+        m = self.cfg.slot_size
+        self.chk = self.slots.view(np.uint32)[:, 0]
+        self.tot = self.slots.view(np.uint16)[:, 2]
+        self.nsym = self.slots[:, 6]
+        self.sym = self.slots[:, 8 : 8 + m]
+        self.cnt = self.slots[:, 8 + m : 8 + 2 * m]
+
     @property
     def table_bytes(self) -> int:
         """Memory held by the count tables."""
-        arrays = (self.c0, self.c1, self.l1, self.chk, self.nsym, self.tot, self.sym, self.cnt)
-        return int(sum(a.nbytes for a in arrays))
+        return int(sum(a.nbytes for a in (self.c0, self.l0, self.c1, self.l1, self.slots)))
 
     def _scratch(self, k: int) -> tuple[Any, ...]:
         cfg = self.cfg
@@ -840,18 +851,14 @@ class NgramMix(Mechanism):
             "c1": self.c1.copy(),
             "l1": self.l1.copy(),
             "n1": self.n1.copy(),
-            "chk": self.chk.copy(),
-            "sym": self.sym.copy(),
-            "cnt": self.cnt.copy(),
-            "nsym": self.nsym.copy(),
-            "tot": self.tot.copy(),
+            "slots": self.slots.copy(),
             "weights": self.weights.copy(),
             "mixed_bytes": self.mixed_bytes,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._allocate()
-        for key in ("c0", "l0", "n0", "c1", "l1", "n1", "chk", "sym", "cnt", "nsym", "tot", "weights"):  # fmt: skip
+        for key in ("c0", "l0", "n0", "c1", "l1", "n1", "slots", "weights"):
             target = getattr(self, key)
             value = np.asarray(state[key], dtype=target.dtype)
             if value.shape != target.shape:
