@@ -165,6 +165,9 @@ def test_last_step_exposes_attention_hidden_and_probs() -> None:
     # the parameters changed after that forward pass; recompute it with an equal forward
     again = learner.model.forward(acts.idx)
     np.testing.assert_allclose(again.attention(0), ref.forward(acts.idx).attention(0), atol=1e-6)
+    # later forward passes (sampling, previews) do not overwrite the last step's view
+    learner.predict_next()
+    assert np.array_equal(learner.last_acts.attention(0), att)
 
 
 def test_backend_is_chosen_recorded_and_validated() -> None:

@@ -349,7 +349,7 @@ class Learner:
         for event in ctx.events:
             self.events.append({**stamp, **event})
         self.position += k
-        self.last_acts = acts
+        self.last_acts = acts.detach() if self._fast is not None else acts
         self.last = StepOutput(
             position=ctx.position,
             new_bytes=data,
@@ -651,7 +651,7 @@ class Learner:
             for event in ctx.events:
                 self.events.append({"pos": ctx.position, "step": ctx.step, **event})
             self.counters.steps += 1
-            self.last_acts = acts
+            self.last_acts = acts.detach() if self._fast is not None else acts
             self.last = StepOutput(
                 position=ctx.position,
                 new_bytes=rows[-1][3],
@@ -790,9 +790,10 @@ class Learner:
             probs = mixed[: t_slots.size].copy()
         self.last_acts = fast.FastActivations(
             idx=ws.idx[window : window + 1, :n_in].copy(),
-            probs=ws.probs[window : window + 1, :n_in],
-            hidden=ws.hidden[window : window + 1, :n_in],
-            workspace=ws,
+            probs=ws.probs[window : window + 1, :n_in].copy(),
+            hidden=ws.hidden[window : window + 1, :n_in].copy(),
+            workspace=None,
+            att=ws.att[:, window : window + 1, :, :n_in, :n_in].copy(),
         )
         self.last = StepOutput(
             position=int(index[0]),

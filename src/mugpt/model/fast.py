@@ -998,12 +998,30 @@ class FastActivations:
     idx: np.ndarray  # (B, n)
     probs: np.ndarray  # (B, n, V)
     hidden: np.ndarray  # (B, n, C)
-    workspace: Workspace
+    workspace: Workspace | None
+    att: np.ndarray | None = None  # (L, B, H, n, n) once detached
 
     def attention(self, layer: int = 0) -> np.ndarray:
         """Attention probabilities of one layer, (B, H, n, n) (a copy)."""
+        if self.att is not None:
+            return self.att[layer].copy()
+        assert self.workspace is not None
         b, n = self.idx.shape
         return self.workspace.att[layer, :b, :, :n, :n].copy()
+
+    def detach(self) -> FastActivations:
+        """A copy that later forward passes cannot overwrite (what a Learner keeps as the
+        last step's activations, e.g. for the lab's attention view)."""
+        if self.workspace is None:
+            return self
+        b, n = self.idx.shape
+        return FastActivations(
+            idx=self.idx.copy(),
+            probs=self.probs.copy(),
+            hidden=self.hidden.copy(),
+            workspace=None,
+            att=self.workspace.att[:, :b, :, :n, :n].copy(),
+        )
 
 
 class FastGPT:
