@@ -103,3 +103,44 @@ def test_mechanisms_see_every_substream_and_one_update_per_step() -> None:
 def test_batch_streams_is_validated() -> None:
     with pytest.raises(ConfigError, match="batch_streams=0 must be an integer"):
         LearnerConfig(batch_streams=0)
+
+
+def test_blocks_of_substreams_make_calls_on_block_boundaries_equal_one_call() -> None:
+    """substream_bytes S: blocks of B·S bytes aligned to 0, each split into B sub-streams;
+    the last block takes what remains. Calls that end on block boundaries (as the lab's time
+    slices and a sweep's checkpoints do) give the same bits as one call."""
+    cfg = LearnerConfig(update_every=2, batch_streams=3, substream_bytes=20)  # blocks of 60
+    one = Learner(ModelConfig(context=8), learner_cfg=cfg)
+    one.run(STREAM)
+    calls = Learner(ModelConfig(context=8), learner_cfg=cfg)
+    for stop in (60, 180, 240, len(TEXT)):
+        calls.run(STREAM, max_bytes=stop)
+        assert calls.position == stop
+    assert np.array_equal(one.losses, calls.losses)
+    assert np.array_equal(one.model.params.flat, calls.model.params.flat)
+    assert one.counters == calls.counters
+    # the same as splitting each block once by hand (S = 0 splits each call once)
+    whole = Learner(ModelConfig(context=8), learner_cfg=LearnerConfig(update_every=2, batch_streams=3))  # fmt: skip
+    for stop in range(60, len(TEXT), 60):
+        whole.run(STREAM, max_bytes=stop)
+    whole.run(STREAM)
+    assert np.array_equal(one.losses, whole.losses)
+    # and not the same as one split of the whole stream: blocks really are blocks
+    split_once = Learner(ModelConfig(context=8), learner_cfg=LearnerConfig(update_every=2, batch_streams=3))  # fmt: skip
+    assert not np.array_equal(one.losses, split_once.run(STREAM).losses)
+
+
+def test_progress_of_a_blocked_run_reports_the_calls_end() -> None:
+    seen: list[tuple[int, int]] = []
+    cfg = LearnerConfig(batch_streams=2, substream_bytes=25)
+    Learner(ModelConfig(context=8), learner_cfg=cfg).run(
+        STREAM, progress=lambda pos, end, bpb: seen.append((pos, end)), progress_every=0.0
+    )
+    assert seen and {end for _, end in seen} == {len(TEXT)}
+    assert seen[-1][0] == len(TEXT)
+
+
+def test_substream_bytes_is_validated() -> None:
+    with pytest.raises(ConfigError, match=r"substream_bytes=-1 must be an integer >= 0"):
+        LearnerConfig(batch_streams=2, substream_bytes=-1)
+    assert LearnerConfig(substream_bytes=64).block_bytes == 0  # one stream: no blocks

@@ -251,6 +251,26 @@ def test_the_lab_learns_exactly_what_a_straight_run_learns(
     assert sum(history["loss"]["n"]) == 150
 
 
+def test_substreams_in_the_lab_learn_what_a_straight_run_learns(
+    client: TestClient, cleanup: list[str]
+) -> None:
+    """B = 3 sub-streams in blocks of 3·100 bytes: the lab's slices end on block boundaries,
+    so its losses are those of one straight call."""
+    learner = {"batch_streams": 3, "substream_bytes": 100, "update_every": 4}
+    run = start(client, paused=True, learner=learner)
+    cleanup.append(run["id"])
+    assert command(client, run["id"], type="step", bytes=500).json()["ok"]
+    # a step is rounded up to whole blocks
+    wait_for(lambda: info(client, run["id"]), lambda i: i["pos"] == 600, "two blocks")
+    lines = client.get(f"/api/runs/{run['id']}/export/log").text.splitlines()[1:]
+    lab = np.array([float(line.split(",")[3]) for line in lines])
+    cfg = RunConfig.from_dict({"learner": learner})
+    straight = cfg.build_learner().run(build_stream(SMALL), max_bytes=600).losses
+    assert lab.size == 600
+    np.testing.assert_allclose(lab, straight, atol=1e-6)
+    assert "--batch-streams 3 --substream-bytes 100" in info(client, run["id"])["cli"]
+
+
 def test_commands_change_the_run_and_are_logged(client: TestClient, cleanup: list[str]) -> None:
     run = start(client, paused=True)
     run_id = run["id"]
@@ -320,7 +340,10 @@ def test_websocket_answers_bad_commands_and_stays_open(
 def test_updates_are_at_most_twenty_a_second_and_lite_sockets_get_curves_only(
     client: TestClient, cleanup: list[str]
 ) -> None:
-    run = start(client, paused=False)
+    # throttled so that the run outlasts 25 updates however fast the machine learns
+    r = client.post("/api/runs", json={"config": {"stream": SMALL}, "max_bytes_per_s": 1000})
+    assert r.status_code == 201, r.text
+    run = r.json()
     cleanup.append(run["id"])
     with client.websocket_connect(f"/ws/runs/{run['id']}") as ws:
         ws.receive_json()
@@ -402,7 +425,7 @@ def test_bad_configurations_get_a_422_that_names_the_problem(client: TestClient)
         ({"learner": {"update_every": 64}}, "must not exceed the context"),
         ({"mechanisms": [{"name": "replay", "capacity": -5}]}, "capacity"),
         ({"model": {"context": 5000}}, "--max-context"),
-        ({"learner": {"batch_streams": 4}}, "batch_streams must be 1"),
+        ({"learner": {"batch_streams": 4}}, "needs learner.substream_bytes > 0 in the lab"),
     ]
     for config, message in cases:
         r = client.post("/api/runs", json={"config": config})

@@ -42,6 +42,13 @@ _LEARNER_FLAGS: list[tuple[str, str, type, str]] = [
         int,
         "B: learn B contiguous sub-streams as one batch, each strictly prequential (seed: 1)",
     ),
+    (
+        "--substream-bytes",
+        "substream_bytes",
+        int,
+        "S: with B > 1, read the stream in blocks of B·S bytes, each split into B sub-streams "
+        "(0 = split the whole run once; seed: 0)",
+    ),
     ("--backend", "backend", str, "auto | numba | numpy: compiled kernels or the NumPy "
      "reference (seed: auto = numba when installed)"),
 ]  # fmt: skip

@@ -40,6 +40,10 @@ class LearnerConfig:
     imports. ``batch_streams`` (B): :meth:`Learner.run` splits the bytes it reads into B
     contiguous sub-streams learned as one batch with shared weights (NNCP, Bellard 2019);
     each sub-stream stays strictly prequential and losses are reported in stream order.
+    ``substream_bytes`` (S): with B > 1, 0 splits each call's bytes once; S > 0 reads the
+    stream in blocks of B·S bytes aligned to stream position 0, each split into B sub-streams
+    of S bytes, so a run made in calls that end on block boundaries (the lab's time slices,
+    a sweep's checkpoints) equals a run made in one call.
 
     Example:
         >>> LearnerConfig(update_every=0)
@@ -48,6 +52,8 @@ class LearnerConfig:
         mugpt.errors.ConfigError: update_every=0 must be an integer >= 1
         >>> LearnerConfig(batch_streams=16).batch_streams
         16
+        >>> LearnerConfig(batch_streams=4, substream_bytes=1024).block_bytes
+        4096
     """
 
     update_every: int = 1
@@ -55,6 +61,7 @@ class LearnerConfig:
     seed: int = 0
     backend: str = "auto"
     batch_streams: int = 1
+    substream_bytes: int = 0
 
     def __post_init__(self) -> None:
         k = self.update_every
@@ -71,6 +78,16 @@ class LearnerConfig:
         b = self.batch_streams
         if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 4096:
             raise ConfigError(f"batch_streams={b!r} must be an integer in [1, 4096] (1 = off)")
+        s = self.substream_bytes
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= 1 << 40:
+            raise ConfigError(
+                f"substream_bytes={s!r} must be an integer >= 0 (0 = split each call once)"
+            )
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes per block of sub-streams (B·S), or 0 when calls are split whole."""
+        return self.batch_streams * self.substream_bytes if self.batch_streams > 1 else 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -465,12 +482,26 @@ class Learner:
         active = [m for m in self.mechanisms if m.enabled]
         # a mechanism may bring its hooks into the compiled loop (same results, bit for bit)
         fused = active[0] if len(active) == 1 and hasattr(active[0], "compiled_run") else None
-        if self._fast is not None and (not active or fused is not None):
-            self._run_compiled(data, starts, end, progress, progress_every, fused)
-        elif self.cfg.batch_streams > 1:
-            self._run_batched(data, starts, end, progress, progress_every)
-        else:
-            self._run_steps(data, starts, end, progress, progress_every)
+        block = self.cfg.block_bytes
+        if block and progress is not None:
+            report = progress
+
+            def progress(
+                pos: int, _stop: int, bpb: float
+            ) -> None:  # the call's end, not the block's
+                report(pos, end, bpb)
+
+        while True:
+            # with blocks of sub-streams, one block at a time (blocks are aligned to 0)
+            stop = end if block == 0 else min(end, (self.position // block + 1) * block)
+            if self._fast is not None and (not active or fused is not None):
+                self._run_compiled(data, starts, stop, progress, progress_every, fused)
+            elif self.cfg.batch_streams > 1:
+                self._run_batched(data, starts, stop, progress, progress_every)
+            else:
+                self._run_steps(data, starts, stop, progress, progress_every)
+            if self.position >= end:
+                break
         seconds = time.perf_counter() - t0
         return RunResult(
             losses=self.losses,

@@ -313,11 +313,13 @@ class RunManager:
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise LimitError(422, f"invalid run configuration: {exc}") from None
         check_params(cfg.model.n_params, self.settings)
-        if getattr(cfg.learner, "batch_streams", 1) != 1:
+        if cfg.learner.batch_streams > 1 and cfg.learner.substream_bytes == 0:
             raise LimitError(
                 422,
-                "learner.batch_streams must be 1 in the lab: it learns one stream in time "
-                "slices (interleaved sub-streams are for `mugpt run`)",
+                f"learner.batch_streams={cfg.learner.batch_streams} needs "
+                "learner.substream_bytes > 0 in the lab: it learns in time slices, and "
+                "sub-streams must be laid out in fixed blocks of B·S bytes for a slice to end "
+                "where a straight run would (e.g. substream_bytes=1024)",
             )
         if cfg.model.context > self.settings.max_context:
             raise LimitError(

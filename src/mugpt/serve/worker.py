@@ -251,7 +251,10 @@ class RunWorker:
                 if allowed < min(n, k):
                     return min(0.25, (min(n, k) - self.tokens) / self.throttle)
                 n = min(n, allowed)
-            if n > k:
+            block = self.cfg.learner.block_bytes
+            if block:  # whole blocks of sub-streams, laid out as in a straight run
+                n = max(block, n - n % block)
+            elif n > k:
                 n -= n % k  # whole steps, so the run splits into the same steps as a straight one
             start = self.pos
             t0 = time.perf_counter()

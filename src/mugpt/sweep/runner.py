@@ -67,13 +67,18 @@ def segment_length(segment_bytes: int, cfg: RunConfig, end: int) -> int:
     """Bytes per ``Learner.run`` call: ``segment_bytes`` rounded up to a multiple of
     ``update_every`` (so, unless a document start shortens a step, segment ends fall on the
     step boundaries of an uninterrupted run). With sub-streams (``batch_streams`` > 1) a call
-    splits its bytes among them, so such a run is read in one call.
+    ends on a block boundary (``substream_bytes`` > 0), or, if the run is split once, the run
+    is read in one call.
 
     >>> segment_length(4096, RunConfig.from_dict({"learner": {"update_every": 24}}), 10**6)
     4104
+    >>> learner = {"batch_streams": 4, "substream_bytes": 3000}
+    >>> segment_length(4096, RunConfig.from_dict({"learner": learner}), 10**6)
+    12000
     """
     if int(getattr(cfg.learner, "batch_streams", 1) or 1) > 1:
-        return max(1, end)
+        block = int(getattr(cfg.learner, "block_bytes", 0) or 0)
+        return -(-segment_bytes // block) * block if block else max(1, end)
     k = cfg.learner.update_every
     return max(k, -(-segment_bytes // k) * k)
 

@@ -23,7 +23,7 @@
   const SECTION_KEYS = {
     model: ["n_layers", "d_model", "n_heads", "d_ff", "context", "activation", "tied_head", "init_std", "dtype"],
     optim: ["name", "lr", "beta1", "beta2", "eps", "weight_decay", "momentum", "grad_clip"],
-    learner: ["update_every", "window_loss"],
+    learner: ["update_every", "window_loss", "batch_streams", "substream_bytes"],
   };
   const URL_NAME = { name: "optimizer" };
 
@@ -1002,6 +1002,8 @@
     set("optimizer", o.name);
     set("lr", o.lr);
     set("update_every", l.update_every);
+    set("batch_streams", l.batch_streams ?? 1);
+    if (l.substream_bytes) set("substream_bytes", l.substream_bytes);
     set("seed", config.seed ?? 0);
     $("live-lr").value = o.lr ?? "";
   }
@@ -1023,7 +1025,11 @@
     const config = {
       model: { ...(base.model || {}), n_layers: num("n_layers"), d_model: num("d_model"), n_heads: num("n_heads"), d_ff: num("d_ff"), context: num("context"), activation: f.activation.value },
       optim: { ...(base.optim || {}), name: f.optimizer.value, lr: num("lr") },
-      learner: { ...(base.learner || {}), update_every: num("update_every") },
+      learner: {
+        ...(base.learner || {}), update_every: num("update_every"), batch_streams: num("batch_streams"),
+        // S only matters with B > 1; a single stream keeps the default
+        substream_bytes: num("batch_streams") > 1 ? num("substream_bytes") : 0,
+      },
       mechanisms, stream: spec, seed: num("seed"),
     };
     delete config.model.seed;
