@@ -205,6 +205,31 @@ def test_an_uploaded_text_becomes_a_phase_of_a_new_run(page: Any, tmp_path: Path
     )
 
 
+def test_a_run_with_substreams_starts_from_the_model_panel(page: Any, server: str) -> None:
+    wait_bytes_above(page, 0)
+    first_run = page.evaluate("window.mugptLab.runId")
+    form = page.locator("#model-form")
+    form.locator("input[name=batch_streams]").fill("4")
+    form.locator("input[name=substream_bytes]").fill("256")
+    form.locator("input[name=update_every]").fill("8")
+    page.locator("#new-run").click()
+    page.wait_for_function("r => window.mugptLab.runId !== r", arg=first_run)
+    run_id = page.evaluate("window.mugptLab.runId")
+    learner = get_json(f"{server}api/runs/{run_id}")["config"]["learner"]
+    assert (learner["batch_streams"], learner["substream_bytes"], learner["update_every"]) == (
+        4,
+        256,
+        8,
+    )
+    # the lab learns whole blocks of 4 · 256 bytes
+    seen = wait_bytes_above(page, 0)
+    assert seen % 1024 == 0 or seen == get_json(f"{server}api/runs/{run_id}")["total"]
+    page.wait_for_function(
+        "() => document.querySelector('#cli-text').textContent.includes("
+        "'--batch-streams 4 --substream-bytes 256')"
+    )
+
+
 def test_sampling_returns_text_and_a_limit_is_explained(page: Any) -> None:
     wait_bytes_above(page, 0)
     page.locator("#sample-length").fill("60")
