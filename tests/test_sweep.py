@@ -349,8 +349,14 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes_bit_for_bit(tmp_path: Path) ->
     out = tmp_path / "sweep"
     out.mkdir()
     (out / "interrupt-driver").write_text(str(os.getpid()))
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(spec, out, workers=1, runner=interrupting_run, echo=quiet)
+    # Ctrl-C as in a terminal, even when the test process was started with SIGINT ignored
+    # (as a shell does for a command run in the background)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(spec, out, workers=1, runner=interrupting_run, echo=quiet)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     rows = load_sweep_results(out)
     assert [r["status"] for r in rows] == ["interrupted", "pending"]
     ckpt = Path(out / "runs" / rows[0]["run_id"] / "checkpoint.npz")
