@@ -11,7 +11,7 @@ from mugpt.corpus import Phase, Stream
 from mugpt.engine import Learner, LearnerConfig, load_checkpoint, save_checkpoint
 from mugpt.engine.learner import resolve_backend
 from mugpt.errors import ConfigError
-from mugpt.model import GPT, ModelConfig, OptimConfig, Optimizer, fast
+from mugpt.model import BOS, GPT, ModelConfig, OptimConfig, Optimizer, fast
 
 TEXT = b"the cat sat on the mat. the dog sat on the log. " * 5
 
@@ -186,3 +186,27 @@ def test_fold_reduces_any_length_exactly_for_max() -> None:
         x = np.random.default_rng(n).normal(size=n) - 5
         assert fast._fold(x, tmp, True) == x.max()
         assert fast._fold(x, tmp, False) == pytest.approx(float(np.sum(x)), rel=1e-13)
+
+
+def test_the_last_step_of_the_per_step_path_survives_previews_until_the_next_step() -> None:
+    """The per-step path keeps its activations in the workspace (no copy per step); a
+    forward pass made between steps (a preview, sampling) copies them out first, and the
+    compiled loop does the same before it overwrites the workspace."""
+    learner = Learner(ModelConfig(context=8))
+    for ch in b"abcabcab":
+        learner.step(bytes([ch]))
+    acts = learner.last_acts
+    att, probs, hidden = acts.attention(0), acts.probs.copy(), acts.hidden.copy()
+    assert acts.workspace is learner.model.ws  # not copied by the step
+    learner.predict_next()
+    learner.model.forward(np.array([[BOS, 120, 121]]))
+    assert acts.workspace is None  # copied out by the first of those
+    assert np.array_equal(learner.last_acts.attention(0), att)
+    assert np.array_equal(learner.last_acts.probs, probs)
+    assert np.array_equal(learner.last_acts.hidden, hidden)
+    learner.step(b"c")
+    second = learner.last_acts
+    att2 = second.attention(0)
+    learner.run(Stream.from_bytes(b"abcabcabc" * 3), max_bytes=learner.position)  # no bytes
+    learner.run(Stream.from_bytes(b"abcabcabc" * 3))  # compiled loop over the rest
+    assert np.array_equal(second.attention(0), att2)

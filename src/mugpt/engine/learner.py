@@ -280,7 +280,7 @@ class Learner:
         if self.position == 0 and self._hist_len == 0:
             starts = starts.copy()
             starts[0] = True
-        n_bos = int(starts.sum())
+        n_bos = int(np.count_nonzero(starts))
         if n_bos:
             symbols = np.insert(data.astype(np.int64), np.nonzero(starts)[0], BOS)
         else:
@@ -299,6 +299,8 @@ class Learner:
         new_positions = new_slots[targets[new_slots] != BOS]
         assert new_positions.size == k
 
+        if self._fast is not None:
+            self.model.pin(None)  # this step replaces the last one's activations
         acts = self.model.forward(inputs[None, :])
         self.counters.forward_passes += 1
         ctx = StepContext(
@@ -366,7 +368,9 @@ class Learner:
         for event in ctx.events:
             self.events.append({**stamp, **event})
         self.position += k
-        self.last_acts = acts.detach() if self._fast is not None else acts
+        self.last_acts = acts
+        if self._fast is not None:  # kept valid for the lab's views until the next step
+            self.model.pin(acts)
         self.last = StepOutput(
             position=ctx.position,
             new_bytes=data,
@@ -613,6 +617,8 @@ class Learner:
                     weights[w, new_positions] = 1.0
                 else:
                     weights[w, : targets.size] = targets != BOS
+            if self._fast is not None:
+                self.model.pin(None)  # this step replaces the last one's activations
             acts = self.model.forward(idx)
             self.counters.forward_passes += 1
             active = [m for m in self.mechanisms if m.enabled]
@@ -682,7 +688,9 @@ class Learner:
             for event in ctx.events:
                 self.events.append({"pos": ctx.position, "step": ctx.step, **event})
             self.counters.steps += 1
-            self.last_acts = acts.detach() if self._fast is not None else acts
+            self.last_acts = acts
+            if self._fast is not None:  # kept valid for the lab's views until the next step
+                self.model.pin(acts)
             self.last = StepOutput(
                 position=ctx.position,
                 new_bytes=rows[-1][3],
@@ -728,6 +736,7 @@ class Learner:
         if n <= 0:
             return
         cfg, opt = self.model_cfg, self.optimizer
+        fast.release(self.model)  # the kernels below overwrite the workspace
         n_seg = min(self.cfg.batch_streams, n)
         bounds = begin + (np.arange(n_seg + 1, dtype=np.int64) * n) // n_seg
         seg_pos, seg_end = bounds[:-1].copy(), bounds[1:].copy()

@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import namedtuple
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from mugpt.model.config import BOS, ModelConfig
+from mugpt.model.optim import UpdateInfo
 from mugpt.model.params import ParamBuffer, init_params
 
 _JIT: dict[str, Any] = {"cache": True, "error_model": "numpy", "nogil": True}
@@ -657,6 +659,26 @@ def backward_batch(
 
 
 @njit(**_JIT)
+def backward_nll(
+    flat: Any, offs: Any, dims: Any, ws: Any, grads: Any, targets: Any, weights: Any, total: float
+) -> float:  # pragma: no cover - compiled
+    """Loads targets (B, n) and weights / total (B, n) into the workspace (padded to T),
+    runs :func:`backward_batch` and returns :func:`window_nll`: one call from Python."""
+    b, n = targets.shape
+    t_len = ws.tgt.shape[1]
+    for i in range(b):
+        for t in range(t_len):
+            if t < n:
+                ws.tgt[i, t] = targets[i, t]
+                ws.wts[i, t] = _like(ws.wts, weights[i, t] / total)
+            else:
+                ws.tgt[i, t] = 0
+                ws.wts[i, t] = 0
+    backward_batch(flat, offs, dims, ws, grads, b)
+    return window_nll(ws, b)
+
+
+@njit(**_JIT)
 def window_nll(ws: Any, n_windows: int) -> float:  # pragma: no cover - compiled
     """Σ wts·(−ln p[tgt]) over the windows (the loss ``backward_batch`` differentiates)."""
     total = 0.0
@@ -747,6 +769,14 @@ def optimizer_step(
         v[i] = vi
         w[i] = w[i] - mi / (np.sqrt(vi) + eps) * step
     return result
+
+
+@functools.lru_cache(maxsize=64)
+def _hyper_of(cfg: Any) -> np.ndarray:
+    """``optimizer_hyper`` of a (frozen, hashable) OptimConfig, computed once; read-only."""
+    hyper = optimizer_hyper(cfg)
+    hyper.flags.writeable = False
+    return hyper
 
 
 def optimizer_hyper(cfg: Any) -> np.ndarray:
@@ -977,13 +1007,11 @@ def run_steps(
 def step_optimizer(opt: Any, w: np.ndarray, g: np.ndarray, lr_scale: float = 1.0) -> Any:
     """``Optimizer.step`` on the compiled kernel: updates ``opt``'s state and counters the same
     way and returns an ``UpdateInfo``."""
-    from mugpt.model.optim import UpdateInfo
-
     lanes = np.empty(64, dtype=g.dtype)
     norm = math.sqrt(grad_sq_norm(g, lanes))
     state = np.array([opt.t, opt.nonfinite_steps, opt.clipped_steps], dtype=np.int64)
-    applied = optimizer_step(w, g, opt.m, opt.v, optimizer_hyper(opt.cfg), state, lr_scale, norm)
-    opt.t, opt.nonfinite_steps, opt.clipped_steps = (int(x) for x in state)
+    applied = optimizer_step(w, g, opt.m, opt.v, _hyper_of(opt.cfg), state, lr_scale, norm)
+    opt.t, opt.nonfinite_steps, opt.clipped_steps = int(state[0]), int(state[1]), int(state[2])
     return UpdateInfo(applied > 0, norm, applied == 2, opt.cfg.lr * lr_scale)
 
 
@@ -1010,8 +1038,7 @@ class FastActivations:
         return self.workspace.att[layer, :b, :, :n, :n].copy()
 
     def detach(self) -> FastActivations:
-        """A copy that later forward passes cannot overwrite (what a Learner keeps as the
-        last step's activations, e.g. for the lab's attention view)."""
+        """A copy that later forward passes cannot overwrite."""
         if self.workspace is None:
             return self
         b, n = self.idx.shape
@@ -1022,6 +1049,13 @@ class FastActivations:
             workspace=None,
             att=self.workspace.att[:, :b, :, :n, :n].copy(),
         )
+
+    def own(self) -> None:
+        """Copies the workspace views into this object (as :meth:`detach`, in place)."""
+        if self.workspace is not None:
+            copy = self.detach()
+            self.probs, self.hidden, self.att = copy.probs, copy.hidden, copy.att
+            self.workspace = None
 
 
 class FastGPT:
@@ -1045,6 +1079,14 @@ class FastGPT:
         self.dims = model_dims(cfg)
         self.ws = make_workspace(cfg, max(1, batch))
         self._forwarded = 0  # windows in the workspace from the last forward
+        self._pinned: FastActivations | None = None
+        self._hyper: tuple[Any, np.ndarray] | None = None  # (optimiser config, its vector)
+
+    def pin(self, acts: FastActivations | None) -> None:
+        """Keeps ``acts`` valid: the next forward pass copies it out of the workspace before
+        overwriting it (a Learner pins its last step's activations for the lab's views, and
+        unpins them, with ``None``, when its next step replaces them)."""
+        self._pinned = acts
 
     def ensure_batch(self, batch: int) -> None:
         """Grows the workspace to hold ``batch`` windows."""
@@ -1055,6 +1097,9 @@ class FastGPT:
         """idx (B, n) with n ≤ context → activations with probs (B, n, V)."""
         b, n = idx.shape
         assert 0 < n <= self.cfg.context, idx.shape
+        if self._pinned is not None:
+            self._pinned.own()
+            self._pinned = None
         self.ensure_batch(b)
         ws = self.ws
         ws.idx[:b, :n] = idx
@@ -1067,17 +1112,25 @@ class FastGPT:
         self, acts: Any, targets: np.ndarray, weights: np.ndarray, grads: ParamBuffer
     ) -> float:
         """Same contract as :meth:`GPT.backward`; ``acts`` must come from the latest forward."""
-        b, n = targets.shape
+        b = targets.shape[0]
         assert acts.workspace is self.ws and b == self._forwarded, "stale activations"
         total = float(weights.sum())
         assert total > 0, "backward needs at least one weighted position"
-        ws = self.ws
-        ws.tgt[:b, :n] = targets
-        ws.tgt[:b, n:] = 0
-        ws.wts[:b, :n] = (weights / total).astype(self.dtype)
-        ws.wts[:b, n:] = 0
-        backward_batch(self.params.flat, self.offsets, self.dims, ws, grads.flat, b)
-        return float(window_nll(ws, b))
+        return float(
+            backward_nll(
+                self.params.flat, self.offsets, self.dims, self.ws, grads.flat,
+                np.ascontiguousarray(targets, dtype=np.int64),
+                np.ascontiguousarray(weights, dtype=np.float64), total,
+            )
+        )  # fmt: skip
+
+
+def release(model: FastGPT) -> None:
+    """Before kernels write ``model``'s workspace directly (not through ``forward``): copies
+    out the activations pinned there."""
+    if model._pinned is not None:
+        model._pinned.own()
+        model._pinned = None
 
 
 def numba_available() -> bool:
@@ -1091,6 +1144,7 @@ __all__ = [
     "FastGPT",
     "Workspace",
     "backward_batch",
+    "backward_nll",
     "forward_batch",
     "grad_sq_norm",
     "make_workspace",
