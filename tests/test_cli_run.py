@@ -57,6 +57,24 @@ def test_run_on_a_file_writes_the_run_directory_contract(tmp_path: Path, text_fi
     assert config["learner"]["update_every"] == 4
 
 
+def test_run_with_substreams_in_blocks(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    out = tmp_path / "run"
+    flags = ["--batch-streams", "4", "--substream-bytes", "256", "--update-every", "2"]
+    assert main(["run", str(text_file), "--out", str(out), *flags]) == 0
+    assert "B = 4 × 256 B blocks" in " ".join(capsys.readouterr().out.split())  # rich wraps lines
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["batch_streams"], summary["substream_bytes"]) == (4, 256)
+    config = json.loads((out / "config.json").read_text())
+    assert config["learner"]["batch_streams"] == 4 and config["learner"]["substream_bytes"] == 256
+    from mugpt.corpus import Stream
+    from mugpt.engine.config import RunConfig
+
+    learner = RunConfig.from_dict(config).build_learner()
+    straight = learner.run(Stream.from_bytes(text_file.read_bytes())).losses
+    logged = [float(r.split(",")[3]) for r in (out / "log.csv").read_text().splitlines()[1:]]
+    assert logged == pytest.approx(straight.tolist(), abs=1e-6)
+
+
 def test_run_from_stdin_and_sample_from_its_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "r"
     done = _mugpt(

@@ -205,10 +205,15 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
         )
         or "none"
     )
+    streams = ""
+    if (summary.get("batch_streams") or 1) > 1:
+        block = summary.get("substream_bytes") or 0
+        streams = f"B = {summary['batch_streams']}" + (f" × {block:,} B blocks" if block else "")
+        streams += " · "
     console.print(
         f"{summary['bytes']:,} bytes · {summary['bytes_per_s']:,.0f} B/s · "
         f"{summary['updates']:,} updates · {summary.get('params', 0):,} params · "
-        f"k = {summary.get('update_every')} · window loss {summary.get('window_loss')} · "
+        f"k = {summary.get('update_every')} · {streams}window loss {summary.get('window_loss')} · "
         f"mechanisms: {mech_text}"
     )
     if out is not None:

@@ -65,6 +65,8 @@ def build_summary(
             seed=run_config.seed,
             update_every=run_config.learner.update_every,
             window_loss=run_config.learner.window_loss,
+            batch_streams=run_config.learner.batch_streams,
+            substream_bytes=run_config.learner.substream_bytes,
             model={
                 "n_layers": model.n_layers,
                 "d_model": model.d_model,
