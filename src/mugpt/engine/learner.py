@@ -490,10 +490,8 @@ class Learner:
         if block and progress is not None:
             report = progress
 
-            def progress(
-                pos: int, _stop: int, bpb: float
-            ) -> None:  # the call's end, not the block's
-                report(pos, end, bpb)
+            def progress(pos: int, _block_end: int, bpb: float) -> None:
+                report(pos, end, bpb)  # progress towards the call's end, not the block's
 
         while True:
             # with blocks of sub-streams, one block at a time (blocks are aligned to 0)
