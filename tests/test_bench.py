@@ -76,6 +76,28 @@ def test_bench_command_prints_a_table_and_writes_json(tmp_path: Path, capsys) ->
     assert row["peak_fraction"] > 0 and np.isfinite(row["bpb"])
 
 
+def test_mechanisms_are_timed_beside_the_same_configuration(tmp_path: Path) -> None:
+    cfg = parse_config_spec("seed-k32+replay+cache:learner.update_every=8")
+    assert [m["name"] for m in cfg.mechanisms] == ["replay", "cache"]
+    assert cfg.learner.update_every == 8
+    with pytest.raises(ConfigError, match="unknown mechanism 'kmn' in 'seed\\+kmn'; choose from"):
+        parse_config_spec("seed+kmn")
+    data = tmp_path / "data.txt"
+    data.write_bytes(b"hello world, hello bench. " * 20)
+    out = tmp_path / "bench.json"
+    code = main(["bench", str(data), "--bytes", "400", "--configs", "seed-k32;seed-k32+cache",
+                 "--repeats", "1", "--no-torch", "--no-baselines", "--json", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"seed-k32", "seed-k32+cache"}
+    from mugpt.corpus import Stream
+
+    with_cache = parse_config_spec("seed-k32+cache").build_learner()
+    expected = with_cache.run(Stream.from_bytes(data.read_bytes()[:400])).losses.mean()
+    assert rows["seed-k32+cache"]["bpb"] == pytest.approx(expected, abs=1e-9)
+    assert rows["seed-k32+cache"]["bpb"] != rows["seed-k32"]["bpb"]
+
+
 def test_bench_rejects_bad_arguments(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["bench", "--configs", "nope", "--no-torch", "--no-baselines"]) == 2
     assert "unknown benchmark configuration 'nope'" in capsys.readouterr().err

@@ -108,16 +108,19 @@ def _parse_value(text: str) -> Any:
 
 
 def parse_config_spec(spec: str) -> RunConfig:
-    """``NAME[:section.key=value,...]`` → a RunConfig. NAME is a benchmark configuration
-    (:data:`BENCH_CONFIGS`) or a preset.
+    """``NAME[+MECHANISM...][:section.key=value,...]`` → a RunConfig. NAME is a benchmark
+    configuration (:data:`BENCH_CONFIGS`) or a preset; each ``+MECHANISM`` adds that mechanism
+    with its default settings (to time what it costs beside the same configuration without).
 
     Example:
         >>> cfg = parse_config_spec("seed:learner.update_every=8,model.d_model=32")
         >>> cfg.learner.update_every, cfg.model.d_model
         (8, 32)
+        >>> [m["name"] for m in parse_config_spec("seed-k32+replay+cache").mechanisms]
+        ['replay', 'cache']
     """
-    name, _, rest = spec.partition(":")
-    name = name.strip()
+    head, _, rest = spec.partition(":")
+    name, *mechanisms = (part.strip() for part in head.split("+"))
     if name in BENCH_CONFIGS:
         base = BENCH_CONFIGS[name]
     elif name in PRESETS:
@@ -135,6 +138,17 @@ def parse_config_spec(spec: str) -> RunConfig:
         if not eq or "." not in key:
             raise ConfigError(f"bad override {token!r} in {spec!r}: write section.key=value")
         overrides[key.strip()] = _parse_value(value)
+    if mechanisms:
+        from mugpt.mechanisms import available
+
+        known = available()
+        for mech in mechanisms:
+            if mech not in known:
+                raise ConfigError(
+                    f"unknown mechanism {mech!r} in {spec!r}; choose from {sorted(known)}"
+                )
+        listed = [dict(m) for m in base.get("mechanisms", [])]
+        base = {**base, "mechanisms": listed + [{"name": m} for m in mechanisms]}
     cfg = RunConfig.from_dict(base)
     return cfg.with_overrides(overrides) if overrides else cfg
 

@@ -21,7 +21,8 @@ optimiser of the window; see docs/bench.md), the GFLOP/s that makes and its shar
 machine's measured single-thread float32 matmul peak, and μGPT's speed-up over PyTorch.
 
 Configurations: seed (the original μGPT, k = 1), seed-k32 (k = 32), seed-B16 (16 sub-streams),
-strong (the strong preset), any preset name, each optionally with overrides
+strong (the strong preset), any preset name, each optionally with mechanisms at their
+default settings, NAME+MECHANISM+... (e.g. seed+knn, to time what kNN costs), and overrides
 NAME:section.key=value,... (e.g. seed:learner.update_every=8,learner.batch_streams=4).
 """
 
@@ -31,6 +32,7 @@ examples:
   mugpt bench --bytes 50k --configs seed-k32 --no-torch --json bench.json
   mugpt bench book.txt --configs "seed:learner.batch_streams=16,learner.update_every=4"
   mugpt bench --stream file:/data/tinystories.txt --configs strong --no-torch
+  mugpt bench --configs "seed;seed+cache;seed+knn;seed+replay" --no-torch --no-baselines
 """
 
 
