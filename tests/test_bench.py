@@ -80,6 +80,10 @@ def test_mechanisms_are_timed_beside_the_same_configuration(tmp_path: Path) -> N
     cfg = parse_config_spec("seed-k32+replay+cache:learner.update_every=8")
     assert [m["name"] for m in cfg.mechanisms] == ["replay", "cache"]
     assert cfg.learner.update_every == 8
+    # a preset's own mechanisms stay; the added ones come after them
+    strong = parse_config_spec("strong+knn")
+    assert [m["name"] for m in strong.mechanisms] == ["ngram_mix", "knn"]
+    assert strong.model == parse_config_spec("strong").model
     with pytest.raises(ConfigError, match="unknown mechanism 'kmn' in 'seed\\+kmn'; choose from"):
         parse_config_spec("seed+kmn")
     data = tmp_path / "data.txt"

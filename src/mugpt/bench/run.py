@@ -118,6 +118,8 @@ def parse_config_spec(spec: str) -> RunConfig:
         (8, 32)
         >>> [m["name"] for m in parse_config_spec("seed-k32+replay+cache").mechanisms]
         ['replay', 'cache']
+        >>> [m["name"] for m in parse_config_spec("strong+knn").mechanisms]
+        ['ngram_mix', 'knn']
     """
     head, _, rest = spec.partition(":")
     name, *mechanisms = (part.strip() for part in head.split("+"))
@@ -147,9 +149,11 @@ def parse_config_spec(spec: str) -> RunConfig:
                 raise ConfigError(
                     f"unknown mechanism {mech!r} in {spec!r}; choose from {sorted(known)}"
                 )
-        listed = [dict(m) for m in base.get("mechanisms", [])]
-        base = {**base, "mechanisms": listed + [{"name": m} for m in mechanisms]}
     cfg = RunConfig.from_dict(base)
+    if mechanisms:  # after the preset's own mechanisms (strong+knn keeps ngram_mix)
+        values = cfg.to_dict()
+        values["mechanisms"] = list(values["mechanisms"]) + [{"name": m} for m in mechanisms]
+        cfg = RunConfig.from_dict(values)
     return cfg.with_overrides(overrides) if overrides else cfg
 
 
