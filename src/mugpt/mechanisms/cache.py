@@ -317,8 +317,75 @@ class CacheConfig(MechanismConfig):
     lam: float = Field(0.05, ge=0.0, le=1.0, description="λ: weight of p_cache in the mixture")
 
 
+class MemoryMixture(Mechanism):
+    """What the memory mechanisms (:class:`ContinuousCache`, ``knn.KNNLM``) share: a bounded
+    :class:`PairMemory` of (hidden state, next byte) pairs; each step the prediction becomes
+    (1 − λ)·p_model + λ·p_memory on the rows where the memory has something to say, and the
+    step's pairs are stored once their bytes are scored. A subclass gives
+    ``memory_distribution(queries, step_values)`` and ``capacity_field``, the name of its
+    config's size setting."""
+
+    capacity_field = "size"
+    config: Any
+
+    def __init__(self, config: Any = None, **params: Any) -> None:
+        super().__init__(config, **params)
+        self.memory = PairMemory(getattr(self.config, self.capacity_field))
+        self.stats = MixStats()
+        self.last_p_memory: np.ndarray | None = None  # p_memory of the last step's rows
+        self._mixed_rows = np.zeros(0, dtype=np.int64)
+
+    def memory_distribution(self, queries: np.ndarray, step_values: np.ndarray) -> np.ndarray:
+        """p_memory (k, 257) for ``queries`` (k, C); rows that see no pair are all zero."""
+        raise TypeError(f"{type(self).__name__} must define memory_distribution")
+
+    def mix(self, queries: np.ndarray, probs: np.ndarray, step_values: np.ndarray) -> np.ndarray:
+        """(1 − λ)·probs + λ·p_memory on the rows where the memory has something to say.
+        ``step_values[i]`` is the byte that followed query i (used by the queries after it)."""
+        q = as_queries(self.memory, queries)
+        values = np.zeros(q.shape[0], dtype=np.int64)
+        values[: step_values.size] = step_values
+        p_memory = self.memory_distribution(q, values)
+        self.last_p_memory = p_memory
+        lam = self.config.lam
+        out = probs.copy()
+        rows = np.flatnonzero(p_memory.sum(axis=1) > 0)
+        out[rows] = (1.0 - lam) * probs[rows] + lam * p_memory[rows]
+        self._mixed_rows = rows
+        return out
+
+    # ------------------------------------------------------------------ hooks
+
+    def adjust_prediction(self, ctx: StepContext, probs: np.ndarray) -> np.ndarray:
+        true = np.asarray(ctx.new_bytes, dtype=np.int64)
+        out = self.mix(ctx.hidden[ctx.new_positions], probs, true)
+        assert self.last_p_memory is not None
+        self.stats.record(true, probs, self.last_p_memory, out, self._mixed_rows)
+        return out
+
+    def observe(self, ctx: StepContext, loss_bits: np.ndarray) -> None:
+        # the bytes are scored now: their pairs may serve the predictions that follow
+        self.memory.add(ctx.hidden[ctx.new_positions], np.asarray(ctx.new_bytes))
+
+    # ------------------------------------------------------------------ settings and state
+
+    def on_configure(self) -> None:
+        self.memory.resize(getattr(self.config, self.capacity_field))
+
+    def counters(self) -> dict[str, Any]:
+        return {**self.stats.as_dict(self.config.lam), "stored": self.memory.filled}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"memory": self.memory.state_dict(), "stats": self.stats.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.memory.load_state_dict(state["memory"])
+        self.stats.load_state_dict(state["stats"])
+        self.memory.resize(getattr(self.config, self.capacity_field))
+
+
 @register
-class ContinuousCache(Mechanism):
+class ContinuousCache(MemoryMixture):
     """Mixes the model's prediction with a cache of recent (hidden state, next byte) pairs.
 
     Example:
@@ -333,12 +400,12 @@ class ContinuousCache(Mechanism):
     strict_online = True
     Config = CacheConfig
     config: CacheConfig
+    capacity_field = "size"
 
-    def __init__(self, config: CacheConfig | None = None, **params: Any) -> None:
-        super().__init__(config, **params)
-        self.memory = PairMemory(self.config.size)
-        self.stats = MixStats()
-        self.last_p_cache: np.ndarray | None = None
+    @property
+    def last_p_cache(self) -> np.ndarray | None:
+        """p_cache of the last step's rows."""
+        return self.last_p_memory
 
     def cache_distribution(self, queries: np.ndarray, step_values: np.ndarray) -> np.ndarray:
         """p_cache (k, 257) for ``queries`` (k, C); rows that see no pair are all zero.
@@ -347,47 +414,4 @@ class ContinuousCache(Mechanism):
         out: np.ndarray = cache_rows(dots, self.memory.filled, values, float(self.config.theta))
         return out
 
-    def mix(self, queries: np.ndarray, probs: np.ndarray, step_values: np.ndarray) -> np.ndarray:
-        """(1 − λ)·probs + λ·p_cache on the rows where the cache has something to say."""
-        q = as_queries(self.memory, queries)
-        k = q.shape[0]
-        values = np.zeros(k, dtype=np.int64)
-        values[: step_values.size] = step_values
-        p_cache = self.cache_distribution(q, values)
-        self.last_p_cache = p_cache
-        lam = self.config.lam
-        out = probs.copy()
-        rows = np.flatnonzero(p_cache.sum(axis=1) > 0)
-        out[rows] = (1.0 - lam) * probs[rows] + lam * p_cache[rows]
-        return out
-
-    # ------------------------------------------------------------------ hooks
-
-    def adjust_prediction(self, ctx: StepContext, probs: np.ndarray) -> np.ndarray:
-        queries = ctx.hidden[ctx.new_positions]
-        true = np.asarray(ctx.new_bytes, dtype=np.int64)
-        out = self.mix(queries, probs, true)
-        assert self.last_p_cache is not None
-        rows = np.flatnonzero(self.last_p_cache.sum(axis=1) > 0)
-        self.stats.record(true, probs, self.last_p_cache, out, rows)
-        return out
-
-    def observe(self, ctx: StepContext, loss_bits: np.ndarray) -> None:
-        # the bytes are scored now: their pairs may serve the predictions that follow
-        self.memory.add(ctx.hidden[ctx.new_positions], np.asarray(ctx.new_bytes))
-
-    # ------------------------------------------------------------------ settings and state
-
-    def on_configure(self) -> None:
-        self.memory.resize(self.config.size)
-
-    def counters(self) -> dict[str, Any]:
-        return {**self.stats.as_dict(self.config.lam), "stored": self.memory.filled}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"memory": self.memory.state_dict(), "stats": self.stats.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.memory.load_state_dict(state["memory"])
-        self.stats.load_state_dict(state["stats"])
-        self.memory.resize(self.config.size)
+    memory_distribution = cache_distribution

@@ -19,16 +19,12 @@ ordered by (distance, slot) with ties going to the older slot.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from pydantic import Field
 
-from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
+from mugpt.mechanisms import MechanismConfig, register
 from mugpt.mechanisms.cache import (
-    MixStats,
-    PairMemory,
-    as_queries,
+    MemoryMixture,
     scatter_rows,
     step_dots,
     topk_rows,
@@ -51,7 +47,7 @@ class KNNConfig(MechanismConfig):
 
 
 @register
-class KNNLM(Mechanism):
+class KNNLM(MemoryMixture):
     """Mixes the model's prediction with a nearest-neighbour vote over a bounded datastore.
 
     Example:
@@ -66,12 +62,12 @@ class KNNLM(Mechanism):
     strict_online = True
     Config = KNNConfig
     config: KNNConfig
+    capacity_field = "capacity"
 
-    def __init__(self, config: KNNConfig | None = None, **params: Any) -> None:
-        super().__init__(config, **params)
-        self.memory = PairMemory(self.config.capacity)
-        self.stats = MixStats()
-        self.last_p_knn: np.ndarray | None = None
+    @property
+    def last_p_knn(self) -> np.ndarray | None:
+        """p_knn of the last step's rows."""
+        return self.last_p_memory
 
     def knn_distribution(self, queries: np.ndarray, step_values: np.ndarray) -> np.ndarray:
         """p_knn (k, 257) for ``queries`` (k, C); rows that see no pair are all zero.
@@ -103,44 +99,4 @@ class KNNLM(Mechanism):
         np.divide(weights, mass, out=weights, where=mass > 0)
         return scatter_rows(np.where(found, values[nearest], 0), weights)
 
-    def mix(self, queries: np.ndarray, probs: np.ndarray, step_values: np.ndarray) -> np.ndarray:
-        """(1 − λ)·probs + λ·p_knn on the rows that see at least one stored pair."""
-        q = as_queries(self.memory, queries)
-        values = np.zeros(q.shape[0], dtype=np.int64)
-        values[: step_values.size] = step_values
-        p_knn = self.knn_distribution(q, values)
-        self.last_p_knn = p_knn
-        lam = self.config.lam
-        out = probs.copy()
-        rows = np.flatnonzero(p_knn.sum(axis=1) > 0)
-        out[rows] = (1.0 - lam) * probs[rows] + lam * p_knn[rows]
-        return out
-
-    # ------------------------------------------------------------------ hooks
-
-    def adjust_prediction(self, ctx: StepContext, probs: np.ndarray) -> np.ndarray:
-        true = np.asarray(ctx.new_bytes, dtype=np.int64)
-        out = self.mix(ctx.hidden[ctx.new_positions], probs, true)
-        assert self.last_p_knn is not None
-        rows = np.flatnonzero(self.last_p_knn.sum(axis=1) > 0)
-        self.stats.record(true, probs, self.last_p_knn, out, rows)
-        return out
-
-    def observe(self, ctx: StepContext, loss_bits: np.ndarray) -> None:
-        self.memory.add(ctx.hidden[ctx.new_positions], np.asarray(ctx.new_bytes))
-
-    # ------------------------------------------------------------------ settings and state
-
-    def on_configure(self) -> None:
-        self.memory.resize(self.config.capacity)
-
-    def counters(self) -> dict[str, Any]:
-        return {**self.stats.as_dict(self.config.lam), "stored": self.memory.filled}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"memory": self.memory.state_dict(), "stats": self.stats.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.memory.load_state_dict(state["memory"])
-        self.stats.load_state_dict(state["stats"])
-        self.memory.resize(self.config.capacity)
+    memory_distribution = knn_distribution
