@@ -339,29 +339,9 @@ class Learner:
         else:
             model_bits = -np.log2(np.maximum(acts.probs[0, np.arange(n), targets], PROB_FLOOR))
             ctx.window_loss_bits = float((model_bits * weights).sum() / weights.sum())
-        update = all(mech.should_update(ctx) for mech in active)
-        grad_norm: float | None = None
-        if update:
-            scale = 1.0
-            for mech in active:
-                scale *= mech.lr_scale(ctx)
-            grad_norm = self._apply_update(acts, targets, weights, scale, active, ctx)
-            self.lr_effective = self.lr * scale
-        else:
-            self.counters.skipped += 1
-            self.lr_effective = 0.0
-
-        # 6. extra windows (replay)
-        replays = 0
-        for mech in active:
-            windows = mech.extra_windows(ctx)
-            opt = mech.extra_optimizer()
-            extra_bits = [self._train_extra(np.asarray(w, dtype=np.int64), opt) for w in windows]
-            replays += len(windows)
-            if windows:
-                mech.replayed(ctx, extra_bits)
-        if replays:
-            ctx.emit("replay", count=replays)
+        grad_norm = self._update(acts, targets[None, :], weights[None, :], active, ctx)
+        update = grad_norm is not None
+        replays = self._replay(active, ctx)  # 6. extra windows
 
         self.counters.steps += 1
         stamp = {"pos": self.position, "step": ctx.step}
@@ -385,6 +365,42 @@ class Learner:
         )
         return self.last
 
+    def _update(
+        self,
+        acts: Any,
+        targets: np.ndarray,
+        weights: np.ndarray,
+        active: list[Mechanism],
+        ctx: StepContext,
+    ) -> float | None:
+        """Steps 3-5 of a step: unless a mechanism declines, one update on the windows
+        (targets and weights (B, n)) at the mechanisms' lr scale. Returns the optimiser's
+        gradient norm, or None when the update was declined."""
+        if not all(mech.should_update(ctx) for mech in active):
+            self.counters.skipped += 1
+            self.lr_effective = 0.0
+            return None
+        scale = 1.0
+        for mech in active:
+            scale *= mech.lr_scale(ctx)
+        grad_norm = self._apply_update(acts, targets, weights, scale, active, ctx)
+        self.lr_effective = self.lr * scale
+        return grad_norm
+
+    def _replay(self, active: list[Mechanism], ctx: StepContext) -> int:
+        """Step 6: the mechanisms' extra windows, one update each; returns how many."""
+        replays = 0
+        for mech in active:
+            windows = mech.extra_windows(ctx)
+            opt = mech.extra_optimizer()
+            extra_bits = [self._train_extra(np.asarray(w, dtype=np.int64), opt) for w in windows]
+            replays += len(windows)
+            if windows:
+                mech.replayed(ctx, extra_bits)
+        if replays:
+            ctx.emit("replay", count=replays)
+        return replays
+
     def _apply_update(
         self,
         acts: Any,
@@ -394,9 +410,11 @@ class Learner:
         active: list[Mechanism],
         ctx: StepContext,
     ) -> float:
+        """Backward on the windows (targets, weights (B, n)), the mechanisms' gradient
+        transforms, one optimiser update; returns the optimiser's gradient norm."""
         grads = self.grads
         grads.flat[:] = 0.0
-        self.model.backward(acts, targets[None, :], weights[None, :], grads)
+        self.model.backward(acts, targets, weights, grads)
         self.counters.backward_passes += 1
         ctx.grad_norm = self._grad_norm(grads.flat)
         for mech in active:
@@ -652,37 +670,8 @@ class Learner:
                 np.maximum(np.take_along_axis(acts.probs, tgt[..., None], -1)[..., 0], PROB_FLOOR)
             )
             ctx.window_loss_bits = float((model_bits * weights).sum() / weights.sum())
-            if all(mech.should_update(ctx) for mech in active):
-                scale = 1.0
-                for mech in active:
-                    scale *= mech.lr_scale(ctx)
-                self.grads.flat[:] = 0.0
-                self.model.backward(acts, tgt, weights, self.grads)
-                self.counters.backward_passes += 1
-                ctx.grad_norm = self._grad_norm(self.grads.flat)
-                for mech in active:
-                    mech.transform_grads(ctx, self.grads.flat)
-                info = self._optimizer_step(self.optimizer, scale)
-                if info.applied:
-                    self.counters.updates += 1
-                else:
-                    self.counters.nonfinite += 1
-                self.lr_effective = self.lr * scale
-            else:
-                self.counters.skipped += 1
-                self.lr_effective = 0.0
-            replays = 0
-            for mech in active:
-                windows = mech.extra_windows(ctx)
-                opt = mech.extra_optimizer()
-                extra_bits = [
-                    self._train_extra(np.asarray(x, dtype=np.int64), opt) for x in windows
-                ]
-                replays += len(windows)
-                if windows:
-                    mech.replayed(ctx, extra_bits)
-            if replays:
-                ctx.emit("replay", count=replays)
+            self._update(acts, tgt, weights, active, ctx)
+            replays = self._replay(active, ctx)
             for event in ctx.events:
                 self.events.append({"pos": ctx.position, "step": ctx.step, **event})
             self.counters.steps += 1
