@@ -25,6 +25,11 @@ build a new stream from phases (or an uploaded text), start more runs and overla
 
 Every run learns in its own process; the page and scripts talk to the server through an HTTP
 JSON API and a WebSocket, described by the OpenAPI schema at /openapi.json.
+
+Safe by default: the server listens on 127.0.0.1, answers only its own host names and page,
+and requires the token printed in its start URL (http://127.0.0.1:PORT/?token=...; scripts
+send 'Authorization: token TOKEN'). Streams read only the folders given with --data (default:
+the working directory), uploads and the built-in sources. See docs/security.md.
 """
 
 EPILOG = """\
@@ -32,6 +37,8 @@ examples:
   mugpt serve                              open the lab in your browser on port 8000
   mugpt serve --no-browser --port 8001     serve only; open http://127.0.0.1:8001/ yourself
   mugpt serve --open runs/first            view a finished run directory
+  mugpt serve --data ~/texts --data ~/code   let streams read these two folders only
+  mugpt serve --host 0.0.0.0 --allow-host lab.example.org   reachable from other machines
   mugpt serve --max-runs 2 --max-params 200000   tighter limits for a shared machine
 """
 
@@ -49,6 +56,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000,
                    help="port to listen on (default 8000; 0 = any free port)")  # fmt: skip
     p.add_argument("--no-browser", action="store_true", help="do not open a browser window")
+    p.add_argument("--data", metavar="DIR", action="append", default=[],
+                   help="a folder whose files streams may read (file:, dir:) and whose run "
+                   "directories may be opened; repeatable (default: the working directory)")  # fmt: skip
+    p.add_argument("--allow-host", metavar="NAME", action="append", default=[],
+                   help="a further host name to answer to (besides 127.0.0.1, localhost, ::1 "
+                   "and --host); repeatable")  # fmt: skip
+    p.add_argument("--token", metavar="VALUE", default=None,
+                   help="the token the page and API require (default: a fresh random one)")  # fmt: skip
+    p.add_argument("--no-token", action="store_true",
+                   help="require no token (only with a loopback --host)")  # fmt: skip
     p.add_argument("--open", metavar="RUN_DIR", action="append", default=[],
                    help="show a finished run directory (config.json, summary.json, log.csv); "
                    "repeatable")  # fmt: skip
@@ -97,10 +114,42 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuses flags that cannot work, each with one line saying what to change."""
+    from mugpt.serve.guard import is_loopback
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(
+            f"--port {args.port}: a port is a number from 0 to 65535 (0 = any free port)"
+        )
+    if args.runs_dir is not None:
+        runs = Path(args.runs_dir).expanduser()
+        if runs.exists() and not runs.is_dir():
+            raise ConfigError(
+                f"--runs-dir {args.runs_dir}: this is a file, not a folder; give a folder "
+                "(it is created if missing)"
+            )
+    for folder in args.data:
+        if not Path(folder).expanduser().is_dir():
+            raise ConfigError(f"--data {folder}: no such folder; give a folder the lab may read")
+    if args.no_token and args.token is not None:
+        raise ConfigError("--no-token and --token contradict each other; give one of them")
+    if args.token is not None and not args.token.strip():
+        raise ConfigError("--token is empty; give a value, or leave it out for a random one")
+    if args.no_token and not is_loopback(args.host):
+        raise ConfigError(
+            f"--no-token is allowed only on a loopback address, not with --host {args.host}: "
+            "anyone who can reach the port could read the data folders; drop --no-token"
+        )
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from mugpt.serve import ServeSettings, create_app
+    from mugpt.serve.guard import Access, is_loopback, new_token
+
+    check_arguments(args)
 
     def mb(value: float | None) -> int | None:
         return None if value is None else int(value * 1_000_000)
@@ -128,14 +177,28 @@ def serve(args: argparse.Namespace) -> int:
     shown_host = args.host if args.host not in ("0.0.0.0", "::") else "127.0.0.1"
     if ":" in shown_host:
         shown_host = f"[{shown_host}]"
-    url = f"http://{shown_host}:{port}/"
-    app = create_app(settings, open_dirs=list(args.open))
+    token = None if args.no_token else (args.token or new_token())
+    access = Access.for_host(args.host, token, tuple(args.allow_host))
+    base = f"http://{shown_host}:{port}/"
+    url = base if token is None else f"{base}?token={token}"
+    data_dirs = [Path(d).expanduser() for d in args.data] or None
+    app = create_app(settings, open_dirs=list(args.open), access=access, data_dirs=data_dirs)
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=30)
     server = uvicorn.Server(config)
-    print(f"μGPT lab on {url}   (Ctrl-C stops it; API schema at {url}openapi.json)", flush=True)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    print(f"μGPT lab on {url}   (Ctrl-C stops it; API schema at {base}openapi.json)", flush=True)
+    folders = ", ".join(str(p) for p in app.state.manager.roots.folders)
+    print(f"streams may read: {folders} (add folders with --data DIR)", flush=True)
+    if not is_loopback(args.host):
         print(
-            f"warning: listening on {args.host}: other machines can start runs on this one",
+            f"warning: listening on {args.host}: other machines can reach this port; whoever "
+            f"gets the token can start runs on this machine and read every file under "
+            f"{folders}",
+            file=sys.stderr,
+        )
+    elif token is None:
+        print(
+            "warning: --no-token: any program on this machine (any local user) can start "
+            f"runs and read every file under {folders}",
             file=sys.stderr,
         )
     if not args.no_browser:

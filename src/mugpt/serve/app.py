@@ -26,7 +26,7 @@ import statistics
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -44,7 +44,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from mugpt import __version__
-from mugpt.errors import MugptError
+from mugpt.errors import ConfigError, MugptError
+from mugpt.serve.guard import Access, AccessGuard, cookie_name
 from mugpt.serve.limits import LimitError, ServeSettings, check_sample_length
 from mugpt.serve.protocol import (
     Command,
@@ -58,6 +59,7 @@ from mugpt.serve.protocol import (
     dumps,
     parse_command,
 )
+from mugpt.serve.roots import DataRoots
 from mugpt.serve.runs import RunManager, start_worker_server
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -150,20 +152,36 @@ def _safe_name(name: str) -> str:
 
 
 def create_app(
-    settings: ServeSettings | None = None, open_dirs: list[str] | None = None
+    settings: ServeSettings | None = None,
+    open_dirs: list[str] | None = None,
+    *,
+    access: Access | None = None,
+    data_dirs: Sequence[str | Path] | None = None,
 ) -> FastAPI:
     """Builds the lab's FastAPI app.
 
     ``settings`` holds the limits (see :class:`ServeSettings`); ``open_dirs`` are finished run
-    directories to show read-only from the start.
+    directories to show read-only from the start. ``access`` says who may talk to it (default:
+    loopback host names and a fresh token, ``app.state.access.token``); ``data_dirs`` are the
+    folders its streams may read (default: the working directory).
     """
     settings = settings or ServeSettings()
+    access = access or Access.local()
     if settings.runs_dir is not None:
         runs_dir = Path(settings.runs_dir).expanduser().resolve()
-        runs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"--runs-dir {settings.runs_dir}: cannot use it as a folder "
+                f"({exc.strerror or exc}); give a folder the server may write"
+            ) from None
     else:
         runs_dir = Path(tempfile.mkdtemp(prefix="mugpt-serve-"))
-    manager = RunManager(settings, runs_dir)
+    roots = DataRoots(
+        [Path.cwd()] if data_dirs is None else data_dirs, internal=[runs_dir / "uploads"]
+    )
+    manager = RunManager(settings, runs_dir, roots)
     lag = LoopLag()
 
     @contextlib.asynccontextmanager
@@ -172,7 +190,7 @@ def create_app(
         await asyncio.to_thread(start_worker_server)
         for path in open_dirs or []:
             try:
-                manager.open_dir(path)
+                manager.open_dir(path, trusted=True)
             except LimitError as exc:
                 print(f"mugpt serve: cannot open {path}: {exc.message}")
         try:
@@ -189,7 +207,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(UploadSizeGuard, limit=settings.max_upload_bytes)
+    app.add_middleware(AccessGuard, access=access)  # outermost: runs before everything else
     app.state.manager = manager
+    app.state.access = access
     app.state.settings = settings
     app.state.lag = lag
 
@@ -201,11 +221,28 @@ def create_app(
     async def user_error(request: Request, exc: MugptError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        return JSONResponse(
+            status_code=422,
+            content={"detail": "the request body is nested too deeply; send a flatter JSON"},
+        )
+
     # ------------------------------------------------------------------ the page
 
     @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    async def index(request: Request) -> FileResponse:
+        response = FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+        token = request.query_params.get("token")
+        if token is not None and access.token is not None:
+            # the guard has checked it; the page's later calls carry it as this cookie
+            response.set_cookie(
+                cookie_name(request.headers.get("host", "")),
+                token,
+                httponly=True,
+                samesite="strict",
+            )
+        return response
 
     @app.get("/vendor/plotly.min.js", include_in_schema=False)
     async def plotly_js() -> FileResponse:
@@ -252,6 +289,7 @@ def create_app(
         """The server's limits."""
         values = settings.model_dump(mode="json")
         values["runs_dir"] = str(runs_dir)
+        values["data_dirs"] = [str(p) for p in roots.folders]
         return values
 
     @app.get("/api/streams", tags=["streams"])
@@ -467,7 +505,14 @@ def create_app(
 
         try:
             while True:
-                text = await websocket.receive_text()
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    say({"type": "error", "message": "commands are JSON text frames; this was "
+                         "a binary frame: send the JSON as text"})  # fmt: skip
+                    continue
                 try:
                     command = parse_command(text)
                 except CommandError as exc:

@@ -36,8 +36,12 @@ RequestId = Annotated[
 ]
 
 
+MAX_COMMAND_CHARS = 1_000_000
+"""Longest command text accepted (a sample prompt of 10,000 characters fits many times)."""
+
+
 class _Command(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     request_id: RequestId = None
 
 
@@ -128,6 +132,9 @@ def explain_validation(exc: ValidationError) -> str:
     for err in exc.errors()[:5]:
         loc = [str(p) for p in err["loc"] if str(p) not in COMMAND_TYPES]
         where = ".".join(loc) or "command"
+        if err["type"] == "finite_number":
+            parts.append(f"{where} must be a finite number (not NaN or infinity)")
+            continue
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
 
@@ -138,11 +145,21 @@ def parse_command(data: str | bytes | dict[str, Any]) -> Any:
     Raises :class:`CommandError` with a message a person can act on.
     """
     if isinstance(data, str | bytes):
+        if len(data) > MAX_COMMAND_CHARS:
+            raise CommandError(
+                f"the command is {len(data):,} characters long; at most "
+                f"{MAX_COMMAND_CHARS:,} are accepted"
+            )
         try:
             data = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CommandError(
                 f"a command must be a JSON object; could not parse it: {exc}"
+            ) from None
+        except RecursionError:
+            raise CommandError(
+                "the command is nested too deeply; a command is a flat JSON object such as "
+                '{"type": "pause"}'
             ) from None
     if not isinstance(data, dict):
         raise CommandError('a command must be a JSON object such as {"type": "pause"}')
@@ -165,7 +182,7 @@ def parse_command(data: str | bytes | dict[str, Any]) -> Any:
 class RunCreate(BaseModel):
     """Body of ``POST /api/runs``: a (partial) run configuration and how to start."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     config: dict[str, Any] = Field(
         default_factory=dict,

@@ -15,6 +15,7 @@ import multiprocessing
 import multiprocessing.forkserver as forkserver
 import os
 import queue
+import secrets
 import shlex
 import signal
 import threading
@@ -28,6 +29,7 @@ from mugpt.errors import MugptError
 from mugpt.serve.history import RunHistory, history_from_run_dir, lite_update
 from mugpt.serve.limits import LimitError, ServeSettings, check_params
 from mugpt.serve.protocol import RunInfo, clean, dumps
+from mugpt.serve.roots import DataRoots
 from mugpt.serve.worker import worker_main
 
 CLIENT_QUEUE = 256
@@ -287,9 +289,14 @@ class Run:
 class RunManager:
     """All runs of one server."""
 
-    def __init__(self, settings: ServeSettings, runs_dir: Path) -> None:
+    def __init__(
+        self, settings: ServeSettings, runs_dir: Path, roots: DataRoots | None = None
+    ) -> None:
         self.settings = settings
         self.runs_dir = runs_dir
+        self.roots = roots or DataRoots([Path.cwd()], internal=[runs_dir / "uploads"])
+        # run directories this server wrote may be opened again as well
+        self.open_roots = DataRoots(self.roots.folders, internal=[*self.roots.internal, runs_dir])
         self.runs: dict[str, Run] = {}
         self.ids = itertools.count(1)
         self.lock = asyncio.Lock()
@@ -327,37 +334,36 @@ class RunManager:
                 f"context={cfg.model.context} is over this server's limit of "
                 f"{self.settings.max_context} (start it with --max-context to raise it)",
             )
+        requested = cfg.stream
         if not cfg.stream and self.settings.default_stream:
+            # the user's own --stream: trusted like the command line it came from
             cfg = cfg.replace(stream=self.settings.default_stream)
         try:
             cfg.build_learner()  # model, optimiser, protocol and mechanism parameters
             if cfg.stream:
-                self._check_stream(cfg.stream)
+                self._check_stream(cfg.stream, check_paths=bool(requested))
         except MugptError as exc:
             raise LimitError(422, str(exc)) from None
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError, OSError) as exc:
             raise LimitError(422, f"invalid run configuration: {exc}") from None
         return cfg
 
-    def _check_stream(self, spec: str) -> None:
+    def _check_stream(self, spec: str, check_paths: bool = True) -> None:
         from mugpt.corpus import parse_spec
 
         total = 0
         for phase in parse_spec(spec):
-            kind, _, arg = phase.source.partition(":")
-            if kind in ("file", "dir") and not _exists(arg):
-                raise LimitError(
-                    422, f"phase '{phase.label}': {arg!r} does not exist; check the path"
-                )
-            if kind == "stdin":
+            if phase.kind == "stdin":
                 raise LimitError(422, "the lab cannot read stdin; upload the text instead")
             total += phase.budget or 0
         if total > self.settings.max_stream_bytes:
             raise LimitError(
                 422,
                 f"the stream asks for {total:,} bytes; this server allows at most "
-                f"{self.settings.max_stream_bytes:,} (start it with --max-stream-bytes)",
+                f"{self.settings.max_stream_bytes:,} (start it with --max-stream-mb)",
             )
+        if check_paths:
+            self.roots.check_spec(spec)
 
     async def create(
         self,
@@ -380,7 +386,7 @@ class RunManager:
                     )
                 await min(finished, key=lambda r: r.created).stop()
             number = next(self.ids)
-            run_id = f"r{number}"
+            run_id = new_run_id()
             run = Run(
                 run_id,
                 cfg,
@@ -447,8 +453,11 @@ class RunManager:
         threading.Thread(target=read, name=f"mugpt-read-{run.id}", daemon=True).start()
         threading.Thread(target=write, name=f"mugpt-write-{run.id}", daemon=True).start()
 
-    def open_dir(self, path: str | Path) -> Run:
-        """Adds a finished run directory as a read-only run."""
+    def open_dir(self, path: str | Path, trusted: bool = False) -> Run:
+        """Adds a finished run directory as a read-only run. Unless ``trusted`` (named on the
+        command line), it must lie inside the data folders or the server's runs folder."""
+        if not trusted:
+            path = self.open_roots.check_run_dir(path)
         try:
             raw, stream, history = history_from_run_dir(path)
         except MugptError as exc:
@@ -460,8 +469,7 @@ class RunManager:
             cfg = cfg.replace(stream=str(raw.get("stream", "")))
         except (MugptError, TypeError, ValueError, KeyError, AttributeError):
             cfg = RunConfig()
-        number = next(self.ids)
-        run_id = f"r{number}"
+        run_id = new_run_id()
         run = Run(
             run_id,
             cfg,
@@ -514,11 +522,13 @@ def start_worker_server() -> None:
         forkserver.ensure_running()
 
 
-def _exists(path: str) -> bool:
-    try:
-        return Path(path).exists()
-    except (OSError, ValueError):  # a name too long, a NUL byte: no such file
-        return False
+def new_run_id() -> str:
+    """An unguessable run id: 16 hex digits from the operating system's random source.
+
+    >>> len(new_run_id()), new_run_id() != new_run_id()
+    (16, True)
+    """
+    return secrets.token_hex(8)
 
 
 def default_label(number: int, cfg: RunConfig) -> str:
