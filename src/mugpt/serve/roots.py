@@ -16,7 +16,7 @@ Example:
     >>> roots.check_spec("a=file:/etc/hostname")
     Traceback (most recent call last):
     ...
-    mugpt.serve.limits.LimitError: phase 'a': '/etc/hostname' is outside the folders this lab may read ...
+    mugpt.serve.limits.LimitError: phase 'a=file:/etc/hostname' is outside the folders this lab may read ...
 """
 
 from __future__ import annotations
@@ -123,10 +123,13 @@ class DataRoots:
         """Checks every ``file:``/``dir:`` phase of a stream spec (parsed by the corpus's own
         parser, so the paths are exactly those the worker will open)."""
         from mugpt.corpus import parse_spec
+        from mugpt.corpus.spec import split_phases
 
-        for phase in parse_spec(spec):
+        # messages quote each phase as written: the parsed path has its links resolved,
+        # and naming a link's target would tell what lies outside the folders
+        for (written, _), phase in zip(split_phases(spec), parse_spec(spec), strict=True):
             kind, _, arg = phase.source.partition(":")
-            what = f"phase '{phase.label}': {_given(phase.source)!r}"
+            what = f"phase {written!r}"
             if kind == "file":
                 self.check_file(arg, what)
             elif kind == "dir":
@@ -154,10 +157,6 @@ class DataRoots:
                     "refused)",
                 )
         return resolved
-
-
-def _given(source: str) -> str:
-    return source.partition(":")[2]
 
 
 def _mode(path: Path) -> int | None:
