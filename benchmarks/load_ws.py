@@ -31,13 +31,16 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
+
+TOKEN = {"value": ""}  # the lab's token, from its start URL
 
 
 def http(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", f"token {TOKEN['value']}")
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.loads(response.read())
 
@@ -54,8 +57,9 @@ def start_server(runs_dir: str) -> tuple[subprocess.Popen[bytes], str, Path]:
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        found = re.search(r"(http://127\.0\.0\.1:\d+/)", log_path.read_text())
+        found = re.search(r"(http://127\.0\.0\.1:\d+/)\?token=(\S+)", log_path.read_text())
         if found:
+            TOKEN["value"] = found.group(2)
             return proc, found.group(1), log_path
         if proc.poll() is not None:
             break
@@ -68,7 +72,7 @@ class Watcher:
     """One WebSocket client: counts what it receives."""
 
     def __init__(self, base: str, run_id: str) -> None:
-        self.url = base.replace("http://", "ws://") + f"ws/runs/{run_id}"
+        self.url = base.replace("http://", "ws://") + f"ws/runs/{run_id}?token={TOKEN['value']}"
         self.updates = 0
         self.messages = 0
         self.bytes = 0
@@ -152,7 +156,10 @@ async def watch_all(base: str, run_ids: list[str], clients: int, seconds: float)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", help="an already running lab on loopback (default: start one)")
+    parser.add_argument(
+        "--url",
+        help="an already running lab on loopback, its start URL with ?token= (default: start one)",
+    )
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=120.0)
@@ -167,7 +174,8 @@ def main() -> int:
             host = urlparse(args.url).hostname
             if host not in ("127.0.0.1", "localhost", "::1"):
                 parser.error("--url must be a loopback address (127.0.0.1)")
-            base = args.url.rstrip("/") + "/"
+            TOKEN["value"] = parse_qs(urlparse(args.url).query).get("token", [""])[0]
+            base = args.url.split("?")[0].rstrip("/") + "/"
         else:
             proc, base, _log = start_server(tmp)
         created: list[str] = []

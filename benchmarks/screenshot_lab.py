@@ -55,7 +55,10 @@ def main() -> int:
                 url = ""
                 deadline = time.monotonic() + 60
                 while not url and time.monotonic() < deadline:
-                    found = re.search(r"(http://127\.0\.0\.1:\d+/)", log_path.read_text())
+                    # the start URL, token included (the page keeps it as a cookie)
+                    found = re.search(
+                        r"(http://127\.0\.0\.1:\d+/\?token=\S+)", log_path.read_text()
+                    )
                     url = found.group(1) if found else ""
                     time.sleep(0.1)
                 if not url:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -35,19 +36,22 @@ CHROMIUM_ARGS = [
 ]
 WAIT_MS = 60_000  # generous upper bounds for slow, shared CI machines (not timing tests)
 FIRST_BYTES_MS = 240_000  # the first run waits for the engine to compile on a cold cache
+TOKEN = secrets.token_urlsafe(16)  # the lab's token (a script sends it as a header)
 
 
 def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
+    request = urllib.request.Request(url, headers={"Authorization": f"token {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``mugpt serve --no-browser --port 0`` in a subprocess; yields its URL."""
+    """``mugpt serve --no-browser --port 0`` in a subprocess; yields its URL (without the
+    token, which the page gets from the start URL it prints)."""
     runs = tmp_path_factory.mktemp("lab-runs")
     command = [sys.executable, "-m", "mugpt", "serve", "--no-browser", "--port", "0"]
-    command += ["--runs-dir", str(runs), "--max-sample-bytes", "1000"]
+    command += ["--runs-dir", str(runs), "--max-sample-bytes", "1000", "--token", TOKEN]
     log_path = runs / "server.log"
     log = log_path.open("w")
     proc = subprocess.Popen(
@@ -59,8 +63,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     deadline = time.monotonic() + 60
     url = ""
     while not url:
-        match = re.search(r"(http://127\.0\.0\.1:\d+/)", log_path.read_text())
+        match = re.search(r"(http://127\.0\.0\.1:\d+/)\?token=(\S+)", log_path.read_text())
         if match:
+            assert match.group(2) == TOKEN, "the start URL must carry the token"
             url = match.group(1)
         elif proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"the server did not start: {log_path.read_text()}")
@@ -103,7 +108,7 @@ def page(browser: Any, server: str) -> Iterator[Any]:
     pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.set_default_timeout(WAIT_MS)
-    pg.goto(server)
+    pg.goto(f"{server}?token={TOKEN}")  # the start URL, as mugpt serve opens it
     yield pg
     context.close()
     assert errors == [], f"the page logged errors: {errors}"

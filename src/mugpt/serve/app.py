@@ -57,6 +57,7 @@ from mugpt.serve.protocol import (
     UploadInfo,
     clean,
     dumps,
+    error_responses,
     parse_command,
 )
 from mugpt.serve.roots import DataRoots
@@ -260,7 +261,7 @@ def create_app(
 
     # ------------------------------------------------------------------ information
 
-    @app.get("/api/health", tags=["server"])
+    @app.get("/api/health", tags=["server"], responses=error_responses(422))
     async def health(
         lag_window: Annotated[
             float, Query(gt=0, le=600, description="seconds of lag samples")
@@ -284,7 +285,7 @@ def create_app(
             "workers_rss_mb": workers,
         }
 
-    @app.get("/api/settings", tags=["server"])
+    @app.get("/api/settings", tags=["server"], responses=error_responses())
     async def get_settings() -> dict[str, Any]:
         """The server's limits."""
         values = settings.model_dump(mode="json")
@@ -292,7 +293,7 @@ def create_app(
         values["data_dirs"] = [str(p) for p in roots.folders]
         return values
 
-    @app.get("/api/streams", tags=["streams"])
+    @app.get("/api/streams", tags=["streams"], responses=error_responses())
     async def streams() -> dict[str, Any]:
         """The sources a stream phase can use, the default stream, and whether TinyStories is
         in the local cache (it is offered only then)."""
@@ -318,7 +319,7 @@ def create_app(
             ],
         }
 
-    @app.get("/api/mechanisms", tags=["mechanisms"])
+    @app.get("/api/mechanisms", tags=["mechanisms"], responses=error_responses())
     async def mechanisms() -> list[dict[str, Any]]:
         """Every mechanism with its config JSON schema, defaults and strict-online flag."""
         from mugpt.mechanisms import REGISTRY, available
@@ -344,33 +345,35 @@ def create_app(
 
     # ------------------------------------------------------------------ runs
 
-    @app.get("/api/runs", tags=["runs"])
+    @app.get("/api/runs", tags=["runs"], responses=error_responses())
     async def list_runs() -> list[RunInfo]:
         """Every run this server knows, oldest first."""
         return [r.info() for r in manager.runs.values()]
 
-    @app.post("/api/runs", status_code=201, tags=["runs"])
+    @app.post("/api/runs", status_code=201, tags=["runs"], responses=error_responses(422, 429))
     async def create_run(body: RunCreate) -> RunInfo:
         """Starts a run (a worker process learning the stream). 422: a bad configuration or
         a model over the limits; 429: too many runs at once."""
         run = await manager.create(body.config, body.label, body.paused, body.max_bytes_per_s)
         return run.info()
 
-    @app.post("/api/runs/open", status_code=201, tags=["runs"])
+    @app.post("/api/runs/open", status_code=201, tags=["runs"], responses=error_responses(404, 422))
     async def open_run(body: OpenRunDir) -> RunInfo:
         """Shows a finished run directory (config.json, summary.json, log.csv), read-only."""
         return manager.open_dir(body.path).info()
 
-    @app.get("/api/runs/{run_id}", tags=["runs"])
+    @app.get("/api/runs/{run_id}", tags=["runs"], responses=error_responses(404))
     async def get_run(run_id: str) -> RunInfo:
         return manager.get(run_id).info()
 
-    @app.get("/api/runs/{run_id}/history", tags=["runs"])
+    @app.get("/api/runs/{run_id}/history", tags=["runs"], responses=error_responses(404))
     async def get_history(run_id: str) -> dict[str, Any]:
         """The run's history at bounded resolution (what the page draws on connect)."""
         return clean(manager.get(run_id).history.snapshot())
 
-    @app.post("/api/runs/{run_id}/commands", tags=["runs"])
+    @app.post(
+        "/api/runs/{run_id}/commands", tags=["runs"], responses=error_responses(404, 409, 422)
+    )
     async def run_command(run_id: str, command: Command) -> CommandReply:
         """Applies one command (the same ones the WebSocket takes) and returns its result.
         422: a command the run cannot apply; 409: the run is not live."""
@@ -390,20 +393,35 @@ def create_app(
             check_sample_length(command.length, settings)
         return await run.command(command.model_dump(exclude={"request_id"}))
 
-    @app.post("/api/runs/{run_id}/stop", tags=["runs"])
+    @app.post("/api/runs/{run_id}/stop", tags=["runs"], responses=error_responses(404))
     async def stop_run(run_id: str) -> RunInfo:
         """Stops the worker after it writes its run directory; the run stays viewable."""
         run = manager.get(run_id)
         await run.stop()
         return run.info()
 
-    @app.delete("/api/runs/{run_id}", tags=["runs"])
+    @app.delete("/api/runs/{run_id}", tags=["runs"], responses=error_responses(404))
     async def delete_run(run_id: str) -> dict[str, Any]:
         """Stops the run (if live) and forgets it."""
         await manager.remove(run_id)
         return {"ok": True, "id": run_id}
 
-    @app.get("/api/runs/{run_id}/export/{what}", tags=["runs"])
+    @app.get(
+        "/api/runs/{run_id}/export/{what}",
+        tags=["runs"],
+        response_class=FileResponse,
+        responses={
+            200: {
+                "description": "the file: log CSV, summary/config JSON, checkpoint npz",
+                "content": {
+                    "text/csv": {"schema": {"type": "string"}},
+                    "application/json": {"schema": {"type": "object"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            **error_responses(404, 409, 422),
+        },
+    )
     async def export(
         run_id: str, what: Literal["log", "summary", "checkpoint", "config"]
     ) -> FileResponse:
@@ -433,7 +451,9 @@ def create_app(
 
     # ------------------------------------------------------------------ uploads
 
-    @app.post("/api/uploads", status_code=201, tags=["streams"])
+    @app.post(
+        "/api/uploads", status_code=201, tags=["streams"], responses=error_responses(413, 422)
+    )
     async def upload(
         file: Annotated[UploadFile, File(description="a text file to learn as a phase")],
         label: Annotated[str | None, Form(max_length=40)] = None,
@@ -462,6 +482,37 @@ def create_app(
             await asyncio.to_thread(atomic_write_bytes, path, b"".join(chunks))
         source = f"file:{path}".replace(",", "\\,")
         return UploadInfo(label=name, source=source, bytes=size, spec=f"{name}={source}")
+
+    # ------------------------------------------------------------------ the schema
+
+    generate_schema = app.openapi
+
+    def openapi_with_token() -> dict[str, Any]:
+        """The schema says what the guard requires: the token, as a header or the cookie."""
+        if app.openapi_schema is None:
+            schema = generate_schema()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "token": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "'token TOKEN', TOKEN as printed in the start URL",
+                },
+                "cookie": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "mugpt-token-PORT",
+                    "description": "set by the page's start URL (/?token=TOKEN)",
+                },
+            }
+            if access.token is not None:
+                for operations in schema["paths"].values():
+                    for operation in operations.values():
+                        operation["security"] = [{"token": []}, {"cookie": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi_with_token  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ live socket
 

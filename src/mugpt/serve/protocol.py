@@ -234,6 +234,43 @@ class RunInfo(BaseModel):
     run_dir: str | None = None
 
 
+class ErrorDetail(BaseModel):
+    """Every 4xx answer of the API: one line naming the problem and the fix."""
+
+    detail: str
+
+
+class ValidationDetail(BaseModel):
+    """A 422: one line from the lab's own checks, or the request's schema errors as a list."""
+
+    detail: str | list[dict[str, Any]]
+
+
+ERROR_DESCRIPTIONS = {
+    400: "a host name this lab does not answer to, or a body that cannot be parsed",
+    401: "no token: open the start URL, or send 'Authorization: token TOKEN'",
+    403: "a wrong token, a foreign page's origin, or a path outside the data folders",
+    404: "no such run (or run directory)",
+    409: "the run is not live (stopped, failed, or opened from a folder)",
+    413: "an upload over the server's limit",
+    422: "a request the lab cannot apply (the detail says why and what to change)",
+    429: "too many runs at once (--max-runs)",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the given 4xx codes, plus 400/401/403 of every API route.
+
+    >>> sorted(error_responses(404))
+    [400, 401, 403, 404]
+    """
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in sorted({400, 401, 403, *codes}):
+        model = ValidationDetail if code == 422 else ErrorDetail
+        out[code] = {"model": model, "description": ERROR_DESCRIPTIONS[code]}
+    return out
+
+
 class UploadInfo(BaseModel):
     """An uploaded text, ready to be a phase: ``spec`` is ``label=file:PATH``."""
 
