@@ -275,7 +275,7 @@ def test_mean_ci_is_t_times_standard_error() -> None:
 # ---------------------------------------------------------------------- running
 
 
-def test_local_sweep_runs_records_skips_and_reports(tmp_path: Path) -> None:
+def test_local_sweep_runs_records_skips_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     spec = small_spec()
     out = tmp_path / "sweep"
     first = run_sweep(spec, out, workers=2, echo=quiet)
@@ -316,8 +316,15 @@ def test_local_sweep_runs_records_skips_and_reports(tmp_path: Path) -> None:
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # `mugpt sweep report` regenerates; `status` counts
     (out / "results.md").unlink()
+    capsys.readouterr()
     assert cli_main(["sweep", "report", str(out)]) == 0
     assert (out / "results.md").read_text() == md
+    # ... and prints the table itself: each lr with its mean bpb ± CI over the two seeds
+    printed = capsys.readouterr().out
+    for t in table:
+        line = next(x for x in printed.splitlines() if f" {t['optim.lr']} " in x)
+        assert f"{float(t['bpb_mean']):.4f} ± {float(t['bpb_ci95']):.4f}" in line
+        assert " 2 " in line  # seeds
 
 
 def test_failing_and_dying_runs_are_recorded_and_the_sweep_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip

@@ -78,3 +78,15 @@ def test_ray_sweep_gives_the_local_results_and_records_faults(
     # re-running on Ray with the default run function finishes the failed good run only
     again = run_sweep(spec, out, backend="ray", retry_failed=True, echo=quiet)
     assert again.ran == 3 and again.counts == {"done": 2, "failed": 2}
+
+
+def test_joining_a_cluster_that_is_not_running_says_so(tmp_path: Path) -> None:
+    import subprocess
+
+    spec = Path(__file__).parent.parent / "examples" / "sweep-small.toml"
+    cmd = [sys.executable, "-m", "mugpt", "sweep", "run", str(spec), "--out", str(tmp_path / "o"),
+           "--backend", "ray", "--address", "auto"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "no Ray cluster answers at --address auto" in done.stderr
+    assert "ray start --head" in done.stderr and "Traceback" not in done.stderr

@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
     p.add_argument("--prompt", default="", help="text to continue (UTF-8)")
     p.add_argument("-n", "--length", type=int, default=200, help="bytes to generate (200)")
     p.add_argument(
-        "--temperature", type=float, default=1.0, help="> 0; below 1 is more conservative"
+        "--temperature", type=float, default=1.0, help="> 0; below 1 is more conservative (1.0)"
     )
     p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest bytes (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass to keep (1 = off)")

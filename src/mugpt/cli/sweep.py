@@ -116,9 +116,42 @@ def cmd_report(args: argparse.Namespace) -> int:
     from mugpt.sweep.report import write_report
 
     paths = write_report(args.dir)
+    print_summary_table(args.dir)
     for key, path in paths.items():
         print(f"{key:>9}: {path}")
     return 0
+
+
+def print_summary_table(folder: str) -> None:
+    """Prints each point of the sweep (per stream) with its mean bpb, 95% interval, bytes/s
+    and seed count, so the report is readable without opening ``results.md``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mugpt.sweep.report import aggregate, load_sweep_results, table_rows
+
+    rows = table_rows(aggregate(load_sweep_results(folder)))
+    if not rows:
+        print(f"{folder}: no finished runs yet")
+        return
+    fixed = {"stream", "update_every", "window_loss", "seeds", "failed"}
+    axes = [k for k in rows[0] if k not in fixed and not k.startswith(("phase", "baseline_"))
+            and not k.endswith(("_mean", "_ci95"))]  # fmt: skip
+    table = Table(title=f"sweep {folder}", show_lines=False)
+    for name in ["stream", *axes, "k", "seeds", "bpb (95% CI)", "bytes/s"]:
+        table.add_column(name, justify="right" if name in ("k", "seeds", "bytes/s") else "left")
+
+    def num(value: object, fmt: str) -> str:
+        return "—" if value is None else format(value, fmt)
+
+    for r in rows:
+        bpb = num(r.get("bpb_mean"), ".4f")
+        if r.get("bpb_ci95") is not None:
+            bpb += f" ± {r['bpb_ci95']:.4f}"
+        table.add_row(str(r["stream"]), *(str(r.get(a, "")) for a in axes),
+                      str(r["update_every"]), str(r["seeds"]), bpb,
+                      num(r.get("bytes_per_s_mean"), ",.0f"))  # fmt: skip
+    Console(width=160).print(table)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -214,8 +214,14 @@ class RayBackend:
                     ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
                              **kwargs)  # fmt: skip
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                where = f"at {address!r}" if address else "locally"
-                raise ConfigError(f"cannot start or reach Ray {where}: {exc}") from None
+                if address:
+                    # Ray's own message asks for the --address just given; say what is missing
+                    raise ConfigError(
+                        f"no Ray cluster answers at --address {address}: start one first "
+                        "(`ray start --head` on this machine, or on the head node), or drop "
+                        "--address to run on a private local Ray instance"
+                    ) from None
+                raise ConfigError(f"cannot start a local Ray instance: {exc}") from None
             self.owns = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.slots = max(1, min(cpus, workers) if workers else cpus)
