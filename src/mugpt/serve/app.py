@@ -41,7 +41,9 @@ from fastapi import (
     WebSocketDisconnect,
 )
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mugpt import __version__
 from mugpt.errors import ConfigError, MugptError
@@ -222,6 +224,25 @@ def create_app(
     async def user_error(request: Request, exc: MugptError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # FastAPI routes each method of a path separately, so Allow listed only one
+            path = request.url.path
+            routes = [r for r in app.router.routes if isinstance(r, APIRoute)]
+            first = next((r for r in routes if r.path_regex.match(path)), None)
+            allowed = {
+                method
+                for route in routes
+                if first is not None and route.path == first.path
+                for method in route.methods or ()
+            }
+            headers["Allow"] = ", ".join(sorted(allowed))
+        return JSONResponse(
+            status_code=exc.status_code, content={"detail": exc.detail}, headers=headers
+        )
+
     @app.exception_handler(RecursionError)
     async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
         return JSONResponse(
@@ -354,7 +375,9 @@ def create_app(
     async def create_run(body: RunCreate) -> RunInfo:
         """Starts a run (a worker process learning the stream). 422: a bad configuration or
         a model over the limits; 429: too many runs at once."""
-        run = await manager.create(body.config, body.label, body.paused, body.max_bytes_per_s)
+        run = await manager.create(
+            body.config.values(), body.label, body.paused, body.max_bytes_per_s
+        )
         return run.info()
 
     @app.post("/api/runs/open", status_code=201, tags=["runs"], responses=error_responses(404, 422))
@@ -505,6 +528,9 @@ def create_app(
                     "description": "set by the page's start URL (/?token=TOKEN)",
                 },
             }
+            upload = schema["components"]["schemas"].get("Body_upload_api_uploads_post", {})
+            if "file" in upload.get("properties", {}):
+                upload["properties"]["file"]["minLength"] = 1  # an empty upload is refused
             if access.token is not None:
                 for operations in schema["paths"].values():
                     for operation in operations.values():

@@ -36,12 +36,27 @@ RequestId = Annotated[
 ]
 
 
+def _mechanism_names(schema: dict[str, Any]) -> None:
+    """The schema lists the installed mechanisms (read when the schema is built)."""
+    from mugpt.mechanisms import available
+
+    schema["enum"] = list(available())
+
+
+def _preset_names(schema: dict[str, Any]) -> None:
+    from mugpt.engine.config import PRESETS
+
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "string":
+            option["enum"] = sorted(PRESETS)
+
+
 MAX_COMMAND_CHARS = 1_000_000
 """Longest command text accepted (a sample prompt of 10,000 characters fits many times)."""
 
 
 class _Command(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
     request_id: RequestId = None
 
 
@@ -86,7 +101,12 @@ class SetMechanism(_Command):
     """Turn a mechanism on or off and/or change its parameters (adds it if absent)."""
 
     type: Literal["mechanism"]
-    name: str = Field(min_length=1, max_length=64, description="a name from /api/mechanisms")
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        description="a name from /api/mechanisms",
+        json_schema_extra=_mechanism_names,
+    )
     enabled: bool | None = Field(default=None, description="null keeps the current on/off state")
     params: dict[str, bool | int | float | str | None] = Field(
         default_factory=dict, description="fields of the mechanism's config schema"
@@ -110,7 +130,7 @@ class Sample(_Command):
     top_k: int = Field(default=0, ge=0, le=256, description="keep the k likeliest bytes; 0 = all")
     top_p: float = Field(default=1.0, gt=0, le=1, description="nucleus sampling mass; 1 = off")
     seed: int | None = Field(
-        default=0, ge=0, le=2**63 - 1, description="null = a fresh random seed"
+        default=0, ge=0, le=2**53 - 1, description="null = a fresh random seed"
     )
 
 
@@ -179,16 +199,44 @@ def parse_command(data: str | bytes | dict[str, Any]) -> Any:
 # ---------------------------------------------------------------------------- HTTP models
 
 
+class MechanismEntry(BaseModel):
+    """One mechanism of a run: its name (from /api/mechanisms) and its config's fields."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str = Field(min_length=1, max_length=64, json_schema_extra=_mechanism_names)
+    enabled: bool = True
+
+
+class RunConfigBody(BaseModel):
+    """A (partial) run configuration, as in config.json; missing keys take the defaults of
+    the preset (``seed`` unless named). The fields of model, optim and learner are those of
+    ``mugpt run --help``; the lab checks them and answers 422 naming a bad one."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+    preset: str | None = Field(
+        default=None, max_length=64, description="a named preset", json_schema_extra=_preset_names
+    )
+    model: dict[str, Any] = Field(default_factory=dict, description='e.g. {"d_model": 32}')
+    optim: dict[str, Any] = Field(default_factory=dict, description='e.g. {"lr": 0.003}')
+    learner: dict[str, Any] = Field(default_factory=dict, description='e.g. {"update_every": 4}')
+    mechanisms: list[MechanismEntry] = Field(default_factory=list, max_length=32)
+    stream: str = Field(default="", max_length=100_000, description="a stream spec")
+    seed: int = Field(default=0, ge=0, le=2**53 - 1)
+
+    def values(self) -> dict[str, Any]:
+        """The keys the request gave (the rest take the preset's defaults)."""
+        values = self.model_dump(exclude_unset=True)
+        if values.get("preset", "") is None:
+            del values["preset"]
+        return values
+
+
 class RunCreate(BaseModel):
     """Body of ``POST /api/runs``: a (partial) run configuration and how to start."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
-    config: dict[str, Any] = Field(
-        default_factory=dict,
-        description="sections model, optim, learner, mechanisms, stream, seed, preset "
-        "(as in config.json); missing keys take the seed defaults",
-    )
+    config: RunConfigBody = Field(default_factory=RunConfigBody)
     label: str | None = Field(default=None, max_length=80, description="a name shown in the page")
     paused: bool = Field(default=False, description="start paused instead of learning at once")
     max_bytes_per_s: float | None = Field(
@@ -199,7 +247,7 @@ class RunCreate(BaseModel):
 class OpenRunDir(BaseModel):
     """Body of ``POST /api/runs/open``: a finished run directory to view."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     path: str = Field(min_length=1, max_length=4096)
 
 
