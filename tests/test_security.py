@@ -298,3 +298,53 @@ def test_bad_frames_are_answered_and_the_socket_stays_open(client: TestClient) -
         "/api/runs", content="[" * 100_000, headers={"Content-Type": "application/json"}
     )
     assert deep_http.status_code == 400 and "error parsing the body" in deep_http.text
+
+
+def test_the_start_url_carries_a_fresh_token_and_the_browser_opens_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import webbrowser
+
+    import uvicorn
+
+    from mugpt.cli import main
+
+    opened: list[str] = []
+    apps: list[Any] = []
+
+    def fake_run(self: Any, sockets: Any = None) -> None:  # listen no further
+        apps.append(self.config.app)
+        self.started = True
+        deadline = time.monotonic() + 10
+        while not opened and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
+    assert main(["serve", "--port", "0"]) == 0
+    out = capsys.readouterr().out
+    found = re.search(r"http://127\.0\.0\.1:(\d+)/\?token=([A-Za-z0-9_\-]+)", out)
+    assert found, out
+    token = found.group(2)
+    assert len(token) >= 43  # 32 random bytes, URL-safe
+    assert apps[0].state.access.token == token
+    assert opened == [found.group(0)]
+    assert "streams may read:" in out and "--data DIR" in out
+
+
+def test_a_public_host_warns_that_token_holders_can_read_the_data(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import uvicorn
+
+    from mugpt.cli import main
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    args = ["serve", "--no-browser", "--host", "0.0.0.0", "--port", "0", "--data", str(tmp_path)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "other machines can reach this port" in err
+    assert (
+        f"whoever gets the token can start runs on this machine and read every file under {tmp_path}"
+        in err
+    )

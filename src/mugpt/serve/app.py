@@ -625,6 +625,21 @@ def _env_settings() -> ServeSettings:
 
 
 def app_from_env() -> FastAPI:
-    """An app configured from ``MUGPT_SERVE_*`` variables (``uvicorn --factory`` entry)."""
+    """An app configured from ``MUGPT_SERVE_*`` variables (``uvicorn --factory`` entry):
+    ``MUGPT_SERVE_OPEN`` and ``MUGPT_SERVE_DATA`` (folders, ``os.pathsep``-separated),
+    ``MUGPT_SERVE_TOKEN`` (default: a fresh one, printed) and ``MUGPT_SERVE_ALLOW_HOSTS``
+    (comma-separated). Loopback host names only, plus those."""
+    from mugpt.serve.guard import new_token
+
     folders = os.environ.get("MUGPT_SERVE_OPEN", "").split(os.pathsep)
-    return create_app(_env_settings(), open_dirs=[p for p in folders if p])
+    data = [p for p in os.environ.get("MUGPT_SERVE_DATA", "").split(os.pathsep) if p]
+    token = os.environ.get("MUGPT_SERVE_TOKEN") or new_token()
+    if "MUGPT_SERVE_TOKEN" not in os.environ:
+        print(f"mugpt serve: the lab's token is {token} (open /?token={token})", flush=True)
+    hosts = tuple(h for h in os.environ.get("MUGPT_SERVE_ALLOW_HOSTS", "").split(",") if h)
+    return create_app(
+        _env_settings(),
+        open_dirs=[p for p in folders if p],
+        access=Access.local(token=token, extra_hosts=hosts),
+        data_dirs=data or None,
+    )

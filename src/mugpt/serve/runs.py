@@ -373,7 +373,8 @@ class RunManager:
         max_bytes_per_s: float | None = None,
     ) -> Run:
         """Validates a configuration and starts a worker learning it."""
-        cfg = self.validate(values)
+        # off the event loop: building the model and walking a dir: folder take a while
+        cfg = await asyncio.to_thread(self.validate, values)
         async with self.lock:
             if self.live_count() >= self.settings.max_runs:
                 finished = [r for r in self.runs.values() if r.live and r.state == "finished"]
