@@ -348,3 +348,20 @@ def test_a_public_host_warns_that_token_holders_can_read_the_data(
         f"whoever gets the token can start runs on this machine and read every file under {tmp_path}"
         in err
     )
+
+
+def test_a_file_read_whole_counts_its_size_against_the_stream_limit(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    big = data / "big.txt"
+    big.write_bytes(b"x" * 5000)
+    settings = ServeSettings(runs_dir=tmp_path / "runs", max_stream_bytes=4000)
+    app = create_app(settings, access=Access.local(token=TOKEN), data_dirs=[data])
+    with TestClient(app, base_url=BASE, headers=AUTH) as c:
+        for stream in (f"a=file:{big}", f"a=dir:{data}"):
+            r = create(c, stream)
+            assert r.status_code == 422, r.text
+            assert "asks for 5,000 bytes; this server allows at most 4,000" in r.json()["detail"]
+        r = create(c, f"a=file:{big}:3k")  # a budget within the limit is fine
+        assert r.status_code == 201, r.text
+        c.delete(f"/api/runs/{r.json()['id']}")

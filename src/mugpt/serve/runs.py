@@ -351,19 +351,21 @@ class RunManager:
     def _check_stream(self, spec: str, check_paths: bool = True) -> None:
         from mugpt.corpus import parse_spec
 
+        if check_paths:  # first: nothing is told about a path outside the folders
+            self.roots.check_spec(spec)
         total = 0
         for phase in parse_spec(spec):
             if phase.kind == "stdin":
                 raise LimitError(422, "the lab cannot read stdin; upload the text instead")
-            total += phase.budget or 0
+            # a file or folder read whole counts its size: refused now, not after reading
+            total += phase.budget if phase.budget is not None else _source_bytes(phase.source)
         if total > self.settings.max_stream_bytes:
             raise LimitError(
                 422,
                 f"the stream asks for {total:,} bytes; this server allows at most "
-                f"{self.settings.max_stream_bytes:,} (start it with --max-stream-mb)",
+                f"{self.settings.max_stream_bytes:,} (start it with --max-stream-mb, or give "
+                "the phases budgets such as file:PATH:10M)",
             )
-        if check_paths:
-            self.roots.check_spec(spec)
 
     async def create(
         self,
@@ -521,6 +523,22 @@ def start_worker_server() -> None:
     if "forkserver" in multiprocessing.get_all_start_methods():
         worker_context()
         forkserver.ensure_running()
+
+
+def _source_bytes(source: str) -> int:
+    """Bytes a ``file:``/``dir:`` source holds (read whole); 0 for other sources, whose
+    budget is required or whose size is their own."""
+    from mugpt.corpus.sources import walk_files
+
+    kind, _, arg = source.partition(":")
+    try:
+        if kind == "file":
+            return os.stat(arg).st_size
+        if kind == "dir":
+            return sum(p.stat().st_size for p in walk_files(Path(arg)))
+    except (OSError, ValueError):
+        return 0  # the worker's own check names the problem
+    return 0
 
 
 def new_run_id() -> str:
