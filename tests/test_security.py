@@ -365,3 +365,18 @@ def test_a_file_read_whole_counts_its_size_against_the_stream_limit(tmp_path: Pa
         r = create(c, f"a=file:{big}:3k")  # a budget within the limit is fine
         assert r.status_code == 201, r.text
         c.delete(f"/api/runs/{r.json()['id']}")
+
+
+def test_the_users_own_stream_flag_is_trusted(folders: dict[str, Path]) -> None:
+    """``mugpt serve --stream file:...`` names a file on the command line: runs of that stream
+    (sent back by the page or left out) may read it; other files outside stay refused."""
+    own = f"mine=file:{folders['outside']}/secret.txt"
+    settings = ServeSettings(runs_dir=folders["runs"], default_stream=own)
+    app = create_app(settings, access=Access.local(token=TOKEN), data_dirs=[folders["data"]])
+    with TestClient(app, base_url=BASE, headers=AUTH) as c:
+        for body in ({"stream": own}, {}):
+            r = c.post("/api/runs", json={"config": body, "paused": True})
+            assert r.status_code == 201, r.text
+            c.delete(f"/api/runs/{r.json()['id']}")
+        other = create(c, f"a=file:{folders['outside']}/run/log.csv")
+        refused_naming_the_roots(other, folders["data"])

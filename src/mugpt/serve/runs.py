@@ -341,7 +341,9 @@ class RunManager:
         try:
             cfg.build_learner()  # model, optimiser, protocol and mechanism parameters
             if cfg.stream:
-                self._check_stream(cfg.stream, check_paths=bool(requested))
+                # the user's own --stream is trusted also when a page sends it back
+                trusted = not requested or requested == self.settings.default_stream
+                self._check_stream(cfg.stream, check_paths=not trusted)
         except MugptError as exc:
             raise LimitError(422, str(exc)) from None
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError, OSError) as exc:
