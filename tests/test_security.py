@@ -380,3 +380,14 @@ def test_the_users_own_stream_flag_is_trusted(folders: dict[str, Path]) -> None:
             c.delete(f"/api/runs/{r.json()['id']}")
         other = create(c, f"a=file:{folders['outside']}/run/log.csv")
         refused_naming_the_roots(other, folders["data"])
+
+
+def test_tinystories_is_used_only_from_the_cache(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mugpt.corpus
+
+    monkeypatch.setattr(mugpt.corpus, "tinystories_cached", lambda split="valid": False)
+    r = create(client, "t=tinystories:train:1M")
+    assert r.status_code == 422, r.text
+    assert "not in the local cache and the lab does not download it" in r.json()["detail"]

@@ -359,6 +359,8 @@ class RunManager:
         for phase in parse_spec(spec):
             if phase.kind == "stdin":
                 raise LimitError(422, "the lab cannot read stdin; upload the text instead")
+            if phase.kind == "tinystories":
+                self._check_cached(phase.source)
             # a file or folder read whole counts its size: refused now, not after reading
             total += phase.budget if phase.budget is not None else _source_bytes(phase.source)
         if total > self.settings.max_stream_bytes:
@@ -367,6 +369,21 @@ class RunManager:
                 f"the stream asks for {total:,} bytes; this server allows at most "
                 f"{self.settings.max_stream_bytes:,} (start it with --max-stream-mb, or give "
                 "the phases budgets such as file:PATH:10M)",
+            )
+
+    @staticmethod
+    def _check_cached(source: str) -> None:
+        """A page may use TinyStories only from the local cache: a request must not make the
+        server download gigabytes."""
+        from mugpt.corpus import tinystories_cached
+
+        split = source.partition(":")[2] or "valid"
+        if not tinystories_cached(split):
+            raise LimitError(
+                422,
+                f"{source} is not in the local cache and the lab does not download it; fetch "
+                f"it once with `mugpt run --stream 'tinystories:{split}:1k' --max-bytes 1k` "
+                "(online), then start the run again",
             )
 
     async def create(
