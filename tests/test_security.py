@@ -391,3 +391,13 @@ def test_tinystories_is_used_only_from_the_cache(
     r = create(client, "t=tinystories:train:1M")
     assert r.status_code == 422, r.text
     assert "not in the local cache and the lab does not download it" in r.json()["detail"]
+
+
+def test_no_token_on_loopback_still_checks_host_and_origin(folders: dict[str, Path]) -> None:
+    settings = ServeSettings(runs_dir=folders["runs"])
+    access = Access.for_host("127.0.0.1", None)  # mugpt serve --no-token
+    with TestClient(create_app(settings, access=access), base_url=BASE) as c:
+        assert c.get("/api/runs").status_code == 200
+        assert c.get("/api/runs", headers={"Host": "evil.example"}).status_code == 400
+        r = c.post("/api/runs", json={}, headers={"Origin": "http://evil.example"})
+        assert r.status_code == 403
