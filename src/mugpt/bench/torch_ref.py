@@ -29,8 +29,7 @@ import numpy as np
 
 from mugpt.errors import ConfigError
 from mugpt.model import BOS, init_params
-
-PROB_FLOOR = 2.0**-40
+from mugpt.model.constants import PROB_FLOOR, RMS_EPS
 
 
 class TorchLearner:
@@ -69,7 +68,7 @@ class TorchLearner:
         x = p["wte"][idx] + p["wpe"][:n]
 
         def rms(z: Any, g: Any) -> Any:
-            return z * torch.rsqrt((z * z).mean(-1, keepdim=True) + 1e-5) * g
+            return z * torch.rsqrt((z * z).mean(-1, keepdim=True) + RMS_EPS) * g
 
         act = {
             "relu": torch.relu,

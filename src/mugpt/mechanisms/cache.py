@@ -26,8 +26,8 @@ import numpy as np
 from pydantic import Field
 
 from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
-
-VOCAB = 257
+from mugpt.model.constants import JIT_OPTIONS, PROB_FLOOR
+from mugpt.model.constants import VOCAB_SIZE as VOCAB
 
 
 class PairMemory:
@@ -228,8 +228,8 @@ topk_rows: Callable[[np.ndarray, int, int], np.ndarray]
 try:  # compiled kernels when numba is present; the NumPy versions select the same pairs
     import numba
 
-    cache_rows = numba.njit(cache=True, nogil=True)(_cache_rows_loops)
-    topk_rows = numba.njit(cache=True, nogil=True)(_topk_loops)
+    cache_rows = numba.njit(**JIT_OPTIONS)(_cache_rows_loops)
+    topk_rows = numba.njit(**JIT_OPTIONS)(_topk_loops)
 except ImportError:  # pragma: no cover - numba is a dependency
     cache_rows = _cache_rows_numpy
     topk_rows = _topk_numpy
@@ -280,8 +280,8 @@ class MixStats:
         mem_true = p_mem[rows, t]
         self.hits += int(np.count_nonzero(mem_true > 0))
         self.top1 += int(np.count_nonzero(p_mem[rows].argmax(axis=1) == t))
-        before = np.maximum(p_in[rows, t], 2.0**-40)
-        after = np.maximum(p_out[rows, t], 2.0**-40)
+        before = np.maximum(p_in[rows, t], PROB_FLOOR)
+        after = np.maximum(p_out[rows, t], PROB_FLOOR)
         self.bits_saved += float(np.sum(np.log2(after) - np.log2(before)))
 
     def as_dict(self, lam: float) -> dict[str, Any]:

@@ -46,11 +46,12 @@ from numba import njit
 from pydantic import Field
 
 from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
-from mugpt.model.fast import C_FORWARD, D_T, PROB_FLOOR, forward_batch, gather_step, train_step
+from mugpt.model.constants import JIT_OPTIONS, PROB_FLOOR
+from mugpt.model.constants import VOCAB_SIZE as V
+from mugpt.model.fast import C_FORWARD, D_T, forward_batch, gather_step, train_step
 
-V = 257
 BYTES = 256
-_JIT: dict[str, Any] = {"cache": True, "nogil": True, "error_model": "numpy"}
+_JIT = JIT_OPTIONS
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 LOG_FLOOR = 1e-12
 N_BUCKETS = 6

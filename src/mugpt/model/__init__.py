@@ -1,6 +1,7 @@
 """Pure math on arrays: config, parameters, forward/backward, optimisers, sampling."""
 
-from mugpt.model.config import BOS, VOCAB_SIZE, ModelConfig
+from mugpt.model.config import ModelConfig
+from mugpt.model.constants import BOS, VOCAB_SIZE
 from mugpt.model.gpt import GPT, Activations
 from mugpt.model.optim import OptimConfig, Optimizer, UpdateInfo
 from mugpt.model.params import ParamBuffer, init_params, param_shapes

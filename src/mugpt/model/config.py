@@ -12,11 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mugpt.errors import ConfigError
-
-VOCAB_SIZE = 257
-"""Bytes 0..255 and BOS."""
-BOS = 256
-"""The symbol that starts the stream and every declared document."""
+from mugpt.model.constants import VOCAB_SIZE
 
 ACTIVATIONS = ("relu", "gelu", "silu")
 DTYPES = ("float32", "float64")

@@ -45,16 +45,14 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from mugpt.model.config import BOS, ModelConfig
+from mugpt.model.config import ModelConfig
+from mugpt.model.constants import BOS, JIT_OPTIONS, PROB_FLOOR, RMS_EPS
 from mugpt.model.optim import UpdateInfo
 from mugpt.model.params import ParamBuffer, init_params
 
-_JIT: dict[str, Any] = {"cache": True, "error_model": "numpy", "nogil": True}
+_JIT = JIT_OPTIONS
 ACTIVATION_CODES = {"relu": 0, "gelu": 1, "silu": 2}
-RMS_EPS = 1e-5
 _GELU_C = math.sqrt(2.0 / math.pi)
-PROB_FLOOR = 2.0**-40
-"""Smallest probability scored (as in the Learner): a loss never exceeds 40 bits."""
 
 # dims vector: what the kernels know of the config
 D_LAYERS, D_C, D_H, D_F, D_T, D_V, D_ACT, D_TIED = range(8)

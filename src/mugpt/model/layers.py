@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-RMS_EPS = 1e-5
+from mugpt.model.constants import RMS_EPS
+
 _GELU_C = np.sqrt(2.0 / np.pi)
 
 

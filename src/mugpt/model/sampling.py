@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mugpt.errors import ConfigError
-from mugpt.model.config import BOS
+from mugpt.model.constants import BOS
 from mugpt.model.gpt import GPT
 
 
