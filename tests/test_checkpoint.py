@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mugpt.corpus import Stream
+from mugpt.corpus.stream import Phase
 from mugpt.engine import Learner, LearnerConfig, load_checkpoint, save_checkpoint
 from mugpt.errors import CheckpointError
 from mugpt.model import ModelConfig, OptimConfig
@@ -129,3 +130,86 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path, mo
         save_checkpoint(learner, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ok.npz"]  # no temp file left
+
+
+# ------------------------------------------------------------------ resume from any stop point
+
+MECHS = [
+    "grad_clip",
+    "selective_backprop",
+    "adaptive_lr",
+    "replay",
+    "cache",
+    "knn",
+    "ngram_mix",
+]
+STOP_DATA = (b"Call me Ishmael. Some years ago - never mind how long precisely - " * 8)[:420]
+CUT = 203  # not a multiple of 3, 4 or 8
+
+
+def _docs(data: bytes, doc_starts: list[int]) -> Stream:
+    phases = [Phase("input", "bytes", 0, len(data))]
+    return Stream(data=data, phases=phases, doc_starts=np.array(doc_starts, dtype=np.int64))
+
+
+def _learner_cfg(k: int, mech: str | None) -> tuple:  # type: ignore[type-arg]
+    from mugpt.mechanisms import make_mechanism
+
+    names = MECHS if mech == "all" else ([] if mech is None else [mech])
+    return (
+        ModelConfig(),
+        OptimConfig(lr=0.01),
+        [make_mechanism(name) for name in names],
+        LearnerConfig(update_every=k, seed=3),
+    )
+
+
+@pytest.mark.parametrize("mech", [None, *MECHS, "all"])
+@pytest.mark.parametrize("k", [1, 3, 4, 8])
+def test_resume_from_a_stop_inside_a_step_is_bit_for_bit(
+    tmp_path: Path, k: int, mech: str | None
+) -> None:
+    stream = _docs(STOP_DATA, [0, 150, 151, 300])
+    straight = Learner(*_learner_cfg(k, mech)).run(stream).losses
+
+    first = Learner(*_learner_cfg(k, mech))
+    part = first.run(stream, max_bytes=CUT)
+    # the call ends on a step boundary at or before the cap, never inside a step
+    assert CUT - k < part.bytes <= CUT
+    ckpt = tmp_path / "cut.npz"
+    save_checkpoint(first, ckpt)
+    resumed = load_checkpoint(ckpt)
+    losses = resumed.run(stream).losses
+    assert losses.shape == straight.shape
+    assert np.array_equal(losses, straight)  # every loss, bit for bit
+
+
+def test_stops_follow_the_steps_when_documents_shorten_them() -> None:
+    # k = 24 with context 32: steps holding many document starts are shortened, so step
+    # boundaries are not multiples of k; calls capped anywhere still equal a straight run
+    doc_starts = [0, *range(40, 90, 2), 200, 201, 202]
+    stream = _docs(STOP_DATA[:300], doc_starts)
+    cfg = (ModelConfig(), OptimConfig(lr=0.01), [], LearnerConfig(update_every=24))
+    straight = Learner(*cfg).run(stream).losses
+    learner = Learner(*cfg)
+    for cap in (37, 61, 99, 150, 211, 250, 300):
+        learner.run(stream, max_bytes=cap)
+        assert learner.position <= cap
+    assert np.array_equal(learner.losses, straight)
+
+
+def test_cli_resume_after_a_stop_inside_a_step_equals_the_straight_run(tmp_path: Path) -> None:
+    from mugpt.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_bytes(
+        (b"The quick brown fox jumps over the lazy dog; pack my box with five dozen jugs. ") * 260
+    )
+    straight, half, rest = tmp_path / "s", tmp_path / "h", tmp_path / "r"
+    common = ["--quiet", "--no-baselines", "--mech", "replay", "--mech", "adaptive_lr"]
+    main(["run", str(text), "--out", str(straight), "--update-every", "4", *common])
+    main(["run", str(text), "--out", str(half), "--update-every", "4",
+          "--max-bytes", "10001", *common])  # fmt: skip
+    main(["run", "--resume", str(half / "checkpoint.npz"), str(text), "--out", str(rest),
+          "--quiet", "--no-baselines"])  # fmt: skip
+    assert (straight / "log.csv").read_text() == (rest / "log.csv").read_text()

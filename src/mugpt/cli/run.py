@@ -56,7 +56,12 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--stream-file", metavar="FILE", help="a TOML/JSON file of phases")
     s.add_argument("--shuffle", action="store_true", help="shuffle the phase order (seeded)")
-    s.add_argument("--max-bytes", metavar="N", help="stop after N bytes in all (k/M suffixes)")
+    s.add_argument(
+        "--max-bytes",
+        metavar="N",
+        help="stop after N bytes in all (k/M suffixes), at the last step boundary at or "
+        "before N, so --resume continues bit for bit",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="run directory (default runs/run-DATE-TIME)")
     o.add_argument("--force", action="store_true", help="replace a non-empty --out directory")

@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mugpt.engine.window import step_end, whole_steps_end
 from mugpt.errors import ConfigError
 from mugpt.mechanisms import Mechanism, StepContext
 from mugpt.model import BOS, GPT, ModelConfig, OptimConfig, Optimizer, UpdateInfo
 from mugpt.model.config import _from_dict
+from mugpt.model.constants import PROB_FLOOR
 
 if TYPE_CHECKING:
     from mugpt.corpus import Stream
 
 WINDOW_LOSSES = ("all", "new")
 BACKENDS = ("auto", "numba", "numpy")
-PROB_FLOOR = 2.0**-40
-"""Smallest probability scored; keeps a loss finite (40 bits) even if a float underflows."""
 
 
 @dataclass(frozen=True)
@@ -491,15 +491,21 @@ class Learner:
         """Reads ``stream`` from the Learner's position to its end (or ``max_bytes`` in all),
         ``update_every`` bytes per step, and returns the losses of every byte read so far.
 
+        A call stops only between steps: with ``max_bytes`` short of the stream's end it stops
+        at the last step boundary at or before ``max_bytes`` (with B > 1 and S > 0, the last
+        block boundary), unless less than one step is left. So a run continued by another
+        call, or resumed from a checkpoint saved after this one, equals an uninterrupted run
+        bit for bit (:mod:`mugpt.engine.window` holds the rule).
+
         With ``batch_streams`` B > 1 the bytes this call reads are split into B contiguous
         sub-streams that advance together (each starts with BOS, except the first, which
         continues the Learner's history); afterwards the Learner continues after the last.
         On the numba backend with no active mechanism the whole loop runs compiled."""
         data = np.frombuffer(stream.data, dtype=np.uint8)
-        end = data.size if max_bytes is None else min(data.size, max_bytes)
         starts = np.zeros(data.size + 1, dtype=bool)
         starts[np.asarray(stream.doc_starts, dtype=np.int64)] = True
         begin = self.position
+        end = self._stop_at(starts, data.size, max_bytes)
         t0 = time.perf_counter()
         active = [m for m in self.mechanisms if m.enabled]
         # a mechanism may bring its hooks into the compiled loop (same results, bit for bit)
@@ -533,6 +539,21 @@ class Learner:
             mechanisms=[m.describe() for m in self.mechanisms],
         )
 
+    def _stop_at(self, starts: np.ndarray, size: int, max_bytes: int | None) -> int:
+        """Where a call told to stop after ``max_bytes`` in all stops: on a step boundary
+        (B = 1) or a block boundary (B > 1 with S > 0), so that the next call, or a run
+        resumed from a checkpoint saved now, makes the same steps as an uninterrupted run."""
+        if max_bytes is None or max_bytes >= size:
+            return size
+        cap = max(self.position, max_bytes)
+        if self.cfg.batch_streams > 1:
+            block = self.cfg.block_bytes
+            stop = (cap // block) * block if block else cap
+            return stop if stop > self.position else cap
+        first = self.position == 0 and self._hist_len == 0
+        k, context = self.cfg.update_every, self.model_cfg.context
+        return whole_steps_end(starts, self.position, cap, size, k, context, first)
+
     def _run_steps(
         self,
         data: np.ndarray,
@@ -546,14 +567,8 @@ class Learner:
         last_report = time.perf_counter()
         while self.position < end:
             pos = self.position
-            stop = min(pos + k, end)
-            flags = starts[pos:stop]
-            # a step holds at most `context` symbols, BOS included
-            first_bos = pos == 0 and self._hist_len == 0 and not flags[0]
-            while stop - pos > 1 and (stop - pos) + int(flags.sum()) + first_bos > ctx_len:
-                stop -= 1
-                flags = starts[pos:stop]
-            self.step(data[pos:stop], flags)
+            stop = step_end(starts, pos, end, k, ctx_len, pos == 0 and self._hist_len == 0)
+            self.step(data[pos:stop], starts[pos:stop])
             if progress is not None:
                 now = time.perf_counter()
                 if now - last_report >= progress_every or self.position >= end:
@@ -599,13 +614,10 @@ class Learner:
             for sgi in active_segs:
                 pos = int(seg_pos[sgi])
                 first = hist_len[sgi] == 0
-                stop = min(pos + k, int(seg_end[sgi]))
+                stop = step_end(starts, pos, int(seg_end[sgi]), k, T, first)
                 flags = starts[pos:stop].copy()
                 if first:
                     flags[0] = True
-                while stop - pos > 1 and (stop - pos) + int(flags.sum()) > T:
-                    stop -= 1
-                    flags = flags[: stop - pos]
                 chunk = data[pos:stop].astype(np.int64)
                 symbols = np.insert(chunk, np.nonzero(flags)[0], BOS) if flags.any() else chunk
                 h, hl = hists[sgi], hist_len[sgi]

@@ -1,0 +1,103 @@
+"""The window rule, written once: where a step ends, and where a run may stop.
+
+A step begins at byte ``pos`` and takes up to ``k`` bytes. A BOS goes before every byte that
+starts a document and before the very first byte a history sees. A step holds at most
+``context`` symbols, BOS included, so a step that would hold more is shortened, one byte at a
+time, but never below one byte. Every path that splits a stream into steps (the Learner's
+per-step and batched loops, the compiled loop, the range coder) follows this rule, so the
+same bytes give the same steps, whichever path reads them.
+
+A run that is told to stop after ``cap`` bytes stops at the last step boundary at or before
+``cap`` (unless ``cap`` is the stream's end, or less than one step is left): its next call, or
+a run resumed from its checkpoint, then makes exactly the steps an uninterrupted run makes.
+
+Example:
+    >>> import numpy as np
+    >>> starts = np.zeros(11, dtype=bool)
+    >>> step_end(starts, 0, 10, 4, 32, True)  # 4 bytes (+ the first BOS) fit
+    4
+    >>> step_end(starts, 0, 10, 4, 4, True)  # BOS + 4 bytes > context 4: shortened to 3
+    3
+    >>> whole_steps_end(starts, 0, 7, 10, 4, 32, True)  # stop at byte 4, not in mid-step
+    4
+    >>> whole_steps_end(starts, 0, 10, 10, 4, 32, True)  # the stream's end is always a stop
+    10
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from mugpt.model.constants import JIT_OPTIONS
+
+
+@njit(**JIT_OPTIONS)
+def _step_end(
+    starts: Any, pos: int, end: int, k: int, context: int, first: bool
+) -> int:  # pragma: no cover - compiled
+    stop = min(pos + k, end)
+    while stop - pos > 1:
+        n_bos = 0
+        for i in range(pos, stop):
+            if starts[i] or (first and i == pos):
+                n_bos += 1
+        if (stop - pos) + n_bos <= context:
+            break
+        stop -= 1
+    return stop
+
+
+@njit(**JIT_OPTIONS)
+def _whole_steps_end(
+    starts: Any, pos: int, cap: int, end: int, k: int, context: int, first: bool
+) -> int:  # pragma: no cover - compiled
+    if cap >= end:
+        return end
+    if 2 * k <= context:  # no step can be shortened: boundaries are pos + j·k
+        stop = pos + ((cap - pos) // k) * k
+        return stop if stop > pos else cap
+    p = pos
+    while p < cap:
+        e = _step_end(starts, p, end, k, context, first)
+        if e > cap:
+            break
+        p = e
+        first = False
+    return p if p > pos else cap
+
+
+def step_end(starts: np.ndarray, pos: int, end: int, k: int, context: int, first: bool) -> int:
+    """End (exclusive) of the step that begins at byte ``pos``.
+
+    ``starts[i]`` marks that a document starts at byte i; ``first`` that the history is
+    empty (the step's first byte gets a BOS); ``end`` bounds the step (the stream's end, or a
+    sub-stream's). The step takes ``min(k, end - pos)`` bytes, shortened while its bytes and
+    their BOS symbols exceed ``context``, never below one byte.
+
+    Example:
+        >>> import numpy as np
+        >>> starts = np.array([0, 1, 1, 1, 0, 0], dtype=bool)  # three documents start
+        >>> step_end(starts, 0, 6, 6, 8, True)  # 6 bytes + 4 BOS > 8: 4 bytes + 4 BOS fit
+        4
+    """
+    return int(_step_end(starts, int(pos), int(end), int(k), int(context), bool(first)))
+
+
+def whole_steps_end(
+    starts: np.ndarray, pos: int, cap: int, end: int, k: int, context: int, first: bool
+) -> int:
+    """Where a run from ``pos`` told to stop at ``cap`` stops: the last step boundary at or
+    before ``cap``; ``end`` (the stream's end) when ``cap`` reaches it; ``cap`` itself when
+    less than one step is left before it (the only case that splits a step).
+
+    Example:
+        >>> import numpy as np
+        >>> whole_steps_end(np.zeros(20_001, dtype=bool), 0, 10_001, 20_000, 4, 32, True)
+        10000
+    """
+    return int(
+        _whole_steps_end(starts, int(pos), int(cap), int(end), int(k), int(context), bool(first))
+    )
