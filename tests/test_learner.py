@@ -118,3 +118,31 @@ def test_seed_config_has_the_documented_exact_parameter_count() -> None:
     assert learner.model.params.flat.size == ModelConfig().n_params == 11856
     tied = ModelConfig(tied_head=True)
     assert tied.n_params == 11856 - 16 * 257
+
+
+def test_speed_excludes_first_use_compilation() -> None:
+    # a fresh process compiles (or loads from numba's cache) the kernels during its first
+    # run: that time is reported as compile_s and kept out of bytes/s; the next run has none
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import json
+        from mugpt.corpus import Stream
+        from mugpt.engine import Learner
+        from mugpt.engine.summary import build_summary
+        stream = Stream.from_bytes(b"hello world, " * 30)
+        rows = []
+        for _ in range(2):
+            s = build_summary(Learner().run(stream), baselines=False)
+            rows.append([s["bytes"], s["seconds"], s["compile_s"], s["bytes_per_s"]])
+        print(json.dumps(rows))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    (n1, sec1, comp1, speed1), (n2, sec2, comp2, speed2) = json.loads(out.stdout)
+    assert 0 < comp1 < sec1
+    assert speed1 == pytest.approx(n1 / (sec1 - comp1))
+    assert comp2 == 0.0
+    assert speed2 == pytest.approx(n2 / sec2)

@@ -6,9 +6,10 @@ mean loss is an honest code length (bits per byte) and needs no held-out split.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -138,6 +139,7 @@ class RunResult:
     stream: Stream | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     mechanisms: list[dict[str, Any]] = field(default_factory=list)
+    compile_seconds: float = 0.0  # of ``seconds``: compiling or loading kernels on first use
 
     @property
     def bytes(self) -> int:
@@ -149,7 +151,9 @@ class RunResult:
 
     @property
     def bytes_per_s(self) -> float:
-        return self.bytes_this_call / self.seconds if self.seconds > 0 else 0.0
+        """Bytes learned per second of this call, not counting first-use compilation."""
+        learning = self.seconds - self.compile_seconds
+        return self.bytes_this_call / learning if learning > 0 else 0.0
 
     @property
     def phase_ids(self) -> np.ndarray:
@@ -159,6 +163,32 @@ class RunResult:
 
 
 ProgressFn = Callable[[int, int, float], None]
+
+
+@contextlib.contextmanager
+def compile_timer() -> Iterator[Any]:
+    """Measures the time spent compiling kernels, or loading them from numba's cache, while
+    the block runs (``.done``: any was; ``.duration``: seconds). A run's speed excludes it, so
+    a first run and the next report the same bytes/s.
+
+    Example:
+        >>> with compile_timer() as compiling:
+        ...     pass
+        >>> compiling.done
+        False
+    """
+    try:
+        from numba.core import event
+    except ImportError:  # pragma: no cover - numba is a dependency
+        yield _NoTimer()
+        return
+    with event.install_timer("numba:compiler_lock", lambda _seconds: None) as timer:
+        yield timer
+
+
+class _NoTimer:
+    done = False
+    duration = 0.0
 
 
 def resolve_backend(name: str) -> str:
@@ -517,17 +547,18 @@ class Learner:
             def progress(pos: int, _block_end: int, bpb: float) -> None:
                 report(pos, end, bpb)  # progress towards the call's end, not the block's
 
-        while True:
-            # with blocks of sub-streams, one block at a time (blocks are aligned to 0)
-            stop = end if block == 0 else min(end, (self.position // block + 1) * block)
-            if self._fast is not None and (not active or fused is not None):
-                self._run_compiled(data, starts, stop, progress, progress_every, fused)
-            elif self.cfg.batch_streams > 1:
-                self._run_batched(data, starts, stop, progress, progress_every)
-            else:
-                self._run_steps(data, starts, stop, progress, progress_every)
-            if self.position >= end:
-                break
+        with compile_timer() as compiling:
+            while True:
+                # with blocks of sub-streams, one block at a time (blocks are aligned to 0)
+                stop = end if block == 0 else min(end, (self.position // block + 1) * block)
+                if self._fast is not None and (not active or fused is not None):
+                    self._run_compiled(data, starts, stop, progress, progress_every, fused)
+                elif self.cfg.batch_streams > 1:
+                    self._run_batched(data, starts, stop, progress, progress_every)
+                else:
+                    self._run_steps(data, starts, stop, progress, progress_every)
+                if self.position >= end:
+                    break
         seconds = time.perf_counter() - t0
         return RunResult(
             losses=self.losses,
@@ -537,6 +568,7 @@ class Learner:
             stream=stream,
             events=list(self.events),
             mechanisms=[m.describe() for m in self.mechanisms],
+            compile_seconds=min(compiling.duration if compiling.done else 0.0, seconds),
         )
 
     def _stop_at(self, starts: np.ndarray, size: int, max_bytes: int | None) -> int:

@@ -49,8 +49,9 @@ def build_summary(
     summary: dict[str, Any] = {
         "bytes": n,
         "bpb": result.bpb,
-        "bytes_per_s": result.bytes_per_s,
+        "bytes_per_s": result.bytes_per_s,  # first-use compilation excluded
         "seconds": result.seconds,
+        "compile_s": result.compile_seconds,  # of seconds: compiling or loading kernels
         "updates": counters["updates"],
         "skipped_updates": counters["skipped"],
         "nonfinite_updates": counters["nonfinite"],
