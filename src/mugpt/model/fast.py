@@ -53,6 +53,14 @@ from mugpt.model.params import ParamBuffer, init_params
 _JIT = JIT_OPTIONS
 ACTIVATION_CODES = {"relu": 0, "gelu": 1, "silu": 2}
 _GELU_C = math.sqrt(2.0 / math.pi)
+EXP_FLUSH_BELOW = -64.0
+"""float32 ``exp(x)`` is exactly 0 for x < −64 (e^−64 ≈ 1.6e-28 ≈ 2^-92) instead of a value
+that products with gradients and small weights push into float32's subnormal range (below
+2^-126), where arithmetic costs a slow microcode assist on x86 CPUs and made learning ~2×
+slower once the model was confident. Softmax inputs are shifted by their maximum, so this
+only drops probabilities below 1.6e-28 (far under ``PROB_FLOOR``), and masked attention
+entries (shifted by −1e30) become exact zeros. A fixed rule on the values, so results stay
+deterministic; float64 (``math.exp``) is unchanged."""
 
 # dims vector: what the kernels know of the config
 D_LAYERS, D_C, D_H, D_F, D_T, D_V, D_ACT, D_TIED = range(8)
@@ -245,7 +253,8 @@ def _exp_inplace_impl(x: Any, bits: Any) -> Any:  # pragma: no cover - compiled
             n = x.size
             scale = bits[:n].view(np.float32)
             for i in range(n):
-                y = max(x[i], np.float32(-87.0))
+                xi = x[i]
+                y = max(xi, np.float32(-87.0))
                 k = np.floor(y * np.float32(1.4426950408889634) + np.float32(0.5))
                 r = (y - k * np.float32(0.693359375)) - k * np.float32(-2.12194440e-4)
                 p = np.float32(0.00138368)
@@ -256,7 +265,8 @@ def _exp_inplace_impl(x: Any, bits: Any) -> Any:  # pragma: no cover - compiled
                 p = p * r + np.float32(1.00000004)
                 p = p * r + np.float32(1.0)
                 x[i] = p
-                bits[i] = (np.int32(k) + np.int32(127)) << np.int32(23)  # the float 2^k
+                # the float 2^k, or +0.0 below the flush bound (EXP_FLUSH_BELOW)
+                bits[i] = np.int32(0) if xi < np.float32(EXP_FLUSH_BELOW) else (np.int32(k) + np.int32(127)) << np.int32(23)  # fmt: skip
             for i in range(n):
                 x[i] = x[i] * scale[i]
 
@@ -287,6 +297,26 @@ def _like_impl(arr: Any, x: Any) -> Any:  # pragma: no cover - compiled
         return np.float64(x)
 
     return as64
+
+
+def _normal_min(arr: np.ndarray) -> Any:
+    """The smallest positive normal number of arr's element type (compiled: the overload)."""
+    return np.finfo(arr.dtype).tiny
+
+
+@overload(_normal_min)
+def _normal_min_impl(arr: Any) -> Any:  # pragma: no cover - compiled
+    if arr.dtype == types.float32:
+
+        def tiny32(arr: Any) -> Any:
+            return np.float32(1.1754943508222875e-38)
+
+        return tiny32
+
+    def tiny64(arr: Any) -> Any:
+        return np.float64(2.2250738585072014e-308)
+
+    return tiny64
 
 
 @njit(**_JIT)
@@ -759,10 +789,14 @@ def optimizer_step(
     corr2 = math.sqrt(1.0 - b2**t)
     step = _like(w, lr * corr2 / (1.0 - b1**t))
     eps = _like(w, hyper[H_EPS] * corr2)
+    tiny, zero = _normal_min(w), _like(w, 0.0)
     for i in range(w.size):
         gi = g[i]
         mi = m[i] * b1c + gi * omb1
         vi = v[i] * b2c + gi * gi * omb2
+        # moments below the normal range are flushed to 0 (see Optimizer.step)
+        mi = mi if abs(mi) >= tiny else zero
+        vi = vi if vi >= tiny else zero
         m[i] = mi
         v[i] = vi
         w[i] = w[i] - mi / (np.sqrt(vi) + eps) * step

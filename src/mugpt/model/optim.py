@@ -124,6 +124,14 @@ class Optimizer:
             np.multiply(g, g, out=tmp)
             tmp *= 1.0 - b2
             self.v += tmp
+            # Moments below the normal range are flushed to 0: a parameter whose gradient
+            # stays 0 (an embedding row of a byte not seen) would otherwise keep a subnormal
+            # moment for ever (0.9 × the smallest subnormal rounds back to it), and float32
+            # arithmetic on subnormals is many times slower on x86. Deterministic, and the
+            # compiled optimiser applies the same rule.
+            tiny = np.finfo(self.m.dtype).tiny
+            self.m[np.abs(self.m) < tiny] = 0
+            self.v[self.v < tiny] = 0
             step_size = lr * np.sqrt(1.0 - b2**self.t) / (1.0 - b1**self.t)
             # w -= step · m / (sqrt(v) + eps·sqrt(1 − b2^t)): bias corrections folded in
             np.sqrt(self.v, out=tmp)
