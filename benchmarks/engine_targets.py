@@ -1,0 +1,167 @@
+"""The engine's speed targets, measured side by side in one run (one thread, warm caches):
+
+- decompress vs compress, ``--preset strong``, on the same bytes (target ≥ 0.8×);
+- the seed preset at its own lr (1e-2) vs the same at lr 1e-4 (target ≥ 0.9×);
+- the seed preset at k = 1 vs the PyTorch eager reference ``mugpt.bench.torch_ref``
+  (target ≥ 10×).
+
+Each pair is run A, B, A, B, ... ``--repeats`` times; the figures are medians of process CPU
+time (wall medians beside them) and the ratio is the median of the pair-by-pair ratios, so
+that a comparison holds while a shared machine's speed drifts. The CPU model and the measured
+single-thread float32 matmul peak (``mugpt.bench.measure.measure_peak``) head the output.
+
+    python benchmarks/engine_targets.py                 # all three, 3 pairs each
+    python benchmarks/engine_targets.py --only codec --repeats 5
+    python benchmarks/engine_targets.py --file some.txt --codec-bytes 60k
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+
+from mugpt.bench.measure import measure_peak  # noqa: E402
+from mugpt.corpus import Stream, default_stream  # noqa: E402
+from mugpt.engine.config import RunConfig  # noqa: E402
+
+Timing = tuple[float, float]  # (cpu seconds, wall seconds)
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (``lscpu``'s "Model name")."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _timed(fn: Callable[[], Any]) -> Timing:
+    c, w = time.process_time(), time.perf_counter()
+    fn()
+    return time.process_time() - c, time.perf_counter() - w
+
+
+def paired(name_a: str, a: Callable[[], Any], name_b: str, b: Callable[[], Any], n_bytes: int,
+           repeats: int, target: float) -> None:  # fmt: skip
+    """Runs a, b alternately ``repeats`` times and prints medians and the A/B speed ratio."""
+    ta: list[Timing] = []
+    tb: list[Timing] = []
+    for _ in range(repeats):
+        ta.append(_timed(a))
+        tb.append(_timed(b))
+    ratios = [tb_i[0] / ta_i[0] for ta_i, tb_i in zip(ta, tb, strict=True)]  # speed A / speed B
+    for name, ts in ((name_a, ta), (name_b, tb)):
+        cpu = statistics.median(t[0] for t in ts)
+        wall = statistics.median(t[1] for t in ts)
+        print(f"  {name:<34} {n_bytes / cpu:>10,.0f} B/s cpu  {n_bytes / wall:>10,.0f} B/s wall"
+              f"  (cpu s: {', '.join(f'{t[0]:.2f}' for t in ts)})")  # fmt: skip
+    med = statistics.median(ratios)
+    verdict = "meets" if med >= target else "misses"
+    print(f"  speed {name_a} / {name_b}: median {med:.3f}x (pairs: "
+          f"{', '.join(f'{r:.3f}' for r in ratios)}); target >= {target}x: {verdict}")  # fmt: skip
+    sys.stdout.flush()
+
+
+def bench_codec(data: bytes, repeats: int) -> None:
+    from mugpt.compress.coder import decode, encode
+
+    cfg = RunConfig.from_dict({"preset": "strong"})
+    blob, report = encode(data, cfg)  # warm-up: kernels loaded or compiled
+    assert decode(blob)[0] == data
+    print(f"\ncodec, --preset strong, {len(data):,} bytes -> {len(blob):,} ({report.bpb:.4f} bpb)")
+    paired("decompress", lambda: decode(blob), "compress", lambda: encode(data, cfg),
+           len(data), repeats, 0.8)  # fmt: skip
+
+
+def bench_lr(data: bytes, repeats: int) -> None:
+    stream = Stream.from_bytes(data)
+
+    def run(lr: float) -> Callable[[], Any]:
+        cfg = RunConfig.from_dict({"optim": {"lr": lr}})
+        return lambda: cfg.build_learner().run(stream)
+
+    bpb = {lr: float(RunConfig.from_dict({"optim": {"lr": lr}}).build_learner().run(stream).bpb)
+           for lr in (1e-2, 1e-4)}  # fmt: skip
+    print(f"\nseed preset, k = 1, {len(data):,} bytes: bpb {bpb[1e-2]:.4f} at lr 1e-2, "
+          f"{bpb[1e-4]:.4f} at lr 1e-4")  # fmt: skip
+    paired("seed lr 1e-2 (its own)", run(1e-2), "seed lr 1e-4", run(1e-4), len(data), repeats, 0.9)  # fmt: skip
+
+
+def bench_torch(data: bytes, repeats: int) -> None:
+    import torch
+
+    from mugpt.bench.torch_ref import TorchLearner
+
+    torch.set_num_threads(1)
+    cfg = RunConfig.from_dict({})
+    stream = Stream.from_bytes(data)
+    ours = cfg.build_learner().run(stream)
+    theirs = TorchLearner(cfg).run(data)
+    print(f"\nseed preset, k = 1, {len(data):,} bytes vs PyTorch {torch.__version__} eager: bpb "
+          f"{float(ours.bpb):.4f} vs {float(np.mean(theirs)):.4f}")  # fmt: skip
+    paired("mugpt (compiled)", lambda: cfg.build_learner().run(stream),
+           "torch eager reference", lambda: TorchLearner(cfg).run(data), len(data), repeats, 10.0)  # fmt: skip
+
+
+def _size(text: str) -> int:
+    t = text.strip().lower()
+    mult = {"k": 1000, "m": 1000_000}.get(t[-1:], 1)
+    try:
+        return int(t[:-1] if mult > 1 else t) * mult
+    except ValueError:
+        raise SystemExit(
+            f"error: size {text!r} is not a whole number of bytes (e.g. 60k)"
+        ) from None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--only", choices=["codec", "lr", "torch"], action="append",
+                    help="run only these comparisons (repeatable; default all)")  # fmt: skip
+    ap.add_argument("--repeats", type=int, default=3, help="pairs per comparison (>= 3)")
+    ap.add_argument("--file", help="the bytes to use (default: the built-in default stream)")
+    ap.add_argument("--codec-bytes", default="60k")
+    ap.add_argument("--lr-bytes", default="100k")
+    ap.add_argument("--torch-bytes", default="5k")
+    args = ap.parse_args()
+    if args.repeats < 3:
+        raise SystemExit("error: --repeats must be at least 3 (medians of three or more)")
+    if args.file:
+        try:
+            with open(args.file, "rb") as f:
+                source = f.read()
+        except OSError as exc:
+            raise SystemExit(f"error: cannot read --file {args.file}: {exc.strerror}") from None
+    else:
+        source = default_stream().data
+    peak = measure_peak()
+    print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs), one thread")
+    print(f"matmul peak: {peak['gflops']:.1f} GFLOP/s wall, {peak['gflops_cpu']:.1f} GFLOP/s cpu "
+          f"(float32 {peak['size']}x{peak['size']} product via NumPy's BLAS, best of 7)")  # fmt: skip
+    print(f"data: {args.file or 'the default stream'}; medians of {args.repeats} A/B pairs")
+    only = args.only or ["codec", "lr", "torch"]
+    if "codec" in only:
+        bench_codec(source[: _size(args.codec_bytes)], args.repeats)
+    if "lr" in only:
+        bench_lr(source[: _size(args.lr_bytes)], args.repeats)
+    if "torch" in only:
+        bench_torch(source[: _size(args.torch_bytes)], args.repeats)
+
+
+if __name__ == "__main__":
+    main()
