@@ -1,0 +1,167 @@
+"""Incremental forward pass: position t of a window from the cached keys and values of the
+positions before it, bit for bit equal to the full-window forward of ``fast.py``.
+
+Why: a decoder learns nothing of byte t+1 until byte t is decoded, so within one step (whose
+weights are fixed) it must compute the window's rows one at a time. A full forward per byte
+costs T positions; this costs one (its attention reads the t earlier keys and values, which
+the workspace already holds). Attention is causal, so the rows equal the full forward's, and
+every sum here runs in the order the full kernels use (the same ``_mm`` over the full key
+axis, masked entries exact zeros), so they are equal in every bit, not only close.
+
+Calling :func:`forward_position` for t = 0, 1, ..., T-1 (padding included) leaves the
+workspace exactly as :func:`mugpt.model.fast.forward_batch` would, so the backward pass may
+follow it.
+
+Example:
+    >>> import numpy as np
+    >>> from mugpt.model import ModelConfig
+    >>> from mugpt.model.fast import FastGPT
+    >>> model = FastGPT(ModelConfig())
+    >>> idx = np.array([[256, 104, 105, 33]])
+    >>> full = model.forward(idx).probs.copy()
+    >>> begin_window(model, idx[0], b=0)
+    >>> for t in range(model.cfg.context):
+    ...     forward_position(model.params.flat, model.offsets, model.dims, model.ws, 0, t)
+    >>> model.ws.probs[0, :4].tobytes() == full[0].tobytes()
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from mugpt.model.constants import JIT_OPTIONS
+from mugpt.model.fast import (
+    D_ACT,
+    D_C,
+    D_H,
+    D_LAYERS,
+    D_T,
+    D_TIED,
+    D_V,
+    _activation_forward,
+    _exp_inplace,
+    _layer_views,
+    _like,
+    _mm,
+    _rmsnorm_forward,
+    _softmax_rows,
+    _strided,
+    _transpose,
+)
+
+__all__ = ["begin_window", "forward_position", "prepare_head"]
+
+
+@njit(**JIT_OPTIONS)
+def prepare_head(flat: Any, offs: Any, dims: Any, ws: Any) -> None:  # pragma: no cover
+    """What ``forward_batch`` does once per call before its windows: the tied head's copy."""
+    if dims[D_TIED]:
+        c, v = dims[D_C], dims[D_V]
+        _transpose(flat[offs[0] : offs[0] + v * c].reshape((v, c)), ws.head_cv)
+
+
+def begin_window(model: Any, inputs: np.ndarray, b: int = 0) -> None:
+    """Loads a window's input symbols into the workspace (padded with 0, as ``forward``
+    does) and prepares the head; then :func:`forward_position` computes its rows in order.
+    A symbol may be changed later (``model.ws.idx[b, t] = s``) as long as position t has
+    not been computed yet."""
+    n = int(inputs.size)
+    assert 0 < n <= model.cfg.context, inputs.shape
+    model.ensure_batch(b + 1)
+    ws = model.ws
+    ws.idx[b, :n] = inputs
+    ws.idx[b, n:] = 0
+    prepare_head(model.params.flat, model.offsets, model.dims, ws)
+
+
+@njit(**JIT_OPTIONS)
+def _attention_position(
+    ws: Any, layer: int, b: int, n_heads: int, t: int
+) -> None:  # pragma: no cover
+    """Query t of ``fast._attention_forward``: reads qkv rows ≤ t, writes column t of attT,
+    row t of att and row t of yh."""
+    qkv = ws.qkv[layer, b]
+    t_len, c3 = qkv.shape
+    c = c3 // 3
+    d = c // n_heads
+    scale = _like(qkv, 1.0 / math.sqrt(d))
+    q_t, v_t = ws.qT[layer, b], ws.vT[layer, b]
+    for j in range(c):
+        q_t[j, t] = qkv[t, j]
+        v_t[j, t] = qkv[t, 2 * c + j]
+    sc = ws.sc  # column 0 holds this query's scores [s]
+    col = ws.colm  # scratch (T,)
+    y_col = ws.yT  # (C, T); column 0 used
+    for h in range(n_heads):
+        hs = h * d
+        att_t = ws.attT[layer, b, h]
+        # scores[s] = k_s · q_t for s ≤ t, the same products and order as the full _mm
+        _mm(_strided(qkv[: t + 1, c + hs : c + hs + d]), q_t[hs : hs + d, t : t + 1], sc[: t + 1, :1], False)  # fmt: skip
+        m = sc[0, 0] * scale
+        for s in range(1, t + 1):
+            m = np.maximum(m, sc[s, 0] * scale)
+        for s in range(t + 1):
+            col[s] = sc[s, 0] * scale - m
+        _exp_inplace(col[: t + 1], ws.ebits)
+        total = col[0]
+        for s in range(1, t + 1):
+            total = total + col[s]
+        inv = _like(col, 1.0) / total
+        att = ws.att[layer, b, h]
+        for s in range(t_len):
+            a = col[s] * inv if s <= t else _like(col, 0.0)
+            att_t[s, t] = a
+            att[t, s] = a
+        # y[t] = Σ_s v_s att[t, s] over every key (zeros above t), as the full _mm sums it
+        _mm(_strided(qkv[:, 2 * c + hs : 2 * c + hs + d].T), att_t[:, t : t + 1], y_col[:d, :1], False)  # fmt: skip
+        yh = ws.yh[layer, b]
+        for j in range(d):
+            yh[t, hs + j] = y_col[j, 0]
+
+
+@njit(**JIT_OPTIONS)
+def forward_position(
+    flat: Any, offs: Any, dims: Any, ws: Any, b: int, t: int
+) -> None:  # pragma: no cover
+    """Every cache of position t of window b (embedding to probabilities) from ws.idx[b, t]
+    and the caches of positions < t, which must be current for the same weights."""
+    n_layers, n_heads, act_kind = dims[D_LAYERS], dims[D_H], dims[D_ACT]
+    c, t_len, v = dims[D_C], dims[D_T], dims[D_V]
+    wte = flat[offs[0] : offs[0] + v * c].reshape((v, c))
+    wpe = flat[offs[1] : offs[1] + t_len * c].reshape((t_len, c))
+    x0 = ws.xs[0, b]
+    row = wte[ws.idx[b, t]]
+    for j in range(c):
+        x0[t, j] = row[j] + wpe[t, j]
+    r = slice(t, t + 1)
+    for layer in range(n_layers):
+        ln1, w_qkv, w_o, ln2, w_in, w_out = _layer_views(flat, offs, dims, layer)
+        x = ws.xs[layer, b]
+        _rmsnorm_forward(x[r], ln1, ws.n1x[layer, b, r], ws.n1r[layer, b, r], ws.h1[layer, b, r])
+        _mm(_strided(ws.h1[layer, b, r]), w_qkv, ws.qkv[layer, b, r], False)
+        _attention_position(ws, layer, b, n_heads, t)
+        xm = ws.xm[layer, b]
+        _mm(_strided(ws.yh[layer, b, r]), w_o, xm[r], False)
+        for j in range(c):
+            xm[t, j] = x[t, j] + xm[t, j]
+        _rmsnorm_forward(xm[r], ln2, ws.n2x[layer, b, r], ws.n2r[layer, b, r], ws.h2[layer, b, r])
+        _mm(_strided(ws.h2[layer, b, r]), w_in, ws.pre[layer, b, r], False)
+        _activation_forward(ws.pre[layer, b, r], ws.act[layer, b, r], act_kind)
+        x_next = ws.xs[layer + 1, b]
+        _mm(_strided(ws.act[layer, b, r]), w_out, x_next[r], False)
+        for j in range(c):
+            x_next[t, j] = xm[t, j] + x_next[t, j]
+    ln_f = flat[offs[2 + 6 * n_layers] : offs[2 + 6 * n_layers] + c]
+    _rmsnorm_forward(ws.xs[n_layers, b, r], ln_f, ws.nfx[b, r], ws.nfr[b, r], ws.hidden[b, r])
+    if dims[D_TIED]:
+        head = ws.head_cv
+    else:
+        o = offs[3 + 6 * n_layers]
+        head = flat[o : o + c * v].reshape((c, v))
+    _mm(_strided(ws.hidden[b, r]), head, ws.probs[b, r], False)
+    _softmax_rows(ws.probs[b, r], 1, ws.lanes, ws.ebits)
