@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mugpt.engine.window import step_end, whole_steps_end
+from mugpt.engine.window import history_append, step_end, step_symbols, whole_steps_end
 from mugpt.errors import ConfigError
 from mugpt.mechanisms import Mechanism, StepContext
 from mugpt.model import BOS, GPT, ModelConfig, OptimConfig, Optimizer, UpdateInfo
@@ -279,15 +279,7 @@ class Learner:
         return self._hist[: self._hist_len]
 
     def _append(self, symbols: np.ndarray) -> None:
-        n = symbols.size
-        keep = self.model_cfg.context + 1
-        if self._hist_len + n > self._hist.size:
-            # slide: keep the last `keep` symbols at the front
-            tail = self._hist[max(0, self._hist_len - keep) : self._hist_len].copy()
-            self._hist[: tail.size] = tail
-            self._hist_len = tail.size
-        self._hist[self._hist_len : self._hist_len + n] = symbols
-        self._hist_len += n
+        self._hist_len = history_append(self._hist, self._hist_len, symbols, self.model_cfg.context)
 
     def step(
         self, new_bytes: bytes | np.ndarray, doc_start: Sequence[bool] | np.ndarray | None = None
@@ -307,14 +299,8 @@ class Learner:
         k = int(data.size)
         assert k >= 1, "a step needs at least one byte"
         starts = np.zeros(k, dtype=bool) if doc_start is None else np.asarray(doc_start, bool)
-        if self.position == 0 and self._hist_len == 0:
-            starts = starts.copy()
-            starts[0] = True
-        n_bos = int(np.count_nonzero(starts))
-        if n_bos:
-            symbols = np.insert(data.astype(np.int64), np.nonzero(starts)[0], BOS)
-        else:
-            symbols = data.astype(np.int64)
+        symbols = step_symbols(data, starts, self.position == 0 and self._hist_len == 0)
+        n_bos = symbols.size - k
         if symbols.size > cfg.context:
             raise ConfigError(
                 f"a step of {k} bytes and {n_bos} document starts exceeds the context "
@@ -647,18 +633,9 @@ class Learner:
                 pos = int(seg_pos[sgi])
                 first = hist_len[sgi] == 0
                 stop = step_end(starts, pos, int(seg_end[sgi]), k, T, first)
-                flags = starts[pos:stop].copy()
-                if first:
-                    flags[0] = True
-                chunk = data[pos:stop].astype(np.int64)
-                symbols = np.insert(chunk, np.nonzero(flags)[0], BOS) if flags.any() else chunk
-                h, hl = hists[sgi], hist_len[sgi]
-                if hl + symbols.size > h.size:
-                    tail = h[max(0, hl - (T + 1)) : hl].copy()
-                    h[: tail.size] = tail
-                    hl = tail.size
-                h[hl : hl + symbols.size] = symbols
-                hl += symbols.size
+                symbols = step_symbols(data[pos:stop], starts[pos:stop], first)
+                h = hists[sgi]
+                hl = history_append(h, hist_len[sgi], symbols, T)
                 hist_len[sgi] = hl
                 window = h[max(0, hl - (T + 1)) : hl]
                 inputs, targets = window[:-1], window[1:]

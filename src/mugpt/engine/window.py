@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from mugpt.model.constants import JIT_OPTIONS
+from mugpt.model.constants import BOS, JIT_OPTIONS
 
 
 @njit(**JIT_OPTIONS)
@@ -101,3 +101,44 @@ def whole_steps_end(
     return int(
         _whole_steps_end(starts, int(pos), int(cap), int(end), int(k), int(context), bool(first))
     )
+
+
+def step_symbols(new_bytes: np.ndarray, doc_start: np.ndarray, first: bool) -> np.ndarray:
+    """The symbols a step appends to its history: each byte, with a BOS before every byte
+    that starts a document (``doc_start``) and before the first byte of an empty history.
+
+    Example:
+        >>> import numpy as np
+        >>> step_symbols(np.array([104, 105]), np.array([False, False]), True).tolist()
+        [256, 104, 105]
+        >>> step_symbols(np.array([104, 105]), np.array([False, True]), False).tolist()
+        [104, 256, 105]
+    """
+    flags = np.asarray(doc_start, dtype=bool)
+    if first:
+        flags = flags.copy()
+        flags[0] = True
+    symbols = np.asarray(new_bytes).astype(np.int64)
+    return np.insert(symbols, np.nonzero(flags)[0], BOS) if flags.any() else symbols
+
+
+def history_append(hist: np.ndarray, hist_len: int, symbols: np.ndarray, context: int) -> int:
+    """Appends ``symbols`` to the history ``hist[:hist_len]`` in place and returns its new
+    length. When the buffer is full it first slides, keeping the last ``context + 1`` symbols
+    (all a window can see) at the front; the compiled loop slides the same way.
+
+    Example:
+        >>> import numpy as np
+        >>> hist = np.zeros(6, dtype=np.int64)
+        >>> n = history_append(hist, 0, np.array([1, 2, 3, 4]), 2)
+        >>> n = history_append(hist, n, np.array([5, 6, 7]), 2)  # full: keep 3, then append
+        >>> hist[:n].tolist()
+        [2, 3, 4, 5, 6, 7]
+    """
+    n = symbols.size
+    if hist_len + n > hist.size:
+        tail = hist[max(0, hist_len - (context + 1)) : hist_len].copy()
+        hist[: tail.size] = tail
+        hist_len = tail.size
+    hist[hist_len : hist_len + n] = symbols
+    return hist_len + n
