@@ -152,3 +152,38 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg = RunConfig.from_dict(values)
     cfg.build_mechanisms()  # validate mechanism parameters now, before any work starts
     return cfg
+
+
+def resume_conflicts(args: argparse.Namespace, saved: dict[str, Any]) -> list[str]:
+    """The configuration flags given with ``--resume`` that disagree with the checkpoint.
+
+    ``saved`` is the checkpoint's ``RunConfig.to_dict()``. A flag equal to the saved value is
+    no conflict; ``--preset``, ``--config`` and ``--mech`` always are (a resumed run keeps
+    its configuration).
+
+    >>> ns = argparse.Namespace(cfg_d_model=32, cfg_lr=None, seed=0)
+    >>> resume_conflicts(ns, RunConfig().to_dict())
+    ['--d-model 32 (the checkpoint has 16)']
+    """
+    conflicts: list[str] = []
+    for flag in ("preset", "config"):
+        if getattr(args, flag, None):
+            conflicts.append(f"--{flag} {getattr(args, flag)}")
+    for spec in getattr(args, "mech", None) or []:
+        conflicts.append(f"--mech {spec}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and seed != saved.get("seed"):
+        conflicts.append(f"--seed {seed} (the checkpoint has {saved.get('seed')})")
+    for section, flags in (
+        ("model", _MODEL_FLAGS),
+        ("optim", _OPTIM_FLAGS),
+        ("learner", _LEARNER_FLAGS),
+    ):
+        for flag, key, _typ, _text in flags:
+            value = getattr(args, _dest(flag), None)
+            old = saved.get(section, {}).get(key)
+            if value is not None and value != old:
+                conflicts.append(f"{flag} {value} (the checkpoint has {old})")
+    if getattr(args, "cfg_tied_head", None) and not saved.get("model", {}).get("tied_head"):
+        conflicts.append("--tied-head (the checkpoint has an untied head)")
+    return conflicts

@@ -74,35 +74,61 @@ def register(sub: Any) -> None:
         help="also export the per-byte log: jsonl, parquet, tensorboard (comma list)",
     )
     o.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    o.add_argument(
+        "--max-params",
+        metavar="N",
+        type=int,
+        default=DEFAULT_MAX_PARAMS,
+        help=f"refuse models with more than N parameters (default {DEFAULT_MAX_PARAMS:,})",
+    )
     add_run_config_args(p)
     p.set_defaults(func=main)
 
 
-def parse_size(text: str) -> int:
-    """``300``, ``50k``, ``2M`` → bytes (k = 1000, M = 1000000; Ki/Mi are powers of 1024)."""
-    t = text.strip()
-    mult = 1
-    for suffix, factor in (("Ki", 1024), ("Mi", 1 << 20), ("k", 1000), ("K", 1000), ("M", 10**6)):
-        if t.endswith(suffix):
-            t, mult = t[: -len(suffix)], factor
-            break
-    try:
-        value = int(float(t) * mult)
-    except ValueError:
-        raise ConfigError(f"size {text!r} is not a number of bytes (e.g. 5000, 50k, 2M)") from None
+#: The default of --max-params: models larger than this are refused before any allocation.
+DEFAULT_MAX_PARAMS = 50_000_000
+
+
+def parse_size(text: str, flag: str = "--max-bytes") -> int:
+    """``300``, ``50k``, ``2M``, ``64Ki`` → bytes, with the stream spec's rules (one parser).
+
+    >>> parse_size("50k"), parse_size("64Ki")
+    (50000, 65536)
+    """
+    from mugpt.corpus.spec import SIZE_HELP, quote
+    from mugpt.corpus.spec import parse_size as parse_spec_size
+
+    value = parse_spec_size(text)
+    if value is None:
+        raise ConfigError(f"{flag} {quote(text)} is not a whole number of bytes; {SIZE_HELP}")
     if value < 1:
-        raise ConfigError(f"size {text!r} must be at least 1 byte")
+        raise ConfigError(f"{flag} {quote(text)} must be at least 1 byte")
     return value
 
 
-def resolve_stream(args: argparse.Namespace, cfg: Any) -> tuple[Any, str]:
-    """Builds the stream the arguments ask for; returns it and its spec (for config.json)."""
+def resolve_stream(
+    args: argparse.Namespace, cfg: Any, max_bytes: int | None = None
+) -> tuple[Any, str]:
+    """Builds the stream the arguments ask for; returns it and its spec (for config.json).
+
+    Nothing past ``max_bytes`` (or the stream cap) is read or generated.
+    """
     from mugpt.corpus import Stream, build_stream, default_stream, load_stream_file
+    from mugpt.corpus.spec import MAX_STREAM_BYTES, format_size
 
     shuffle = getattr(args, "shuffle", False)
     if args.input is not None:
+        limit = MAX_STREAM_BYTES if max_bytes is None else min(max_bytes, MAX_STREAM_BYTES)
+        over = (
+            f"INPUT {args.input!r} holds more than the stream cap of "
+            f"{format_size(MAX_STREAM_BYTES)}; give --max-bytes to learn only its start"
+        )
         if args.input == "-":
-            data = sys.stdin.buffer.read()
+            data = sys.stdin.buffer.read(limit + 1)
+            if len(data) > limit:
+                if max_bytes is None or max_bytes > MAX_STREAM_BYTES:
+                    raise StreamError(over)
+                data = data[:limit]
             if not data:
                 raise StreamError("standard input is empty; pipe some bytes in or give a file")
             return Stream.from_bytes(data, label="stdin", source="stdin"), "stdin"
@@ -115,25 +141,42 @@ def resolve_stream(args: argparse.Namespace, cfg: Any) -> tuple[Any, str]:
             raise StreamError(
                 f"INPUT {args.input!r} does not exist; give a readable file or - for stdin"
             )
+        if not path.is_file():
+            raise StreamError(
+                f"INPUT {args.input!r} is not a regular file (a device, FIFO or socket); "
+                "give a regular file or - for stdin"
+            )
         try:
-            data = path.read_bytes()
+            with path.open("rb") as f:
+                data = f.read(limit + 1)  # never more than the cap: read, not read-then-check
         except OSError as exc:
             raise StreamError(
                 f"cannot read INPUT {args.input!r}: {exc.strerror}; check its permissions"
             ) from None
         if not data:
             raise StreamError(f"INPUT {args.input!r} is empty; there is nothing to learn")
+        if len(data) > limit:
+            if max_bytes is None or max_bytes > MAX_STREAM_BYTES:
+                raise StreamError(over)
+            data = data[:limit]
         spec = f"input=file:{path.resolve()}"
         stream = Stream.from_bytes(data, label="input", source=f"file:{path.resolve()}")
         stream.spec = spec
         return stream, spec
-    if args.stream:
-        return build_stream(args.stream, seed=cfg.seed, shuffle=shuffle), args.stream
+    if args.stream is not None:
+        if not args.stream.strip():
+            raise StreamError(
+                "--stream is empty; give a spec like 'prose=stdlib-prose:50k', or leave "
+                "--stream out for the default stream"
+            )
+        stream = build_stream(args.stream, seed=cfg.seed, shuffle=shuffle, max_bytes=max_bytes)
+        return stream, args.stream
     if args.stream_file:
         stream = load_stream_file(args.stream_file, seed=cfg.seed)
         return stream, stream.spec
     if cfg.stream:
-        return build_stream(cfg.stream, seed=cfg.seed, shuffle=shuffle), cfg.stream
+        stream = build_stream(cfg.stream, seed=cfg.seed, shuffle=shuffle, max_bytes=max_bytes)
+        return stream, cfg.stream
     stream = default_stream(seed=cfg.seed)
     return stream, stream.spec
 
@@ -225,17 +268,70 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
         console.print(f"run directory: [bold]{out}[/]")
 
 
+def _write_results(
+    out: Path, learner: Any, result: Any, cfg: Any, summary: dict[str, Any], args: Any, spec: str
+) -> Path:
+    """Writes the run directory (and exports); if that fails, keeps the run in a temp folder."""
+    import tempfile
+
+    from mugpt.engine.export import export_run
+    from mugpt.engine.rundir import write_run_dir
+
+    formats = [f.strip() for f in args.export.split(",") if f.strip()]
+    extra_config = {"stream_spec": spec}
+    try:
+        out = write_run_dir(
+            out, learner, result, cfg, summary, force=args.force, extra_config=extra_config
+        )
+        if formats:
+            export_run(out, formats=formats)
+        return out
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        fallback = Path(tempfile.mkdtemp(prefix="mugpt-run-")) / out.name
+        try:
+            write_run_dir(fallback, learner, result, cfg, summary, extra_config=extra_config)
+            if formats:
+                export_run(fallback, formats=formats)
+        except OSError as again:
+            raise ConfigError(
+                f"could not write the run directory {str(out)!r} ({reason}) nor a copy in "
+                f"{str(fallback.parent)!r} ({again.strerror or again}); free some space"
+            ) from None
+        raise ConfigError(
+            f"could not write the run directory {str(out)!r} ({reason}); the finished run "
+            f"was saved to {str(fallback)!r} instead"
+        ) from None
+
+
 def main(args: argparse.Namespace) -> int:
+    from mugpt.cli.common import resume_conflicts
     from mugpt.engine import load_checkpoint
     from mugpt.engine.config import RunConfig
-    from mugpt.engine.rundir import check_out_dir, write_run_dir
+    from mugpt.engine.export import check_formats
+    from mugpt.engine.rundir import check_out_dir, prepare_out_dir
     from mugpt.engine.summary import build_summary
 
+    if args.max_params < 1:
+        raise ConfigError(f"--max-params {args.max_params} must be at least 1")
+    formats = [f.strip() for f in args.export.split(",") if f.strip()]
+    check_formats(formats)  # an unknown --export format is refused before any work
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+    check_out_dir(out, args.force)
+    max_bytes = parse_size(args.max_bytes) if args.max_bytes else None
     if args.resume:
         learner = load_checkpoint(args.resume)
         extra = getattr(learner, "checkpoint_extra", {})
-        cfg = RunConfig.from_dict(extra.get("run_config", {}))
-        if args.input is None and not args.stream and not args.stream_file:
+        saved = extra.get("run_config", {})
+        conflicts = resume_conflicts(args, saved)
+        if conflicts:
+            raise ConfigError(
+                "--resume keeps the checkpoint's configuration, but these flags change it: "
+                + "; ".join(conflicts)
+                + "; drop them (or start a new run without --resume)"
+            )
+        cfg = RunConfig.from_dict(saved)
+        if args.input is None and args.stream is None and not args.stream_file:
             spec = extra.get("stream_spec", "")
             if spec == "stdin":
                 raise StreamError(
@@ -245,12 +341,15 @@ def main(args: argparse.Namespace) -> int:
     else:
         cfg = run_config_from_args(args)
         learner = None
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
-    check_out_dir(out, args.force)
-    max_bytes = parse_size(args.max_bytes) if args.max_bytes else None
+    n_params = cfg.model.n_params
+    if n_params > args.max_params:
+        raise ConfigError(
+            f"the model has {n_params:,} parameters, more than --max-params "
+            f"{args.max_params:,}; make it smaller or raise --max-params"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        stream, spec = resolve_stream(args, cfg)
+        stream, spec = resolve_stream(args, cfg, max_bytes)
     for w in caught:
         _console().print(f"[yellow]warning:[/] {w.message}")
     if learner is None:
@@ -260,6 +359,7 @@ def main(args: argparse.Namespace) -> int:
             f"the checkpoint is at byte {learner.position:,} but the stream has only "
             f"{len(stream):,} bytes; resume with the same stream"
         )
+    prepare_out_dir(out)  # a path that cannot be written fails now, before any learning
     total = len(stream) if max_bytes is None else min(len(stream), max_bytes)
     with _progress(args.quiet) as progress:
         task = progress.add_task(
@@ -273,14 +373,7 @@ def main(args: argparse.Namespace) -> int:
 
         result = learner.run(stream, max_bytes=max_bytes, progress=report)
     summary = build_summary(result, cfg, baselines=not args.no_baselines)
-    extra_config = {"stream_spec": spec}
-    out = write_run_dir(
-        out, learner, result, cfg, summary, force=args.force, extra_config=extra_config
-    )
-    if args.export:
-        from mugpt.engine.export import export_run
-
-        export_run(out, formats=[f.strip() for f in args.export.split(",") if f.strip()])
+    out = _write_results(out, learner, result, cfg, summary, args, spec)
     if not args.quiet:
         print_summary(summary, out)
     return 0

@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from mugpt.corpus.sources import Source
-from mugpt.corpus.spec import PhaseSpec, parse_phase, parse_size, parse_spec
+from mugpt.corpus.spec import (
+    MAX_STREAM_BYTES,
+    PhaseSpec,
+    format_size,
+    parse_phase,
+    parse_size,
+    parse_spec,
+)
 from mugpt.corpus.spec import make_source as _make_source
 from mugpt.corpus.stream import Phase, Stream
 from mugpt.corpus.synthetic import source_seed
@@ -36,8 +43,18 @@ def _check_seed(seed: object) -> int:
     return int(seed)
 
 
-def build_phases(phases: Sequence[PhaseSpec], seed: int = 0, shuffle: bool = False) -> Stream:
+def build_phases(
+    phases: Sequence[PhaseSpec],
+    seed: int = 0,
+    shuffle: bool = False,
+    max_bytes: int | None = None,
+) -> Stream:
     """Materialise parsed phases into a :class:`Stream`.
+
+    Bounded before anything is read: with ``max_bytes`` the stream holds at most its first
+    ``max_bytes`` bytes (later phases are not read at all); without it, budgets adding up to
+    more than :data:`~mugpt.corpus.spec.MAX_STREAM_BYTES` are refused, and a source read to
+    its end stops (and is refused) one byte past that cap.
 
     Phases naming the same source share one reader, so a revisit continues where the previous
     visit stopped. A finite source that runs out cuts its phase short (a :class:`StreamWarning`
@@ -50,24 +67,47 @@ def build_phases(phases: Sequence[PhaseSpec], seed: int = 0, shuffle: bool = Fal
     if shuffle:
         order = np.random.default_rng(source_seed(seed, "shuffle")).permutation(len(phases))
         phases = [phases[i] for i in order]
+    if max_bytes is not None and max_bytes < 1:
+        raise StreamError(f"max_bytes={max_bytes!r} must be at least 1")
+    asked = sum(ph.budget or 0 for ph in phases)
+    if max_bytes is None and asked > MAX_STREAM_BYTES:
+        raise StreamError(
+            f"the stream's budgets add up to {asked:,} bytes, more than the stream cap of "
+            f"{format_size(MAX_STREAM_BYTES)}; lower the budgets or give --max-bytes"
+        )
+    limit = MAX_STREAM_BYTES if max_bytes is None else min(max_bytes, MAX_STREAM_BYTES)
     readers: dict[str, Source] = {}
     data = bytearray()
     doc_starts: list[int] = []
     out: list[Phase] = []
     notes: list[str] = []
     for ph in phases:
+        room = limit - len(data)
+        if room <= 0:
+            break  # max_bytes reached: the remaining phases are never read
         reader = readers.get(ph.source)
         if reader is None:
             reader = readers[ph.source] = _make_source(ph.source, seed)
         revisit = reader.bytes_read > 0
-        chunk, starts = reader.read(ph.budget)
+        # read at most the room left (one byte more, to tell "over the cap" from "exactly")
+        want = room + 1 if ph.budget is None else min(ph.budget, room)
+        chunk, starts = reader.read(want)
+        if len(chunk) > room:
+            if max_bytes is None or max_bytes > MAX_STREAM_BYTES:
+                raise StreamError(
+                    f"phase '{ph.label}' {ph.where}: source '{ph.source}' holds more than the "
+                    f"stream cap of {format_size(MAX_STREAM_BYTES)}; give it a budget or "
+                    "--max-bytes"
+                )
+            chunk = chunk[:room]  # the one byte read past --max-bytes is not used
+            starts = [s for s in starts if s < room]
         if not chunk:
             state = "was used up by earlier phases" if revisit else "is empty"
             raise StreamError(
                 f"phase '{ph.label}' {ph.where} gets no bytes: source '{ph.source}' {state}; "
                 "lower the budgets or remove the phase"
             )
-        if ph.budget is not None and len(chunk) < ph.budget:
+        if ph.budget is not None and len(chunk) < min(ph.budget, room):
             note = (
                 f"phase '{ph.label}' asked for {ph.budget} bytes but source '{ph.source}' "
                 f"had only {len(chunk)} left; the phase was cut short"
@@ -89,7 +129,9 @@ def build_phases(phases: Sequence[PhaseSpec], seed: int = 0, shuffle: bool = Fal
     )
 
 
-def build_stream(spec: str, seed: int = 0, shuffle: bool = False) -> Stream:
+def build_stream(
+    spec: str, seed: int = 0, shuffle: bool = False, max_bytes: int | None = None
+) -> Stream:
     """Build the stream a spec describes (see :mod:`mugpt.corpus.spec` for the syntax).
 
     ``seed`` seeds the generated sources and, with ``shuffle=True``, a permutation of the
@@ -99,8 +141,13 @@ def build_stream(spec: str, seed: int = 0, shuffle: bool = False) -> Stream:
     >>> s = build_stream("a=counting:1k,b=random:500,a=counting:1k", seed=1)
     >>> len(s), [b.index for b in s.boundaries], s.labels()
     (2500, [1000, 1500], ['a', 'b'])
+
+    ``max_bytes`` bounds what is built before anything is read (see :func:`build_phases`):
+
+    >>> len(build_stream("a=random:999999999999M", max_bytes=1000))
+    1000
     """
-    return build_phases(parse_spec(spec), seed=seed, shuffle=shuffle)
+    return build_phases(parse_spec(spec), seed=seed, shuffle=shuffle, max_bytes=max_bytes)
 
 
 def default_stream(seed: int = 0) -> Stream:

@@ -14,6 +14,7 @@ phases need a budget.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -96,6 +97,8 @@ def _file_chunks(path: Path) -> Iterator[Chunk]:
     while True:
         try:
             with open(path, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # replaced since it was checked
+                    raise StreamError(f"'{path}' is not a regular file; give a regular file")
                 f.seek(offset)
                 chunk = f.read(READ_CHUNK)
         except OSError as e:
@@ -125,6 +128,10 @@ class FileSource(Source):
             raise StreamError(f"file not found: '{path}'; check the path (file:PATH)")
         if self.path.is_dir():
             raise StreamError(f"'{path}' is a folder; use dir:{path} to read every file in it")
+        if not self.path.is_file():  # a device, FIFO or socket could be endless or block
+            raise StreamError(
+                f"'{path}' is not a regular file (a device, FIFO or socket); give a regular file"
+            )
         if not os.access(self.path, os.R_OK):
             raise StreamError(f"file '{path}' is not readable; check its permissions")
 

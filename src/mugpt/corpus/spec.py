@@ -35,16 +35,39 @@ _UNITS = {
     "": 1, "k": 1000, "K": 1000, "M": 1000**2, "G": 1000**3,
     "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3,
 }  # fmt: skip
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|k|K|M|G)?B?")
+# ASCII digits only: ``\d`` would also admit full-width and other Unicode digits.
+_SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)[ \t]*(Ki|Mi|Gi|k|K|M|G)?B?")
 _LABEL_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 SIZE_HELP = "write a size like 50000, 50k, 1.5M or 64Ki"
+#: The most bytes one stream may hold (256 MiB), checked before anything is read or generated.
+MAX_STREAM_BYTES = 256 * 1024**2
+#: The most phases one spec may have.
+MAX_PHASES = 1000
+#: How much of a user's text an error message quotes.
+QUOTE_CHARS = 60
+
+
+def quote(text: str, limit: int = QUOTE_CHARS) -> str:
+    """``text`` in quotes for an error message, cut to ``limit`` characters.
+
+    >>> quote("abc"), quote("x" * 100, 10)
+    ("'abc'", "'xxxxxxxxxx...' (100 characters)")
+    """
+    if len(text) <= limit:
+        return f"'{text}'"
+    return f"'{text[:limit]}...' ({len(text)} characters)"
 
 
 def parse_size(text: str) -> int | None:
     """Bytes denoted by ``text``, or None if it is not a size (``k`` = 1000, ``Ki`` = 1024).
 
+    Only ASCII digits count, and a size must be a whole number of bytes: ``1.5k`` is 1500
+    but ``1.5`` or ``0.0001k`` (a fraction of a byte) is not a size.
+
     >>> parse_size("50k"), parse_size("64Ki"), parse_size("1.5M"), parse_size("7"), parse_size("x")
     (50000, 65536, 1500000, 7, None)
+    >>> parse_size("1.5"), parse_size("\uff15\uff10k")
+    (None, None)
     """
     m = _SIZE_RE.fullmatch(text.strip())
     if m is None:
@@ -204,7 +227,7 @@ def split_phases(spec: str) -> list[tuple[str, int]]:
 
 
 def _where(spec: str, pos: int) -> str:
-    return f"at character {pos} of stream spec '{spec}'"
+    return f"at character {pos} of stream spec {quote(spec)}"
 
 
 def parse_phase(text: str, where: str, base_dir: Path | None = None) -> PhaseSpec:
@@ -221,17 +244,19 @@ def parse_phase(text: str, where: str, base_dir: Path | None = None) -> PhaseSpe
     if eq and ":" not in head:
         head, tail = head.strip(), tail.strip()
         if not _LABEL_RE.fullmatch(head):
-            raise StreamError(f"bad label '{head}' {where}; use letters, digits, '_', '-' or '.'")
+            raise StreamError(
+                f"bad label {quote(head)} {where}; use letters, digits, '_', '-' or '.'"
+            )
         label, rest = head, tail
     if not rest:
         raise StreamError(
-            f"phase '{text}' {where} has no source; valid: {', '.join(list_sources())}"
+            f"phase {quote(text)} {where} has no source; valid: {', '.join(list_sources())}"
         )
     name, _, arg = rest.partition(":")
     kind = SOURCE_KINDS.get(name)
     if kind is None:
         raise StreamError(
-            f"unknown source '{name}' {where}; valid sources: {', '.join(list_sources())}"
+            f"unknown source {quote(name)} {where}; valid sources: {', '.join(list_sources())}"
         )
     budget: int | None = None  # None: all that is left
     if kind.takes_argument:
@@ -243,7 +268,7 @@ def parse_phase(text: str, where: str, base_dir: Path | None = None) -> PhaseSpe
             elif (size := parse_size(last)) is not None:
                 argument, budget = before, size
         if not argument:
-            raise StreamError(f"source '{rest}' {where} needs an argument: {kind.usage}")
+            raise StreamError(f"source {quote(rest)} {where} needs an argument: {kind.usage}")
         if name == "text":
             source = f"text:{argument}"
         else:
@@ -259,18 +284,18 @@ def parse_phase(text: str, where: str, base_dir: Path | None = None) -> PhaseSpe
                 split = parts.pop(0)
             elif parts and parse_size(parts[0]) is None and parts[0] != "all":
                 raise StreamError(
-                    f"unknown TinyStories split '{parts[0]}' {where}; use one of: "
+                    f"unknown TinyStories split {quote(parts[0])} {where}; use one of: "
                     + ", ".join(f"tinystories:{s}" for s in SPLITS)
                 )
             source = f"tinystories:{split}"
         else:
             source = name
         if len(parts) > 1:
-            raise StreamError(f"too many ':' in '{rest}' {where}; write {kind.usage}:BUDGET")
+            raise StreamError(f"too many ':' in {quote(rest)} {where}; write {kind.usage}:BUDGET")
         if parts and parts[0] != "all":
             budget = parse_size(parts[0])
             if budget is None:
-                raise StreamError(f"bad budget '{parts[0]}' {where}; {SIZE_HELP}")
+                raise StreamError(f"bad budget {quote(parts[0])} {where}; {SIZE_HELP}")
     if budget is None and kind.needs_budget:
         raise StreamError(
             f"source '{source}' {where} needs a budget ({source} is "
@@ -278,7 +303,7 @@ def parse_phase(text: str, where: str, base_dir: Path | None = None) -> PhaseSpe
             f"write e.g. '{source}:50k'"
         )
     if budget == 0:
-        raise StreamError(f"phase '{text}' {where} has budget 0; give a positive size")
+        raise StreamError(f"phase {quote(text)} {where} has budget 0; give a positive size")
     if label is None:
         label = default_label(source)
     return PhaseSpec(label=label, source=source, budget=budget, where=where)
@@ -305,8 +330,14 @@ def parse_spec(spec: str) -> list[PhaseSpec]:
     """
     if not spec.strip():
         raise StreamError("the stream spec is empty; write e.g. 'prose=stdlib-prose:50k'")
+    tokens = split_phases(spec)
+    if len(tokens) > MAX_PHASES:
+        raise StreamError(
+            f"the stream spec has {len(tokens)} phases, more than the cap of {MAX_PHASES}; "
+            "merge phases or use fewer"
+        )
     phases = []
-    for token, pos in split_phases(spec):
+    for token, pos in tokens:
         where = _where(spec, pos)
         if not token:
             raise StreamError(f"empty phase {where} (two commas or a trailing comma?); remove it")

@@ -104,6 +104,30 @@ def _parse_formats(formats: str | Iterable[str]) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
+def check_formats(formats: str | Iterable[str]) -> list[str]:
+    """Validates export formats before any work: known names and their libraries installed.
+
+    An empty list is allowed (nothing to export). Raises :class:`ConfigError` otherwise.
+
+    >>> check_formats("jsonl"), check_formats([])
+    (['jsonl'], [])
+    """
+    import importlib.util
+
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    if not [f for f in items if f.strip()]:
+        return []
+    wanted = _parse_formats(items)
+    needs = {"parquet": ("pyarrow", "parquet"), "tensorboard": ("tensorboardX", "tensorboard")}
+    for fmt in wanted:
+        if fmt in needs and importlib.util.find_spec(needs[fmt][0]) is None:
+            raise ConfigError(
+                f"the {fmt} export needs {needs[fmt][0]}; install it with: "
+                f"pip install 'mugpt[{needs[fmt][1]}]', or drop {fmt} from --export"
+            )
+    return wanted
+
+
 # ---------------------------------------------------------------------- reading a run
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,28 @@ def check_out_dir(out: Path, force: bool) -> None:
             f"--out {str(out)!r} already holds files; choose a new directory or pass --force "
             "to replace it"
         )
+
+
+def prepare_out_dir(out: Path) -> None:
+    """Makes sure ``out`` can be written (its parent created, a probe file written and removed).
+
+    Called before learning, so a path under a file, under ``/proc`` or in a read-only folder
+    fails at once with one line instead of after the run.
+    """
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.probe-", dir=out.parent)
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the run directory --out {str(out)!r}: "
+            f"{exc.strerror or exc}; choose a writable folder"
+        ) from None
 
 
 def write_log_csv(path: Path, losses: np.ndarray, data: bytes, labels: list[str]) -> None:
