@@ -270,3 +270,51 @@ def test_unknown_configuration_is_a_clear_error(blob: bytes) -> None:
     config["mechanisms"] = [{"name": "no_such_mechanism"}]
     with pytest.raises(CompressedFileError, match=r"cannot be rebuilt.*no_such_mechanism"):
         decode(_rewrite(blob, config=config))
+
+
+STRONG_LIKE = [
+    pytest.param({"preset": "strong"}, id="strong"),
+    pytest.param({"preset": "strong", "learner": {"update_every": 7}}, id="strong-k7"),
+    pytest.param({"preset": "strong", "learner": {"update_every": 1}}, id="strong-k1"),
+    pytest.param({"learner": {"update_every": 13}}, id="seed-k13"),
+    pytest.param(
+        {"model": {"n_layers": 2, "tied_head": True}, "learner": {"update_every": 9}},
+        id="two-layers-tied-k9",
+    ),
+    pytest.param(
+        {"preset": "strong", "mechanisms": [{"name": "cache"}]},
+        id="strong+cache",
+        marks=needs_cache,
+    ),
+    pytest.param({"preset": "strong", "mechanisms": [{"name": "knn"}]}, id="strong+knn"),
+    pytest.param(
+        {"learner": {"update_every": 5}, "mechanisms": [{"name": "ngram_mix"}]},
+        id="seed+ngram_mix-k5",
+    ),
+]
+
+
+@pytest.mark.parametrize("values", STRONG_LIKE)
+def test_the_incremental_decoder_round_trips_with_no_full_forward_per_byte(
+    values: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the compiled model the decoder computes a step's window position by position
+    (model/incremental.py) and hands the finished window to the step: the full-window
+    forward is never run while decoding, and the bytes (CRC-checked) come back."""
+    from mugpt.model import fast
+
+    cfg = RunConfig.from_dict(values)
+    if cfg.build_learner().backend != "numba":
+        pytest.skip("the incremental decoder runs on the numba backend")
+    data = b"the cat sat on the mat; the dog sat on the log. " * 5 + TEXT
+    blob = compress_bytes(data, cfg)
+    calls = [0]
+    full_forward = fast.FastGPT.forward
+
+    def counting(self: object, idx: np.ndarray) -> object:
+        calls[0] += 1
+        return full_forward(self, idx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fast.FastGPT, "forward", counting)
+    assert decompress_bytes(blob) == data
+    assert calls[0] == 0

@@ -13,7 +13,12 @@ configuration and must compute the *same* probabilities before it knows each byt
   length, same positions) with not-yet-decoded bytes set to a placeholder and reads the row
   of the byte it decodes; causal masking makes that row independent of the placeholders
   (masked scores are −inf, so their attention weights are exactly 0), so it equals the
-  encoder's row bit for bit. The decoder therefore spends one forward pass per byte.
+  encoder's row bit for bit. On the compiled model the decoder does not run that window
+  once per byte: it computes it position by position (``model/incremental.py``, keys and
+  values of earlier positions kept), each byte's row as soon as the byte before it is
+  decoded, so a byte costs about one position; the finished window equals the full forward
+  in every bit and is handed to the step, which then does not run the forward again. The
+  NumPy backend keeps one full forward pass per byte.
 
 After each step the decoder compares the probabilities it used with those the Learner's own
 ``step`` then records, and stops with a clear error if they differ in any bit.
@@ -211,6 +216,99 @@ def _adjusting(learner: Any) -> list[Mechanism]:
         for m in learner.mechanisms
         if m.enabled and type(m).adjust_prediction is not Mechanism.adjust_prediction
     ]
+
+
+def _step_window(learner: Any, data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs, targets, new_positions) of the window ``learner.step(data)`` will use."""
+    cfg = learner.model_cfg
+    symbols = _step_symbols(learner, data)
+    window = np.concatenate([learner.history, symbols])[-(cfg.context + 1) :]
+    inputs, targets = window[:-1], window[1:]
+    n = inputs.size
+    slots = np.arange(max(0, n - symbols.size), n)
+    new_positions = slots[targets[slots] != BOS]
+    assert new_positions.size == data.size
+    return inputs, targets, new_positions
+
+
+def _adjusted_row(
+    learner: Any, mechanisms: list[Mechanism], data: np.ndarray, window: Any, acts: Any, j: int
+) -> np.ndarray:
+    """Row j of the step's prediction after the ``adjust_prediction`` hooks (run on a copy
+    of the Learner's generator, so the Learner is unchanged)."""
+    inputs, targets, new_positions = window
+    probs = acts.probs[0, new_positions].astype(np.float64)  # (k, V)
+    if not mechanisms:
+        return probs[j]
+    fields = {f.name for f in dataclasses.fields(StepContext)}
+    extra = {"optimizer": learner.optimizer} if "optimizer" in fields else {}
+    ctx = StepContext(
+        step=learner.counters.steps,
+        position=learner.position,
+        new_bytes=data,
+        inputs=inputs,
+        targets=targets,
+        new_positions=new_positions,
+        hidden=acts.hidden[0],
+        rng=copy.deepcopy(learner.rng),
+        lr=learner.lr,
+        context=learner.model_cfg.context,
+        **extra,
+    )
+    for mech in mechanisms:
+        probs = mech.adjust_prediction(ctx, probs)
+    return np.asarray(probs[j], dtype=np.float64)
+
+
+class _IncrementalStep:
+    """The decoder's forward pass on the compiled model: the step's window computed one
+    position at a time (model/incremental.py), each byte's row as soon as the byte before it
+    is known, so a byte costs about one position instead of a whole window. Its rows equal
+    the full forward's bit for bit; once every position is done the workspace is exactly the
+    full forward's, which is handed to the step (no second forward pass)."""
+
+    def __init__(self, learner: Any, data: np.ndarray) -> None:
+        from mugpt.model.fast import FastActivations
+        from mugpt.model.incremental import begin_window, forward_position
+
+        self.model = model = learner.model
+        inputs, targets, new_positions = _step_window(learner, data)
+        self.window = (inputs.copy(), targets.copy(), new_positions)
+        inputs = self.window[0]
+        self.n = int(inputs.size)
+        self.forward_position = forward_position
+        begin_window(model, inputs, 0)
+        self.done = 0  # positions computed
+        ws = model.ws
+        self.acts = FastActivations(idx=inputs[None, :].copy(), probs=ws.probs[:1, : self.n],
+                                    hidden=ws.hidden[:1, : self.n], workspace=ws)  # fmt: skip
+
+    def upto(self, t: int) -> None:
+        """Computes positions up to and including t."""
+        m = self.model
+        flat, offs, dims, ws = m.params.flat, m.offsets, m.dims, m.ws
+        for pos in range(self.done, t + 1):
+            self.forward_position(flat, offs, dims, ws, 0, pos)
+        self.done = max(self.done, t + 1)
+
+    def set_input(self, t: int, symbol: int) -> None:
+        assert t >= self.done, "a computed position's input cannot change"
+        self.model.ws.idx[0, t] = symbol
+        self.acts.idx[0, t] = symbol
+        inputs, targets, _ = self.window  # what the hooks see: the bytes decoded so far
+        inputs[t] = symbol
+        targets[t - 1] = symbol
+
+    def finish(self) -> Any:
+        """Completes the window (padding included) and returns its activations."""
+        self.upto(self.model.cfg.context - 1)
+        self.model._forwarded = 1
+        return self.acts
+
+
+def _incremental_ok(learner: Any) -> bool:
+    model = getattr(learner, "model", None)
+    return getattr(model, "backend", None) == "numba" and hasattr(model, "ws")
 
 
 def predict_in_step(learner: Any, data: np.ndarray, j: int) -> np.ndarray:
@@ -427,6 +525,7 @@ def decode(
         )
     with contextlib.suppress(AttributeError, TypeError):  # a model without a settable forward
         learner.model.forward = _ForwardReuse(learner.model.forward)
+    incremental = _incremental_ok(learner)
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     decoder = constriction.stream.queue.RangeDecoder(words)
     family = _family()
@@ -438,8 +537,16 @@ def decode(
         for size in step_sizes(header.length, learner.cfg.update_every, learner.model_cfg.context):  # fmt: skip
             chunk = np.full(size, PLACEHOLDER, dtype=np.uint8)
             rows = np.empty((size, learner.model_cfg.vocab_size), dtype=np.float64)
+            inc = _IncrementalStep(learner, chunk) if incremental else None
+            adjusting = _adjusting(learner)
             for j in range(size):
-                rows[j] = predict_in_step(learner, chunk, j)
+                if inc is None:
+                    rows[j] = predict_in_step(learner, chunk, j)
+                else:
+                    if j > 0:  # the input of this byte's position is the byte just decoded
+                        inc.set_input(int(inc.window[2][j]), int(chunk[j - 1]))
+                    inc.upto(int(inc.window[2][j]))
+                    rows[j] = _adjusted_row(learner, adjusting, chunk, inc.window, inc.acts, j)
                 q = coding_probs(rows[j])[None, :]
                 try:
                     symbol = int(decoder.decode(family, q)[0])
@@ -452,6 +559,11 @@ def decode(
                 total = float(q.sum())
                 share = float(q[0, symbol]) / total if total > 0 else 1.0 / N_BYTE_SYMBOLS
                 bits -= math.log2(max(share, 2.0**-CODER_PRECISION_BITS))
+            if inc is not None:
+                acts = inc.finish()
+                reuse = getattr(learner.model, "forward", None)
+                if isinstance(reuse, _ForwardReuse):
+                    reuse.offer(acts.idx, acts)
             step = learner.step(chunk)
             recorded = np.asarray(step.probs, dtype=np.float64)
             if recorded.shape != rows.shape or recorded.tobytes() != rows.tobytes():

@@ -72,6 +72,9 @@ def begin_window(model: Any, inputs: np.ndarray, b: int = 0) -> None:
     not been computed yet."""
     n = int(inputs.size)
     assert 0 < n <= model.cfg.context, inputs.shape
+    if getattr(model, "_pinned", None) is not None:  # as FastGPT.forward: keep pinned views
+        model._pinned.own()
+        model._pinned = None
     model.ensure_batch(b + 1)
     ws = model.ws
     ws.idx[b, :n] = inputs
