@@ -182,12 +182,14 @@ def step_sizes(n: int, update_every: int, context: int) -> Iterator[int]:
         >>> list(step_sizes(10, 4, 4))
         [3, 4, 3]
     """
+    from mugpt.engine.window import step_end  # the one window rule (coded files: one document)
+
+    starts = np.zeros(n + 1, dtype=bool)
     pos = 0
     while pos < n:
-        size = min(update_every, n - pos, context - (1 if pos == 0 else 0))
-        size = max(size, 1)
-        yield size
-        pos += size
+        end = step_end(starts, pos, n, update_every, context, pos == 0)
+        yield end - pos
+        pos = end
 
 
 def _check_supported(run_config: Any) -> None:
@@ -250,7 +252,7 @@ def _adjusted_row(
         targets=targets,
         new_positions=new_positions,
         hidden=acts.hidden[0],
-        rng=copy.deepcopy(learner.rng),
+        rng=_rng_copy(learner.rng),
         lr=learner.lr,
         context=learner.model_cfg.context,
         **extra,
@@ -258,6 +260,13 @@ def _adjusted_row(
     for mech in mechanisms:
         probs = mech.adjust_prediction(ctx, probs)
     return np.asarray(probs[j], dtype=np.float64)
+
+
+def _rng_copy(rng: np.random.Generator) -> np.random.Generator:
+    """A generator in the same state (the hooks may draw; the Learner's must not move)."""
+    bit_generator = type(rng.bit_generator)()
+    bit_generator.state = rng.bit_generator.state
+    return np.random.Generator(bit_generator)
 
 
 class _IncrementalStep:
