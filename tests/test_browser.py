@@ -249,3 +249,23 @@ def test_sampling_returns_text_and_a_limit_is_explained(page: Any) -> None:
     page.locator("#sample-length").fill("5000")
     page.locator("#sample-go").click()
     page.locator("#notice").get_by_text(re.compile("over this server's limit of 1000")).wait_for()
+
+
+def test_a_reloaded_tab_draws_every_loss_curve_from_near_byte_0(page: Any, server: str) -> None:
+    target = 40_000
+    wait_bytes_above(page, target)
+    page.reload()
+    page.wait_for_function(
+        "x => Number(document.querySelector('[data-testid=loss-chart]').dataset.lastX) > x",
+        arg=target,
+        timeout=FIRST_BYTES_MS,
+    )
+    starts = page.evaluate(
+        "() => document.querySelector('[data-testid=loss-chart]').data"
+        ".filter(t => t.yaxis !== 'y2' && t.x.length > 0).map(t => [t.name, t.x[0]])"
+    )
+    names = [name for name, _ in starts]
+    assert any(n.startswith("loss per byte") for n in names), names
+    assert "moving average" in names and "bpb so far" in names
+    late = [(name, x) for name, x in starts if x > 0.05 * target]
+    assert late == [], f"curves that forget the run's beginning: {late}"

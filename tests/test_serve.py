@@ -25,7 +25,7 @@ from mugpt.corpus import build_stream
 from mugpt.engine.config import RunConfig
 from mugpt.serve import ServeSettings, create_app
 from mugpt.serve.guard import Access
-from mugpt.serve.history import RunHistory, history_from_losses, merge_loss_pairs
+from mugpt.serve.history import RunHistory, empty_loss, fold_loss, history_from_losses
 from mugpt.serve.protocol import CommandError, clean, parse_command
 from mugpt.serve.runs import Client, cli_command
 
@@ -146,9 +146,11 @@ def test_history_merges_bins_without_losing_bytes_or_mass() -> None:
     assert np.dot(loss["n"], loss["mean"]) == pytest.approx(total_bits)
     assert sum(loss["replays"]) == 300 * 20
     assert loss["x"] == sorted(loss["x"]) and loss["x"][0] == 0
-    merged = merge_loss_pairs({"x": [0, 3], "n": [3, 1], "mean": [2.0, 6.0], "ema": [1, 2],
-                               "skips": [1, 0], "replays": [0, 0]})  # fmt: skip
-    assert merged == {"x": [0], "n": [4], "mean": [3.0], "ema": [2], "skips": [1], "replays": [0]}
+    merged = empty_loss()
+    fold_loss(merged, {"x": [0, 3], "n": [3, 1], "mean": [2.0, 6.0], "ema": [1, 2],
+                       "skips": [1, 0], "replays": [0, 0]}, cap=1)  # fmt: skip
+    assert merged == {"x": [0], "n": [4], "mean": [3.0], "min": [2.0], "max": [6.0], "ema": [2],
+                      "skips": [1], "replays": [0], "width": 4}  # fmt: skip
 
 
 def test_history_of_a_finished_run_keeps_its_numbers() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 from mugpt.errors import ConfigError
 
 LOSS_CAP = 4000
-"""Most loss bins kept per run; past it, neighbours merge pairwise."""
+"""Most loss bins kept per run; past it, the bin width doubles (neighbours merge)."""
 SERIES_CAP = 2000
 """Most points of the running-bpb and learning-rate series."""
 EVENTS_KEPT = 300
@@ -33,32 +32,94 @@ LATEST_KEYS = (
     "state", "pos", "total", "bpb", "bytes_per_s", "max_bytes_per_s", "lr", "base_lr",
     "grad_norm", "counters", "topk", "next_byte", "attention", "phases", "mechanisms",
 )  # fmt: skip
-LOSS_KEYS = ("x", "n", "mean", "ema", "skips", "replays")
+LOSS_KEYS = ("x", "n", "mean", "min", "max", "ema", "skips", "replays")
 
 
-def merge_loss_pairs(loss: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    """Halves a loss series: bins 2i and 2i+1 become one (weighted mean, EMA at its end).
-
-    >>> merge_loss_pairs({"x": [0, 2, 4], "n": [2, 2, 1], "mean": [1.0, 3.0, 5.0],
-    ...                   "ema": [1.0, 2.0, 3.0], "skips": [0, 1, 0], "replays": [1, 0, 0]})
-    {'x': [0, 4], 'n': [4, 1], 'mean': [2.0, 5.0], 'ema': [2.0, 3.0], 'skips': [1, 0], 'replays': [1, 0]}
-    """
-    out: dict[str, list[Any]] = {k: [] for k in LOSS_KEYS}
-    size = len(loss["x"])
-    for i in range(0, size, 2):
-        j = min(i + 1, size - 1)
-        if j == i:
-            for key in LOSS_KEYS:
-                out[key].append(loss[key][i])
-            continue
-        n = loss["n"][i] + loss["n"][j]
-        out["x"].append(loss["x"][i])
-        out["n"].append(n)
-        out["mean"].append((loss["mean"][i] * loss["n"][i] + loss["mean"][j] * loss["n"][j]) / n)
-        out["ema"].append(loss["ema"][j])
-        out["skips"].append(loss["skips"][i] + loss["skips"][j])
-        out["replays"].append(loss["replays"][i] + loss["replays"][j])
+def empty_loss() -> dict[str, Any]:
+    """An empty loss series; ``width`` is the bytes each bin covers (a power of two)."""
+    out: dict[str, Any] = {k: [] for k in LOSS_KEYS}
+    out["width"] = 1
     return out
+
+
+def fold_loss(target: dict[str, Any], loss: dict[str, Any], cap: int = LOSS_CAP) -> None:
+    """Folds bins (any sizes, in byte order) into ``target``'s aligned bins, in place.
+
+    Bin ``k`` of ``target`` covers bytes ``[k·width, (k+1)·width)``; an incoming bin crossing a
+    boundary is shared out by bytes (same mean, min and max on both sides). When the run outgrows ``cap`` bins the width doubles
+    and neighbours merge, so the series always starts at byte 0, every bin covers the same
+    number of bytes, and memory stays flat. Each bin keeps the byte-weighted mean, the
+    lowest and highest loss seen in it (spikes stay visible), the EMA at its end and its
+    counts of skipped and replay updates. The page (``app.js``) folds the same way.
+
+    >>> t = empty_loss()
+    >>> fold_loss(t, {"x": [0, 1, 2, 3, 4], "n": [1] * 5, "mean": [8.0, 6.0, 4.0, 2.0, 9.0],
+    ...               "ema": [8.0, 7.0, 6.0, 5.0, 6.0]}, cap=2)
+    >>> t["width"], t["x"], t["n"], t["mean"], t["min"], t["max"]
+    (4, [0, 4], [4, 1], [5.0, 9.0], [2.0, 9.0], [8.0, 9.0])
+    """
+    xs = loss.get("x") or []
+    if not xs:
+        return
+    size = len(xs)
+    ns, means = loss["n"], loss["mean"]
+    mins = loss.get("min") or means
+    maxs = loss.get("max") or means
+    emas = loss.get("ema") or means
+    skips = loss.get("skips") or [0] * size
+    replays = loss.get("replays") or [0] * size
+    last = xs[-1] + ns[-1] - 1
+    while last // target["width"] >= cap:
+        _double_width(target)
+    width = target["width"]
+    tx, tn, tmean = target["x"], target["n"], target["mean"]
+    for i in range(size):
+        x, end = xs[i], xs[i] + ns[i]
+        while x < end:  # a bin crossing a boundary is split, its bytes shared out
+            start = (x // width) * width
+            n = min(end, start + width) - x
+            x += n
+            if tx and tx[-1] == start:
+                total = tn[-1] + n
+                tmean[-1] = (tmean[-1] * tn[-1] + means[i] * n) / total
+                tn[-1] = total
+                target["min"][-1] = min(target["min"][-1], mins[i])
+                target["max"][-1] = max(target["max"][-1], maxs[i])
+                target["ema"][-1] = emas[i]
+            else:
+                tx.append(start)
+                tn.append(n)
+                tmean.append(means[i])
+                target["min"].append(mins[i])
+                target["max"].append(maxs[i])
+                target["ema"].append(emas[i])
+                target["skips"].append(0)
+                target["replays"].append(0)
+        target["skips"][-1] += skips[i]
+        target["replays"][-1] += replays[i]
+
+
+def _double_width(target: dict[str, Any]) -> None:
+    width = target["width"] * 2
+    old = {k: target[k] for k in LOSS_KEYS}
+    new: dict[str, Any] = {k: [] for k in LOSS_KEYS}
+    for i in range(len(old["x"])):
+        start = (old["x"][i] // width) * width
+        if new["x"] and new["x"][-1] == start:
+            n = new["n"][-1] + old["n"][i]
+            new["mean"][-1] = (new["mean"][-1] * new["n"][-1] + old["mean"][i] * old["n"][i]) / n
+            new["n"][-1] = n
+            new["min"][-1] = min(new["min"][-1], old["min"][i])
+            new["max"][-1] = max(new["max"][-1], old["max"][i])
+            new["ema"][-1] = old["ema"][i]
+            new["skips"][-1] += old["skips"][i]
+            new["replays"][-1] += old["replays"][i]
+        else:
+            new["x"].append(start)
+            for key in LOSS_KEYS[1:]:
+                new[key].append(old[key][i])
+    target.update(new)
+    target["width"] = width
 
 
 class RunHistory:
@@ -72,14 +133,14 @@ class RunHistory:
         ...          "events": [], "state": "running"})
         >>> snap = h.snapshot()
         >>> snap["loss"]["mean"], snap["latest"]["pos"], len(snap["text"])
-        ([7.5], 2, 2)
+        ([7.5, 7.5], 2, 2)
     """
 
     def __init__(self) -> None:
         self.clear()
 
     def clear(self) -> None:
-        self.loss: dict[str, list[Any]] = {k: [] for k in LOSS_KEYS}
+        self.loss: dict[str, Any] = empty_loss()
         self.bpb: dict[str, list[Any]] = {"x": [], "y": []}
         self.lr: dict[str, list[Any]] = {"x": [], "lr": [], "grad_norm": []}
         self.baselines: list[dict[str, Any]] = []
@@ -92,10 +153,7 @@ class RunHistory:
         """Folds one ``update`` message in."""
         loss = message.get("loss")
         if loss and loss.get("x"):
-            for key in LOSS_KEYS:
-                self.loss[key].extend(loss[key])
-            while len(self.loss["x"]) > LOSS_CAP:
-                self.loss = merge_loss_pairs(self.loss)
+            fold_loss(self.loss, loss)
         pos = message.get("pos")
         if (
             pos
@@ -210,18 +268,23 @@ def history_from_losses(
     history = RunHistory()
     n = int(losses.size)
     if n:
-        stride = max(1, math.ceil(n / LOSS_CAP))
+        width = 1
+        while (n - 1) // width >= LOSS_CAP:
+            width *= 2
         smooth = ema(losses, ema_alpha)
-        starts = np.arange(0, n, stride)
-        counts = np.minimum(stride, n - starts)
+        starts = np.arange(0, n, width)
+        counts = np.minimum(width, n - starts)
         sums = np.add.reduceat(losses, starts)
         history.loss = {
             "x": starts.tolist(),
             "n": counts.tolist(),
             "mean": np.round(sums / counts, 4).tolist(),
+            "min": np.round(np.minimum.reduceat(losses, starts), 4).tolist(),
+            "max": np.round(np.maximum.reduceat(losses, starts), 4).tolist(),
             "ema": np.round(smooth[starts + counts - 1], 4).tolist(),
             "skips": [0] * starts.size,
             "replays": [0] * starts.size,
+            "width": width,
         }
         cumulative = np.cumsum(losses) / np.arange(1, n + 1)
         points = np.unique(np.linspace(1, n, min(n, SERIES_CAP)).astype(np.int64))

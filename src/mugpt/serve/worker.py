@@ -99,6 +99,8 @@ class _Bins:
         self.x: list[int] = []
         self.n: list[int] = []
         self.mean: list[float] = []
+        self.min: list[float] = []
+        self.max: list[float] = []
         self.ema: list[float] = []
         self.skips: list[int] = []
         self.replays: list[int] = []
@@ -108,6 +110,8 @@ class _Bins:
             "x": self.x,
             "n": self.n,
             "mean": [round(v, 4) for v in self.mean],
+            "min": [round(v, 4) for v in self.min],
+            "max": [round(v, 4) for v in self.max],
             "ema": [round(v, 4) for v in self.ema],
             "skips": self.skips,
             "replays": self.replays,
@@ -315,6 +319,8 @@ class RunWorker:
             bins.x.append(start + lo)
             bins.n.append(m)
             bins.mean.append(float(part.mean()))
+            bins.min.append(float(part.min()))
+            bins.max.append(float(part.max()))
             bins.ema.append(self.ema)
             bins.skips.append(0)
             bins.replays.append(0)
@@ -330,6 +336,8 @@ class RunWorker:
                 total = new.n[-1] + old.n[i]
                 new.mean[-1] = (new.mean[-1] * new.n[-1] + old.mean[i] * old.n[i]) / total
                 new.n[-1] = total
+                new.min[-1] = min(new.min[-1], old.min[i])
+                new.max[-1] = max(new.max[-1], old.max[i])
                 new.ema[-1] = old.ema[i]
                 new.skips[-1] += old.skips[i]
                 new.replays[-1] += old.replays[i]
@@ -337,6 +345,8 @@ class RunWorker:
                 new.x.append(old.x[i])
                 new.n.append(old.n[i])
                 new.mean.append(old.mean[i])
+                new.min.append(old.min[i])
+                new.max.append(old.max[i])
                 new.ema.append(old.ema[i])
                 new.skips.append(old.skips[i])
                 new.replays.append(old.replays[i])

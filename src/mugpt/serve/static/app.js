@@ -8,7 +8,8 @@
 
 (() => {
   const $ = (id) => document.getElementById(id);
-  const LOSS_CAP = 4000; // loss bins kept per run; neighbours merge pairwise past it
+  const LOSS_KEYS = ["x", "n", "mean", "min", "max", "ema", "skips", "replays"];
+  const LOSS_CAP = 4000; // loss bins kept per run; past it the bin width doubles
   const SERIES_CAP = 4000;
   const TEXT_SPANS = 1500;
   const EVENTS_SHOWN = 300;
@@ -40,7 +41,7 @@
 
   function emptyHistory() {
     return {
-      loss: { x: [], n: [], mean: [], ema: [], skips: [], replays: [] },
+      loss: emptyLoss(),
       bpb: { x: [], y: [] }, lr: { x: [], lr: [], grad_norm: [] },
       baselines: [], alarms: [], events: [],
     };
@@ -88,33 +89,73 @@
     return String.fromCharCode(sym);
   }
 
-  function mergePairs(loss) {
-    const out = { x: [], n: [], mean: [], ema: [], skips: [], replays: [] };
-    for (let i = 0; i < loss.x.length; i += 2) {
-      const j = i + 1 < loss.x.length ? i + 1 : i;
-      if (j === i) {
-        for (const k in out) out[k].push(loss[k][i]);
-        continue;
+  function emptyLoss() {
+    const out = { width: 1 };
+    for (const k of LOSS_KEYS) out[k] = [];
+    return out;
+  }
+
+  // Bins of equal width aligned from byte 0 (the server's history.fold_loss, mirrored):
+  // an incoming bin crossing a boundary is shared out by bytes; past LOSS_CAP bins the width
+  // doubles and neighbours merge, so the curve always starts at byte 0.
+  function doubleWidth(t) {
+    const width = t.width * 2;
+    const out = emptyLoss();
+    out.width = width;
+    for (let i = 0; i < t.x.length; i++) {
+      const start = Math.floor(t.x[i] / width) * width;
+      const last = out.x.length - 1;
+      if (last >= 0 && out.x[last] === start) {
+        const n = out.n[last] + t.n[i];
+        out.mean[last] = (out.mean[last] * out.n[last] + t.mean[i] * t.n[i]) / n;
+        out.n[last] = n;
+        out.min[last] = Math.min(out.min[last], t.min[i]);
+        out.max[last] = Math.max(out.max[last], t.max[i]);
+        out.ema[last] = t.ema[i];
+        out.skips[last] += t.skips[i];
+        out.replays[last] += t.replays[i];
+      } else {
+        out.x.push(start);
+        for (const k of LOSS_KEYS.slice(1)) out[k].push(t[k][i]);
       }
-      const n = loss.n[i] + loss.n[j];
-      out.x.push(loss.x[i]);
-      out.n.push(n);
-      out.mean.push((loss.mean[i] * loss.n[i] + loss.mean[j] * loss.n[j]) / n);
-      out.ema.push(loss.ema[j]);
-      out.skips.push(loss.skips[i] + loss.skips[j]);
-      out.replays.push(loss.replays[i] + loss.replays[j]);
     }
     return out;
   }
 
   function appendLoss(target, loss) {
     if (!loss || !loss.x || !loss.x.length) return target;
-    for (const k of ["x", "n", "mean", "ema", "skips", "replays"]) {
-      const src = loss[k] || loss.x.map(() => 0);
-      for (const v of src) target[k].push(v);
+    const size = loss.x.length;
+    const zeros = () => loss.x.map(() => 0);
+    const mean = loss.mean, mins = loss.min || mean, maxs = loss.max || mean, emas = loss.ema || mean;
+    const skips = loss.skips || zeros(), replays = loss.replays || zeros();
+    const lastByte = loss.x[size - 1] + loss.n[size - 1] - 1;
+    if (loss.width && !target.x.length) target.width = loss.width;
+    while (Math.floor(lastByte / target.width) >= LOSS_CAP) target = doubleWidth(target);
+    const t = target, width = t.width;
+    for (let i = 0; i < size; i++) {
+      let x = loss.x[i];
+      const end = x + loss.n[i];
+      while (x < end) { // a bin crossing a boundary is split, its bytes shared out
+        const start = Math.floor(x / width) * width;
+        const n = Math.min(end, start + width) - x;
+        x += n;
+        const last = t.x.length - 1;
+        if (last >= 0 && t.x[last] === start) {
+          const total = t.n[last] + n;
+          t.mean[last] = (t.mean[last] * t.n[last] + mean[i] * n) / total;
+          t.n[last] = total;
+          t.min[last] = Math.min(t.min[last], mins[i]);
+          t.max[last] = Math.max(t.max[last], maxs[i]);
+          t.ema[last] = emas[i];
+        } else {
+          t.x.push(start); t.n.push(n); t.mean.push(mean[i]); t.min.push(mins[i]); t.max.push(maxs[i]);
+          t.ema.push(emas[i]); t.skips.push(0); t.replays.push(0);
+        }
+      }
+      t.skips[t.x.length - 1] += skips[i];
+      t.replays[t.x.length - 1] += replays[i];
     }
-    while (target.x.length > LOSS_CAP) target = mergePairs(target);
-    return target;
+    return t;
   }
 
   function thin(series) {
@@ -505,10 +546,11 @@
 
   function drawLoss() {
     const L = S.hist.loss;
-    const cx = [], cy = [], ex = [], ey = [], rx = [], sx = [];
+    const cx = [], cy = [], my = [], ex = [], ey = [], rx = [], sx = [];
     for (let i = 0; i < L.x.length; i++) {
       cx.push(L.x[i] + L.n[i] / 2);
       cy.push(L.mean[i]);
+      my.push(L.max[i]);
       ex.push(L.x[i] + L.n[i]);
       ey.push(L.ema[i]);
       if (L.replays[i] > 0) rx.push(L.x[i] + L.n[i] / 2);
@@ -516,7 +558,8 @@
     }
     const pos = S.latest.pos || 0;
     const traces = [
-      { name: "loss per byte (older bytes in bins)", x: cx, y: cy, type: "scatter", mode: "markers", marker: { size: 3, color: "rgba(90,100,115,0.28)" }, hoverinfo: "x+y" },
+      { name: L.width > 1 ? `loss per byte (mean of ${L.width}-byte bins)` : "loss per byte", x: cx, y: cy, type: "scatter", mode: "markers", marker: { size: 3, color: "rgba(90,100,115,0.28)" }, hoverinfo: "x+y" },
+      { name: "highest loss in bin", x: cx, y: my, type: "scatter", mode: "markers", visible: "legendonly", marker: { size: 3, color: "rgba(180,35,24,0.35)" }, hoverinfo: "x+y" },
       { name: "moving average", x: ex, y: ey, type: "scatter", mode: "lines", line: { color: "#1f5fbf", width: 2.5 } },
       { name: "bpb so far", x: S.hist.bpb.x, y: S.hist.bpb.y, type: "scatter", mode: "lines", line: { color: "#1b1f24", width: 1.5, dash: "dash" } },
     ];
