@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,3 +270,30 @@ def test_a_reloaded_tab_draws_every_loss_curve_from_near_byte_0(page: Any, serve
     assert "moving average" in names and "bpb so far" in names
     late = [(name, x) for name, x in starts if x > 0.05 * target]
     assert late == [], f"curves that forget the run's beginning: {late}"
+
+
+def test_the_api_page_renders_offline(browser: Any, server: str) -> None:
+    context = browser.new_context()
+    outside: list[str] = []
+
+    def block_outside(route: Any) -> None:
+        host = urllib.parse.urlsplit(route.request.url).hostname
+        if host == "127.0.0.1":
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", block_outside)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(server + "docs")
+    ops = pg.get_by_test_id("api-ops")
+    ops.locator("details.op").first.wait_for(timeout=WAIT_MS)
+    assert ops.locator("details.op").count() >= 10
+    ops.get_by_text("/api/runs/{run_id}/history").first.click()
+    assert "bounded resolution" in ops.inner_text()
+    assert outside == [] and errors == []
+    assert pg.locator("#api-title").inner_text().startswith("μGPT lab")
+    context.close()

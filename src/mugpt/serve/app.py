@@ -40,7 +40,7 @@ from fastapi import (
     WebSocket,
     WebSocketDisconnect,
 )
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -208,6 +208,8 @@ def create_app(
         description="Watch and steer a tiny GPT learning online, byte by byte. Every action of "
         "the page is an HTTP call or a WebSocket message documented here.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load from a CDN: /docs is our own page instead
+        redoc_url=None,
     )
     app.add_middleware(UploadSizeGuard, limit=settings.max_upload_bytes)
     app.add_middleware(AccessGuard, access=access)  # outermost: runs before everything else
@@ -265,6 +267,15 @@ def create_app(
                 samesite="strict",
             )
         return response
+
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> FileResponse:
+        """The API page, drawn from /openapi.json with no outside asset (works offline)."""
+        return FileResponse(STATIC_DIR / "api.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/redoc", include_in_schema=False)
+    async def api_redoc() -> RedirectResponse:
+        return RedirectResponse("/docs")
 
     @app.get("/vendor/plotly.min.js", include_in_schema=False)
     async def plotly_js() -> FileResponse:
