@@ -297,3 +297,25 @@ def test_the_api_page_renders_offline(browser: Any, server: str) -> None:
     assert outside == [] and errors == []
     assert pg.locator("#api-title").inner_text().startswith("μGPT lab")
     context.close()
+
+
+def test_a_phone_never_scrolls_sideways(browser: Any, server: str) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(f"{server}?token={TOKEN}")
+    pg.wait_for_function("() => document.querySelectorAll('#phase-editor tbody tr').length > 0")
+    pg.wait_for_function(
+        "() => Number(document.querySelector('[data-testid=loss-chart]').dataset.points) > 0",
+        timeout=FIRST_BYTES_MS,
+    )
+    assert pg.evaluate("document.documentElement.scrollWidth") <= 390
+    # the stream editor's labels show whole ("prose", not "pros")
+    cut = pg.evaluate(
+        "() => [...document.querySelectorAll('#phase-editor tbody td:first-child input')]"
+        ".filter(i => i.scrollWidth > i.clientWidth + 1).map(i => i.value)"
+    )
+    assert cut == []
+    assert errors == []
+    context.close()

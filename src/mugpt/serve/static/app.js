@@ -581,6 +581,7 @@
       { name: "replay", x: rx, y: rx.map(() => 0.03), yaxis: "y2", type: "scatter", mode: "markers", marker: { symbol: "line-ns-open", size: 6, color: "rgba(29,122,70,0.6)" }, hovertemplate: "replay near byte %{x}<extra></extra>" },
       { name: "skipped update", x: sx, y: sx.map(() => 0.08), yaxis: "y2", type: "scatter", mode: "markers", marker: { symbol: "line-ns-open", size: 6, color: "rgba(161,92,0,0.7)" }, hovertemplate: "skipped update near byte %{x}<extra></extra>" },
     );
+    const narrow = ($("loss-chart").clientWidth || 1000) < 600;
     let maxX = Math.max(pos, ...[...S.compare.values()].map((c) => c.pos || 0), 1);
     const { shapes, annotations } = phaseShapes(maxX);
     const layout = {
@@ -589,10 +590,14 @@
       margin: { l: 52, r: 16, t: 28, b: 42 },
       font: { family: "system-ui, sans-serif", size: 13, color: "#1b1f24" },
       paper_bgcolor: "#fff", plot_bgcolor: "#fff",
-      xaxis: { title: { text: "bytes read" }, gridcolor: "#eef1f4", zeroline: false, rangemode: "tozero", autorange: true },
+      xaxis: { title: { text: narrow ? "" : "bytes read" }, gridcolor: "#eef1f4", zeroline: false, rangemode: "tozero", autorange: true },
       yaxis: { title: { text: "bits" }, range: [0, 10], gridcolor: "#eef1f4", zeroline: false },
       yaxis2: { overlaying: "y", range: [0, 1], visible: false, fixedrange: true },
-      legend: { orientation: "h", y: -0.2, font: { size: 12 } },
+      // anchored at its top below the axis title, so a legend that wraps (phones) grows down
+      // on a phone the legend wraps into rows: the axis title goes into it so they never overlap
+      legend: narrow
+        ? { orientation: "h", y: -0.12, yanchor: "top", font: { size: 12 }, title: { text: "x axis: bytes read", side: "top" } }
+        : { orientation: "h", y: -0.2, font: { size: 12 } },
       shapes, annotations,
       showlegend: true,
     };
