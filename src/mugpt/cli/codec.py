@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mugpt.cli.common import add_run_config_args, run_config_from_args
+from mugpt.compress.container import CompressedFileError
 from mugpt.errors import MugptError, StreamError
 
 COMPRESS_DESCRIPTION = """\
@@ -95,6 +96,8 @@ def _read_input(name: str) -> bytes:
         raise StreamError(f"IN {name!r} is a directory; give a file or - for stdin")
     if not path.exists():
         raise StreamError(f"IN {name!r} does not exist; give a readable file or - for stdin")
+    if not path.is_file():  # a device or FIFO could be endless or block
+        raise StreamError(f"IN {name!r} is not a regular file (a device, FIFO or socket); give a file")  # fmt: skip
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -159,6 +162,28 @@ def _progress(label: str, total: int, quiet: bool) -> Iterator[Any]:
         yield update
 
 
+def _bits_guard(progress: Any, payload_bytes: int) -> Any:
+    """Wraps ``progress`` to stop a decode whose bytes already cost more than the payload holds.
+
+    A payload of P bytes codes about 8 P bits. The running prequential cost may exceed the
+    coded cost (its floor is 2^-40 where the coder's is 2^-24, so at most 40/24 of it, plus
+    BOS's share), hence the allowance of twice 8 P plus 4096 bits: a valid file never reaches
+    it, and a crafted header whose length the payload cannot hold stops within a fraction of
+    a second instead of decoding for minutes.
+    """
+    allowed = 2 * 8 * payload_bytes + 4096
+
+    def guarded(done: int, total: int, bpb: float) -> None:
+        if done and bpb == bpb and bpb * done > allowed:  # bpb == bpb: not NaN
+            raise CompressedFileError(
+                f"the payload is used up after {done:,} of {total:,} bytes (the header's "
+                "length is more than its payload can hold); the file is corrupt"
+            )
+        progress(done, total, bpb)
+
+    return guarded
+
+
 def _say(line: str, quiet: bool) -> None:
     if not quiet:
         print(line, file=sys.stderr, flush=True)
@@ -204,12 +229,12 @@ def decompress_main(args: argparse.Namespace) -> int:
     _check_output(args)
     blob = _read_input(args.input)
     try:
-        length = read_header(blob).length
+        header = read_header(blob)
         with (
             _warnings_to_stderr("decompress"),
-            _progress("decompressing", length, args.quiet) as progress,
+            _progress("decompressing", header.length, args.quiet) as progress,
         ):
-            data, report = decode(blob, progress)
+            data, report = decode(blob, _bits_guard(progress, header.payload_bytes))
     except MugptError as exc:
         if args.input != "-":
             raise type(exc)(f"{args.input}: {exc}") from None

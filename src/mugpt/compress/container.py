@@ -114,6 +114,59 @@ class Header:
         return header
 
 
+#: Bits of slack a range coder's termination may save against the information content: its
+#: state (two 32-bit words), so a payload of P bytes codes at most 8 P + this many bits.
+CODER_SLACK_BITS = 64
+#: The largest model a compressed file may ask the decoder to build (parameters).
+MAX_DECODE_PARAMS = 50_000_000
+
+
+def max_length(payload_bytes: int) -> int:
+    """The most original bytes a payload of ``payload_bytes`` bytes can hold.
+
+    The coder quantises every byte's probability to at least the floor f = 2^-24
+    (``CODER_PRECISION_BITS``) and keeps all 256 bytes possible, so one byte's probability is
+    at most 1 - 255 f and each byte costs at least b = -log2(1 - 255 f) ≈ 2.19e-5 bits.
+    ``length`` bytes thus need at least ``length * b`` bits, and a payload of P bytes holds at
+    most floor((8 P + CODER_SLACK_BITS) / b) bytes (about 365,000 per payload byte).
+
+    >>> max_length(0), max_length(48)
+    (2918648, 20430542)
+    """
+    import math
+
+    from mugpt.compress.coder import CODER_PRECISION_BITS, N_BYTE_SYMBOLS
+
+    floor = 2.0**-CODER_PRECISION_BITS
+    min_bits = -math.log2(1.0 - (N_BYTE_SYMBOLS - 1) * floor)
+    return int((8 * payload_bytes + CODER_SLACK_BITS) / min_bits)
+
+
+def check_header(header: Header) -> None:
+    """Refuses a header whose sizes the payload cannot hold or whose model is too large.
+
+    Called by :func:`unpack` before anything is allocated for decoding.
+    """
+    limit = max_length(header.payload_bytes)
+    if header.length > limit:
+        raise CompressedFileError(
+            f"the header claims {header.length:,} bytes but a {header.payload_bytes:,}-byte "
+            f"payload can hold at most {limit:,}; the file is corrupt"
+        )
+    from mugpt.model.config import ModelConfig
+
+    model = header.config.get("model", {})
+    try:
+        n_params = ModelConfig.from_dict(dict(model)).n_params if model else 0
+    except Exception:  # an unusable model is reported when the decoder rebuilds it
+        return
+    if n_params > MAX_DECODE_PARAMS:
+        raise CompressedFileError(
+            f"the file's model has {n_params:,} parameters, more than the decoder's cap of "
+            f"{MAX_DECODE_PARAMS:,}; the file is corrupt or was not made by mugpt compress"
+        )
+
+
 def pack(header: Header, payload: bytes) -> bytes:
     """The whole file: prefix, compressed header, payload."""
     assert header.payload_bytes == len(payload)
@@ -175,6 +228,7 @@ def unpack(blob: bytes) -> tuple[Header, bytes]:
         )
     if zlib.crc32(payload) != header.payload_crc32:
         raise CompressedFileError("the payload is corrupt (its CRC32 does not match)")
+    check_header(header)
     return header, payload
 
 

@@ -44,17 +44,37 @@ def code_digest() -> str:
 
 
 def _blas_info() -> list[dict[str, Any]]:
-    """Each BLAS library loaded in the process: implementation, version, CPU kernel.
+    """The BLAS library NumPy computes with: implementation, version, CPU kernel.
 
-    OpenMP runtimes are left out: they appear once numba starts its thread pool, which says
-    nothing about the arithmetic when every pool runs one thread."""
+    Only NumPy's own BLAS changes μGPT's arithmetic (every matrix product goes through NumPy
+    or numba, which calls NumPy's BLAS); other libraries a process happens to load (scipy's
+    copy of OpenBLAS, torch's MKL) are left out, so a compressor and a decompressor on one
+    machine agree whatever else each imported. OpenMP runtimes are left out too."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:  # fall back to what NumPy was built with
         return [{"build": _numpy_build_blas()}]
     keys = ("internal_api", "version", "architecture")
     libs = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    numpy_dir = Path(np.__file__).resolve().parent
+    own = [lib for lib in libs if _ships_with_numpy(str(lib.get("filepath") or ""), numpy_dir)]
+    if own:
+        libs = own
+    elif len(libs) > 1:  # NumPy linked to a system BLAS: keep what NumPy was built with
+        return [{"build": _numpy_build_blas()}]
     return [{k: lib.get(k) for k in keys} for lib in libs]
+
+
+def _ships_with_numpy(filepath: str, numpy_dir: Path) -> bool:
+    """True for a library inside NumPy's wheel (``numpy.libs/`` or ``numpy/.libs/``)."""
+    if not filepath:
+        return False
+    parent = Path(filepath).resolve().parent
+    return (
+        parent == numpy_dir.parent / "numpy.libs"
+        or numpy_dir in parent.parents
+        or (parent == numpy_dir)
+    )
 
 
 def _numpy_build_blas() -> str:
