@@ -254,6 +254,10 @@ def test_sampling_returns_text_and_a_limit_is_explained(page: Any) -> None:
 
 def test_a_reloaded_tab_draws_every_loss_curve_from_near_byte_0(page: Any, server: str) -> None:
     target = 40_000
+    # a run long enough (earlier tests may have left a short one on view)
+    run = next(r for r in get_json(server + "api/runs") if (r["total"] or 0) > 2 * target)
+    page.goto(f"{server}?token={TOKEN}&run={run['id']}")
+    page.wait_for_function("r => window.mugptLab.runId === r", arg=run["id"])
     wait_bytes_above(page, target)
     page.reload()
     page.wait_for_function(
@@ -319,3 +323,16 @@ def test_a_phone_never_scrolls_sideways(browser: Any, server: str) -> None:
     assert cut == []
     assert errors == []
     context.close()
+
+
+def test_the_top_bar_and_the_runs_table_show_the_same_bytes_read(page: Any) -> None:
+    wait_bytes_above(page, 0)
+    page.locator("#runs-table tr.viewing td.run-pos").wait_for()
+    for _ in range(3):  # at every redraw, not once
+        seen = bytes_seen(page)
+        page.wait_for_function(
+            "() => document.querySelector('#runs-table tr.viewing td.run-pos').textContent"
+            ".replace(/,/g, '') === document.querySelector('[data-testid=bytes-seen]').textContent"
+        )
+        page.wait_for_timeout(300)
+        assert bytes_seen(page) >= seen

@@ -453,6 +453,12 @@
     const total = L.total || (S.run && S.run.total);
     $("bytes-total").textContent = total ? `/ ${fmtInt(total)}` : "";
     $("bpb").textContent = fmt(L.bpb);
+    // the Runs table's row of this run shows the same numbers as the top bar
+    const row = document.querySelector(`#runs-table tr.viewing`);
+    if (row && L.pos !== undefined) {
+      row.querySelector("td.run-pos").textContent = fmtInt(L.pos || 0);
+      row.querySelector("td.run-bpb").textContent = fmt(L.bpb);
+    }
     $("speed").textContent = L.bytes_per_s && state === "running" ? `${fmtInt(Math.round(L.bytes_per_s))} B/s` : "–";
     const [, phase] = currentPhase(L.pos || 0);
     $("current-phase").textContent = phase ? phase.label : "–";
@@ -1174,11 +1180,12 @@
       const c2 = document.createElement("td");
       c2.textContent = r.state;
       const c3 = document.createElement("td");
-      c3.className = "num";
-      c3.textContent = fmtInt(r.pos);
+      const mine = r.id === S.runId && S.latest && S.latest.pos !== undefined;
+      c3.className = "num run-pos";
+      c3.textContent = fmtInt(mine ? S.latest.pos || 0 : r.pos);
       const c4 = document.createElement("td");
-      c4.className = "num";
-      c4.textContent = fmt(r.bpb);
+      c4.className = "num run-bpb";
+      c4.textContent = fmt(mine ? S.latest.bpb : r.bpb);
       const c5 = document.createElement("td");
       if (["starting", "running", "paused", "finished"].includes(r.state) && !r.readonly) {
         const stop = document.createElement("button");
