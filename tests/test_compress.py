@@ -318,3 +318,26 @@ def test_the_incremental_decoder_round_trips_with_no_full_forward_per_byte(
     monkeypatch.setattr(fast.FastGPT, "forward", counting)
     assert decompress_bytes(blob) == data
     assert calls[0] == 0
+
+
+@pytest.mark.parametrize("length", [10**6, 2_000_000])
+def test_a_length_its_payload_cannot_hold_stops_as_the_payload_runs_out(blob: bytes, length: int) -> None:  # fmt: skip
+    header = read_header(blob)
+    with pytest.raises(CompressedFileError, match=r"payload is used up after [\d,]+ of") as err:
+        decode(_rewrite(blob, length=length))
+    stopped = int(str(err.value).split("after ")[1].split(" of")[0].replace(",", ""))
+    # it stops within a few thousand bytes of the real end, not after the header's length
+    assert header.length < stopped < header.length + 5_000
+
+
+@pytest.mark.parametrize("k", [1, 8])
+def test_valid_files_stay_within_the_payload_bit_budget(k: int) -> None:
+    from mugpt.compress.coder import payload_bit_budget
+
+    rng = np.random.default_rng(k)
+    for data in (bytes(rng.integers(0, 256, 3000, dtype=np.uint8)), b"a" * 20_000):
+        cfg = RunConfig().with_overrides({"learner.update_every": k})
+        packed, report = encode(data, cfg)
+        header, payload = unpack(packed)
+        assert report.coded_bits <= payload_bit_budget(len(payload), header.length)
+        assert decompress_bytes(packed) == data

@@ -541,6 +541,7 @@ def decode(
     out = np.zeros(header.length, dtype=np.uint8)
     tick = _ticker(progress, header.length)
     bits = 0.0
+    budget = payload_bit_budget(len(payload), header.length)
     with deterministic_threads():
         pos = 0
         for size in step_sizes(header.length, learner.cfg.update_every, learner.model_cfg.context):  # fmt: skip
@@ -568,6 +569,12 @@ def decode(
                 total = float(q.sum())
                 share = float(q[0, symbol]) / total if total > 0 else 1.0 / N_BYTE_SYMBOLS
                 bits -= math.log2(max(share, 2.0**-CODER_PRECISION_BITS))
+                if bits > budget:
+                    raise CompressedFileError(
+                        f"the payload is used up after {pos + j + 1:,} of {header.length:,} "
+                        "bytes (the header's length is more than its payload holds); the file "
+                        "is corrupt"
+                    )
             if inc is not None:
                 acts = inc.finish()
                 reuse = getattr(learner.model, "forward", None)
@@ -593,6 +600,28 @@ def decode(
         )
         raise CompressedFileError("the decoded bytes fail the CRC32 check." + hint)
     return original, _decode_report(blob, header, original, float(learner.losses.sum()), bits, t0)
+
+
+def payload_bit_budget(payload_bytes: int, length: int) -> float:
+    """The most coded bits (as the decoder counts them) that a payload of ``payload_bytes``
+    bytes can hold for ``length`` original bytes; a decode that goes past it reads beyond the payload, so the file is corrupt.
+
+    A range coder's output is never shorter than the information content of what it coded
+    under its quantised probabilities, less its final state (``CODER_SLACK_BITS``). The
+    decoder counts each byte's cost from its unquantised share s floored at 2^-24, while the
+    coder's quantised probability is at most s + 2^-24: the two differ by under one bit per
+    byte, and only for bytes that cost about 24 bits, so the count is at most 25/24 of the
+    true cost, plus 2^-20 bits per byte for the likely ones. The budget allows for both, so a
+    valid file never reaches it, and a header whose length its payload cannot hold stops as
+    soon as its bytes cost more than the payload.
+
+    >>> round(payload_bit_budget(48, 1000), 1)
+    530.7
+    """
+    from mugpt.compress.container import CODER_SLACK_BITS
+
+    most = 8 * payload_bytes + CODER_SLACK_BITS
+    return most * 25 / 24 + 64 + length * 2.0**-20
 
 
 def _divergence_message(pos: int, recorded: np.ndarray, used: np.ndarray, mismatch: list[str]) -> str:  # fmt: skip
