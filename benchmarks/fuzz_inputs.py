@@ -78,7 +78,6 @@ def repack(blob: bytes, edit: dict[str, object]) -> bytes:
 
 
 def file_cases(blob: bytes, n: int, rng: random.Random) -> list[Case]:
-    header, payload = unpack(blob)
     edits: list[dict[str, object]] = [
         {"length": 10**12}, {"length": 10**6}, {"length": len(TEXT) * 3}, {"length": -1},
         {"length": "many"}, {"length": len(TEXT) + 1}, {"crc32": 0}, {"payload_bytes": 10**9},
