@@ -14,6 +14,7 @@ from mugpt.cli import main
 from mugpt.corpus import build_stream
 from mugpt.engine.ablate import ablate, mean_ci, plan_arms, t_quantile
 from mugpt.engine.config import RunConfig
+from mugpt.engine.window import whole_steps_end
 from mugpt.errors import ConfigError
 
 STREAM = (
@@ -58,7 +59,12 @@ def test_paired_differences_use_the_same_seed() -> None:
     assert row["diff_half_width"] == pytest.approx(mean_ci(diffs)["half_width"])
     assert row["mean"] == pytest.approx(np.mean([arm[s]["bpb"] for s in res.seeds]))
     assert res.row("baseline", "bpb")["diff_mean"] == 0.0
-    assert all(r["bytes"] == 500 for runs in res.runs.values() for r in runs.values())
+    # a capped run stops at the last step boundary at or before the cap (so it can resume)
+    starts = np.zeros(len(stream.data) + 1, dtype=bool)
+    starts[np.asarray(stream.doc_starts, dtype=np.int64)] = True
+    stop = whole_steps_end(starts, 0, 500, len(stream.data), 8, 16, True)
+    assert 492 < stop <= 500
+    assert all(r["bytes"] == stop for runs in res.runs.values() for r in runs.values())
     # phases reached within 500 bytes get their own bpb column
     assert res.phases == ["0:a", "1:b", "2:a"]
     assert res.runs["cache"][0]["mechanisms"][0]["config"]["lam"] == 0.3
