@@ -38,7 +38,8 @@ def test_mean_ci_and_degenerate_cases() -> None:
 def test_arms_are_baseline_each_alone_and_all() -> None:
     arms = plan_arms()
     assert [a.name for a in arms] == ["baseline", "selective_backprop", "replay",
-                                      "adaptive_lr", "grad_clip", "cache", "knn", "all"]  # fmt: skip
+                                      "adaptive_lr", "grad_clip", "cache", "knn", "ngram_mix",
+                                      "all"]  # fmt: skip
     strict = {a.name: a.strict_online for a in arms}
     assert strict["replay"] is False and strict["all"] is False and strict["cache"] is True
     with pytest.raises(ConfigError, match="unknown mechanism"):

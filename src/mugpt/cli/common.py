@@ -107,13 +107,15 @@ def add_run_config_args(parser: argparse.ArgumentParser, mechanisms: bool = True
             flag, dest=_dest(flag), type=typ, default=None, help=text, metavar=_metavar(typ)
         )
     if mechanisms:
+        from mugpt.mechanisms import available
+
         parser.add_argument(
             "--mech",
             action="append",
             default=[],
             metavar="NAME[:k=v,...]",
             help="switch a mechanism on, e.g. --mech replay:capacity=512 (repeatable); names: "
-            "selective_backprop, replay, adaptive_lr, grad_clip, cache, knn",
+            + ", ".join(available()),
         )
 
 

@@ -163,7 +163,9 @@ def plan_arms(mechanisms: Sequence[dict[str, Any]] | None = None) -> list[Arm]:
     return arms
 
 
-DEFAULT_ORDER = ("selective_backprop", "replay", "adaptive_lr", "grad_clip", "cache", "knn")
+DEFAULT_ORDER = (
+    "selective_backprop", "replay", "adaptive_lr", "grad_clip", "cache", "knn", "ngram_mix",
+)  # fmt: skip
 
 
 def _mean_or_none(values: list[float]) -> float | None:
