@@ -54,6 +54,10 @@ _LEARNER_FLAGS: list[tuple[str, str, type, str]] = [
 ]  # fmt: skip
 
 
+#: Each configuration section with the flags that set its keys.
+_SECTION_FLAGS = (("model", _MODEL_FLAGS), ("optim", _OPTIM_FLAGS), ("learner", _LEARNER_FLAGS))
+
+
 def _metavar(typ: type) -> str:
     return {int: "N", float: "X"}.get(typ, "NAME")
 
@@ -128,11 +132,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         values["preset"] = args.preset
     if getattr(args, "seed", None) is not None:
         values["seed"] = args.seed
-    for section, flags in (
-        ("model", _MODEL_FLAGS),
-        ("optim", _OPTIM_FLAGS),
-        ("learner", _LEARNER_FLAGS),
-    ):
+    for section, flags in _SECTION_FLAGS:
         for flag, key, _typ, _text in flags:
             value = getattr(args, _dest(flag), None)
             if value is not None:
@@ -176,11 +176,7 @@ def resume_conflicts(args: argparse.Namespace, saved: dict[str, Any]) -> list[st
     seed = getattr(args, "seed", None)
     if seed is not None and seed != saved.get("seed"):
         conflicts.append(f"--seed {seed} (the checkpoint has {saved.get('seed')})")
-    for section, flags in (
-        ("model", _MODEL_FLAGS),
-        ("optim", _OPTIM_FLAGS),
-        ("learner", _LEARNER_FLAGS),
-    ):
+    for section, flags in _SECTION_FLAGS:
         for flag, key, _typ, _text in flags:
             value = getattr(args, _dest(flag), None)
             old = saved.get(section, {}).get(key)

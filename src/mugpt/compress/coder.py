@@ -27,7 +27,6 @@ After each step the decoder compares the probabilities it used with those the Le
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import math
 import time
@@ -328,41 +327,13 @@ def predict_in_step(learner: Any, data: np.ndarray, j: int) -> np.ndarray:
     It forms the step's exact window and runs the same forward pass and the same
     ``adjust_prediction`` hooks (on a copy of the Learner's generator), then reads row j.
     """
-    cfg = learner.model_cfg
-    k = int(data.size)
-    symbols = _step_symbols(learner, data)
-    window = np.concatenate([learner.history, symbols])[-(cfg.context + 1) :]
-    inputs, targets = window[:-1], window[1:]
-    n = inputs.size
-    slots = np.arange(max(0, n - symbols.size), n)
-    new_positions = slots[targets[slots] != BOS]
-    assert new_positions.size == k
+    window = _step_window(learner, data)
+    inputs = window[0]
     acts = learner.model.forward(inputs[None, :])
     reuse = getattr(learner.model, "forward", None)
     if isinstance(reuse, _ForwardReuse):
         reuse.offer(inputs[None, :], acts)
-    mechanisms = _adjusting(learner)
-    if not mechanisms:
-        return acts.probs[0, new_positions[j]].astype(np.float64)
-    fields = {f.name for f in dataclasses.fields(StepContext)}
-    extra = {"optimizer": learner.optimizer} if "optimizer" in fields else {}
-    ctx = StepContext(
-        step=learner.counters.steps,
-        position=learner.position,
-        new_bytes=data,
-        inputs=inputs,
-        targets=targets,
-        new_positions=new_positions,
-        hidden=acts.hidden[0],
-        rng=copy.deepcopy(learner.rng),
-        lr=learner.lr,
-        context=cfg.context,
-        **extra,
-    )
-    probs = acts.probs[0, new_positions].astype(np.float64)  # (k, V)
-    for mech in mechanisms:
-        probs = mech.adjust_prediction(ctx, probs)
-    return np.asarray(probs[j], dtype=np.float64)
+    return _adjusted_row(learner, _adjusting(learner), data, window, acts, j)
 
 
 class _ForwardReuse:
