@@ -349,7 +349,10 @@ def main(args: argparse.Namespace) -> int:
         )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        stream, spec = resolve_stream(args, cfg, max_bytes)
+        # read one step (or block) past the cap: a run told to stop at it stops at the last
+        # step boundary before it, and must see that the stream goes on to know where that is
+        ahead = max(cfg.learner.update_every, cfg.learner.block_bytes)
+        stream, spec = resolve_stream(args, cfg, None if max_bytes is None else max_bytes + ahead)
     for w in caught:
         _console().print(f"[yellow]warning:[/] {w.message}")
     if learner is None:
