@@ -513,6 +513,7 @@ def decode(
     tick = _ticker(progress, header.length)
     bits = 0.0
     budget = payload_bit_budget(len(payload), header.length)
+    exhausted_at: float | None = None  # the coded bits when the last payload word was read
     with deterministic_threads():
         pos = 0
         for size in step_sizes(header.length, learner.cfg.update_every, learner.model_cfg.context):  # fmt: skip
@@ -540,7 +541,9 @@ def decode(
                 total = float(q.sum())
                 share = float(q[0, symbol]) / total if total > 0 else 1.0 / N_BYTE_SYMBOLS
                 bits -= math.log2(max(share, 2.0**-CODER_PRECISION_BITS))
-                if bits > budget:
+                if exhausted_at is None and decoder.maybe_exhausted():
+                    exhausted_at = bits
+                if bits > budget or (exhausted_at is not None and bits - exhausted_at > AFTER_END_BITS):  # fmt: skip
                     raise CompressedFileError(
                         f"the payload is used up after {pos + j + 1:,} of {header.length:,} "
                         "bytes (the header's length is more than its payload holds); the file "
@@ -571,6 +574,12 @@ def decode(
         )
         raise CompressedFileError("the decoded bytes fail the CRC32 check." + hint)
     return original, _decode_report(blob, header, original, float(learner.losses.sum()), bits, t0)
+
+
+#: The most coded bits (as the decoder counts them) that bytes decoded after the payload's last
+#: word was read may cost: what the coder's final state holds (two 32-bit words), with the
+#: allowance of :func:`payload_bit_budget` for the decoder's count, and a margin.
+AFTER_END_BITS = 2 * 64 * 25 / 24 + 64
 
 
 def payload_bit_budget(payload_bytes: int, length: int) -> float:
