@@ -338,8 +338,12 @@ def test_a_public_host_warns_that_token_holders_can_read_the_data(
     import uvicorn
 
     from mugpt.cli import main
+    from mugpt.cli import serve as serve_cli
 
+    real_bind = serve_cli.bind_socket
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    # tests listen on loopback only: the socket is bound to 127.0.0.1 whatever --host says
+    monkeypatch.setattr(serve_cli, "bind_socket", lambda host, port: real_bind("127.0.0.1", 0))
     args = ["serve", "--no-browser", "--host", "0.0.0.0", "--port", "0", "--data", str(tmp_path)]
     assert main(args) == 0
     err = capsys.readouterr().err
