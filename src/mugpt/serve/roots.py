@@ -107,17 +107,23 @@ class DataRoots:
         if not stat.S_ISDIR(mode):
             raise LimitError(422, f"{what} is not a folder; use file:PATH for a single file")
         for found in walk_files(resolved):
-            real = _resolve(found)
-            if real is None or not self.contains(real):
-                raise self._refusal(f"{what} holds {str(found)!r}, a link that")
-            real_mode = _mode(real)
-            if real_mode is None or not stat.S_ISREG(real_mode):
-                raise LimitError(
-                    REFUSED,
-                    f"{what} holds {str(found)!r}, which is not a regular file (devices, "
-                    "FIFOs and sockets are refused); remove it or point dir: at another folder",
-                )
+            self._check_entry(
+                found,
+                f"{what} holds {str(found)!r}, a link that",
+                f"{what} holds {str(found)!r}, which is not a regular file (devices, "
+                "FIFOs and sockets are refused); remove it or point dir: at another folder",
+            )
         return resolved
+
+    def _check_entry(self, entry: Path, link_out: str, not_regular: str) -> None:
+        """An entry of a folder being read: where it leads (links followed) must be a regular
+        file inside the folders; ``link_out`` and ``not_regular`` begin the refusals."""
+        real = _resolve(entry)
+        if real is None or not self.contains(real):
+            raise self._refusal(link_out)
+        mode = _mode(real)
+        if mode is None or not stat.S_ISREG(mode):
+            raise LimitError(REFUSED, not_regular)
 
     def check_spec(self, spec: str) -> None:
         """Checks every ``file:``/``dir:`` phase of a stream spec (parsed by the corpus's own
@@ -146,16 +152,11 @@ class DataRoots:
             entry = resolved / name
             if not os.path.lexists(entry):
                 continue
-            real = _resolve(entry)
-            if real is None or not self.contains(real):
-                raise self._refusal(f"{what} holds {name}, a link that")
-            mode = _mode(real)
-            if mode is None or not stat.S_ISREG(mode):
-                raise LimitError(
-                    REFUSED,
-                    f"{what}: {name} is not a regular file (devices, FIFOs and sockets are "
-                    "refused)",
-                )
+            self._check_entry(
+                entry,
+                f"{what} holds {name}, a link that",
+                f"{what}: {name} is not a regular file (devices, FIFOs and sockets are refused)",
+            )
         return resolved
 
 
