@@ -321,13 +321,41 @@ def test_the_incremental_decoder_round_trips_with_no_full_forward_per_byte(
 
 
 @pytest.mark.parametrize("length", [10**6, 2_000_000])
+def test_a_longer_length_stops_one_step_after_the_real_end(blob: bytes, length: int) -> None:
+    """The decoded bytes may not cost more than the prequential bits the encoder recorded:
+    a length edit stops within one step of the real end (the seed preset's k is 1)."""
+    header = read_header(blob)
+    with pytest.raises(CompressedFileError, match=r"the first [\d,]+ of [\d,]+ decoded bytes") as err:  # fmt: skip
+        decode(_rewrite(blob, length=length))
+    stopped = int(str(err.value).split("the first ")[1].split(" of")[0].replace(",", ""))
+    assert stopped == header.length + 1
+    assert f"{header.prequential_bits:,.3f} the encoder recorded" in str(err.value)
+
+
+@pytest.mark.parametrize("length", [10**6, 2_000_000])
 def test_a_length_its_payload_cannot_hold_stops_as_the_payload_runs_out(blob: bytes, length: int) -> None:  # fmt: skip
+    """With the recorded bits edited too, the payload's own budgets still stop the decode."""
     header = read_header(blob)
     with pytest.raises(CompressedFileError, match=r"payload is used up after [\d,]+ of") as err:
-        decode(_rewrite(blob, length=length))
+        decode(_rewrite(blob, length=length, prequential_bits=1e9))
     stopped = int(str(err.value).split("after ")[1].split(" of")[0].replace(",", ""))
     # it stops within a few thousand bytes of the real end, not after the header's length
     assert header.length < stopped < header.length + 5_000
+
+
+def test_valid_files_decode_to_exactly_the_recorded_bits() -> None:
+    """What the decoder's stop relies on: its running sum of losses is the encoder's."""
+    from mugpt.compress.coder import recorded_loss_limit
+
+    data = b"the recorded bits, summed step by step, " * 40
+    for k in (1, 7):
+        cfg = RunConfig().with_overrides({"learner.update_every": k})
+        packed, report = encode(data, cfg)
+        assert read_header(packed).prequential_bits == round(report.prequential_bits, 3)
+        out, decoded = decode(packed)
+        assert out == data
+        assert abs(decoded.prequential_bits - report.prequential_bits) < 1e-9
+        assert decoded.prequential_bits <= recorded_loss_limit(read_header(packed).prequential_bits)
 
 
 @pytest.mark.parametrize("k", [1, 8])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import huggingface_hub
 import huggingface_hub.constants
 import pytest
 
-from mugpt.corpus import build_stream, tinystories_cached
+from mugpt.corpus import build_stream, tinystories, tinystories_cached
 from mugpt.corpus.tinystories import REPO_ID, iter_stories
 from mugpt.errors import StreamError
 
@@ -94,8 +95,29 @@ def test_network_failure_is_the_same_clear_error(
         raise ConnectionError("Name or service not known")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.setattr(tinystories, "_unreachable", lambda endpoint: "")  # the host answers
     with pytest.raises(StreamError, match=r"download failed \(ConnectionError\).*file:PATH"):
         build_stream("tinystories:train:1k")
+
+
+def test_unreachable_hub_fails_at_once_without_the_clients_retries(
+    offline_hub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Online mode, but the hub's host refuses connections: the error comes before any
+    download is tried (the client would retry with a back-off of many seconds)."""
+    with socket.socket() as s:  # a loopback port that was just free: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    tried: list[object] = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: tried.append(a))
+    with pytest.raises(StreamError) as err:
+        build_stream("tinystories:valid:1k")
+    assert tried == []
+    message = str(err.value)
+    assert f"the hub (http://127.0.0.1:{port}) cannot be reached" in message
+    assert "ConnectionRefusedError" in message and "file:PATH" in message
 
 
 def test_iter_stories_handles_blank_and_trailing_parts(tmp_path: Path) -> None:

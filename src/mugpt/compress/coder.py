@@ -514,6 +514,8 @@ def decode(
     bits = 0.0
     budget = payload_bit_budget(len(payload), header.length)
     exhausted_at: float | None = None  # the coded bits when the last payload word was read
+    lost = 0.0  # the decoded bytes' prequential bits so far, against the header's record
+    lost_limit = recorded_loss_limit(header.prequential_bits)
     with deterministic_threads():
         pos = 0
         for size in step_sizes(header.length, learner.cfg.update_every, learner.model_cfg.context):  # fmt: skip
@@ -558,6 +560,14 @@ def decode(
             recorded = np.asarray(step.probs, dtype=np.float64)
             if recorded.shape != rows.shape or recorded.tobytes() != rows.tobytes():
                 raise CompressedFileError(_divergence_message(pos, recorded, rows, mismatch))
+            lost += float(np.sum(step.loss_bits, dtype=np.float64))
+            if lost > lost_limit:
+                raise CompressedFileError(
+                    f"the first {pos + size:,} of {header.length:,} decoded bytes already cost "
+                    f"{lost:,.3f} bits, more than the {header.prequential_bits:,.3f} the encoder "
+                    "recorded for the whole file (the header's length or prequential_bits was "
+                    "changed); the file is corrupt"
+                )
             out[pos : pos + size] = chunk
             pos += size
             tick(pos, learner)
@@ -580,6 +590,22 @@ def decode(
 #: word was read may cost: what the coder's final state holds (two 32-bit words), with the
 #: allowance of :func:`payload_bit_budget` for the decoder's count, and a margin.
 AFTER_END_BITS = 2 * 64 * 25 / 24 + 64
+
+
+def recorded_loss_limit(prequential_bits: float) -> float:
+    """The most prequential bits the decoded bytes may cost, given the header's record.
+
+    The decoder's Learner repeats the encoder's bit for bit, so the decoded bytes' losses sum
+    to the recorded ``prequential_bits`` (rounded to 3 decimals in the header; a running sum
+    differs from the encoder's one-shot sum by rounding only). Going past it means the header
+    claims more bytes than were coded: the stop comes one step after the real end, however
+    confidently the model then decodes the padding (a length edit on a 1 kB file otherwise
+    decodes tens of thousands of near-free bytes before the payload budgets trip).
+
+    >>> recorded_loss_limit(1000.0)
+    1000.001001
+    """
+    return prequential_bits + 1e-3 + 1e-9 * abs(prequential_bits)
 
 
 def payload_bit_budget(payload_bytes: int, length: int) -> float:

@@ -61,7 +61,8 @@ class Header:
     ``config`` is ``RunConfig.to_dict()``; ``length`` and ``crc32`` describe the original
     bytes; ``payload_bytes`` and ``payload_crc32`` the coded words that follow; ``platform``
     is :func:`mugpt.compress.fingerprint.platform_fingerprint` of the encoder;
-    ``prequential_bits`` is the encoder's Σ −log2 p (kept for reporting).
+    ``prequential_bits`` is the encoder's Σ −log2 p, reported, and a bound the decoder
+    holds the decoded bytes to (:func:`mugpt.compress.coder.recorded_loss_limit`).
 
     Example:
         >>> h = Header(config={"seed": 0}, length=3, crc32=0x352441C2, payload_bytes=0, payload_crc32=0)

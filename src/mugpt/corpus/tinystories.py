@@ -42,8 +42,9 @@ def tinystories_cached(split: str = "valid") -> bool:
 def tinystories_path(split: str = "valid") -> Path:
     """The local path of a TinyStories split, downloading it into the cache if needed.
 
-    A cached copy is used without asking the network. Offline (``HF_HUB_OFFLINE=1``) or on a
-    network failure, a missing file raises one :class:`StreamError` saying how to get it.
+    A cached copy is used without asking the network. Offline (``HF_HUB_OFFLINE=1``), when the
+    hub's host does not answer within ``CONNECT_TIMEOUT_S``, or on a failed download, a
+    missing file raises one :class:`StreamError` saying how to get it, in seconds.
     """
     import huggingface_hub
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
@@ -52,21 +53,46 @@ def tinystories_path(split: str = "valid") -> Path:
     cached = try_to_load_from_cache(REPO_ID, filename, repo_type="dataset")
     if isinstance(cached, str) and Path(cached).is_file():
         return Path(cached)
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        why = "offline mode (HF_HUB_OFFLINE=1) is on"
+    else:
+        # the hub client retries a failed connection with a back-off of many seconds; a
+        # machine that cannot reach the hub at all is told so at once instead
+        why = _unreachable(huggingface_hub.constants.ENDPOINT)
+    if not why:
+        try:
+            return Path(hf_hub_download(REPO_ID, filename, repo_type="dataset"))
+        except Exception as e:  # no network, hub errors: all end in the same advice
+            why = f"download failed ({type(e).__name__})"
+    raise StreamError(
+        f"TinyStories file {filename} is not in the Hugging Face cache and {why}; "
+        f"get it while online with `hf download {REPO_ID} {filename} --repo-type dataset` "
+        f"(or `huggingface-cli download ...` on older versions), "
+        f"or use file:PATH with a local copy"
+    )
+
+
+#: Seconds to wait for a TCP connection to the hub before calling it unreachable.
+CONNECT_TIMEOUT_S = 3.0
+
+
+def _unreachable(endpoint: str) -> str:
+    """'' if a TCP connection to the hub's host opens within ``CONNECT_TIMEOUT_S``, else why not.
+
+    >>> _unreachable("http://127.0.0.1:9")  # the discard port: nothing listens there
+    'the hub (http://127.0.0.1:9) cannot be reached (ConnectionRefusedError)'
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        return Path(hf_hub_download(REPO_ID, filename, repo_type="dataset"))
-    except Exception as e:  # offline, no network, hub errors: all end in the same advice
-        offline = huggingface_hub.constants.HF_HUB_OFFLINE
-        why = (
-            "offline mode (HF_HUB_OFFLINE=1) is on"
-            if offline
-            else f"download failed ({type(e).__name__})"
-        )
-        raise StreamError(
-            f"TinyStories file {filename} is not in the Hugging Face cache and {why}; "
-            f"get it while online with `hf download {REPO_ID} {filename} --repo-type dataset` "
-            f"(or `huggingface-cli download ...` on older versions), "
-            f"or use file:PATH with a local copy"
-        ) from e
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            return ""
+    except OSError as e:
+        return f"the hub ({endpoint}) cannot be reached ({type(e).__name__})"
 
 
 def iter_stories(path: Path) -> Iterator[bytes]:
