@@ -1,0 +1,263 @@
+"""Which expert predicted the byte: the mixture of ``ngram_mix`` taken apart, for display.
+
+``ngram_mix`` blends the network's distribution with count models of orders 0 … N through a
+geometric mixer (``p(y) ∝ exp(Σ_i w_i · ln p_i(y))``, see :mod:`mugpt.mechanisms.ngram_mix`).
+The lab shows, for the byte about to be read, what each expert alone gives it, the weights
+the mixer will use, and the mixed result. This module recomputes that in plain NumPy from the
+mechanism's state arrays. It only reads them: it never calls the mechanism's compiled
+kernels and never writes to its tables.
+
+The definitions it follows, for a byte ``y`` after the context ``s`` (``a`` is the prior):
+
+- order 0: ``p0(y) = (c0[y] + a) / (n0 + 256 a)``;
+- order 1: ``p1(y) = (c1[s_-1, y] + a) / (n1[s_-1] + 256 a)`` (``s_-1`` the last symbol);
+- order o ≥ 2: the hashed slot of the last ``o`` symbols lists a few bytes with counts; a
+  listed byte gets ``(count + a) / (total + 256 a)``, any other ``a / (total + 256 a)``, and a
+  context never seen (or another context's slot) the uniform ``1/256``;
+- the weight set is chosen by the highest order whose context was seen, how often it was seen
+  and whether a single byte ever followed it.
+
+Example (counts of a tiny stream, order 0 only):
+    >>> state = CountState.empty(max_order=1, prior=0.5)
+    >>> state.c0[ord("a")], state.n0 = 3.0, 4.0
+    >>> round(float(order0(state)[ord("a")]), 6)  # (3 + 0.5) / (4 + 128)
+    0.026515
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+BYTES = 256
+BOS = 256
+N_BUCKETS = 6
+LOG_FLOOR = 1e-12
+_MULT = 0x9E3779B97F4A7C15
+_MASK = (1 << 64) - 1
+
+
+@dataclass
+class CountState:
+    """The arrays of an ``ngram_mix`` state that a prediction reads (views, not copies)."""
+
+    max_order: int
+    prior: float
+    c0: np.ndarray  # (256,) order-0 counts
+    n0: float  # their total
+    c1: np.ndarray  # (257, 256) order-1 counts by previous symbol
+    n1: np.ndarray  # (257,) their totals
+    offs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    obits: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    chk: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint32))
+    tot: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint16))
+    nsym: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint8))
+    sym: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint8))
+    cnt: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint8))
+    weights: np.ndarray | None = None  # (sets, experts)
+
+    @classmethod
+    def empty(cls, max_order: int = 1, prior: float = 0.005) -> CountState:
+        """A state with no counts (orders 0 and 1 only), for examples and tests."""
+        return cls(
+            max_order=max_order,
+            prior=prior,
+            c0=np.zeros(BYTES),
+            n0=0.0,
+            c1=np.zeros((BYTES + 1, BYTES)),
+            n1=np.zeros(BYTES + 1),
+        )
+
+    @classmethod
+    def of(cls, mech: Any) -> CountState | None:
+        """The state of a live ``ngram_mix`` mechanism, or None if it has not these arrays."""
+        try:
+            cfg = mech.config
+            return cls(
+                max_order=int(cfg.max_order),
+                prior=float(cfg.prior),
+                c0=mech.c0,
+                n0=float(mech.n0[0]),
+                c1=mech.c1,
+                n1=mech.n1,
+                offs=mech.offs,
+                obits=mech.obits,
+                chk=mech.chk,
+                tot=mech.tot,
+                nsym=mech.nsym,
+                sym=mech.sym,
+                cnt=mech.cnt,
+                weights=mech.weights,
+            )
+        except (AttributeError, IndexError, TypeError, ValueError):
+            return None
+
+
+def order0(state: CountState) -> np.ndarray:
+    """p0 over the 256 bytes."""
+    a = state.prior
+    return (state.c0 + a) / (state.n0 + BYTES * a)
+
+
+def order1(state: CountState, prev: int) -> np.ndarray:
+    """p1 over the 256 bytes after the symbol ``prev`` (a byte or BOS)."""
+    a = state.prior
+    return (state.c1[prev] + a) / (state.n1[prev] + BYTES * a)
+
+
+def context_hashes(window: np.ndarray, max_order: int) -> list[int]:
+    """Hashes of the contexts of orders 1 … (as many as the window holds) ending at the
+    window's last symbol; element ``o - 1`` is order ``o``. The same hash as the mechanism's
+    (a multiply-xorshift over the symbols, newest first), in exact integer arithmetic.
+
+    >>> len(context_hashes(np.array([256, 104, 105]), 6))
+    3
+    """
+    h = 0
+    out = []
+    for o in range(1, min(max_order, len(window)) + 1):
+        h = ((h + int(window[len(window) - o]) + 1) * _MULT) & _MASK
+        h ^= h >> 29
+        out.append(h)
+    return out
+
+
+@dataclass
+class HashedOrder:
+    """What one hashed order says: whether its context was seen, its total and its
+    distribution over the 256 bytes (uniform when unseen)."""
+
+    order: int
+    seen: bool
+    total: int
+    listed: int
+    probs: np.ndarray
+
+
+def hashed_order(state: CountState, order: int, h: int) -> HashedOrder:
+    """Looks up the slot of the context hash ``h`` of ``order`` (≥ 2)."""
+    t = order - 2
+    bits = int(state.obits[t])
+    idx = int(state.offs[t]) + (h >> (64 - bits))
+    check = (h & 0xFFFFFFFF) | 1
+    total = int(state.tot[idx])
+    if int(state.chk[idx]) != check or total == 0:
+        return HashedOrder(order, False, 0, 0, np.full(BYTES, 1.0 / BYTES))
+    a = state.prior
+    listed = int(state.nsym[idx])
+    probs = np.full(BYTES, a / (total + BYTES * a))
+    syms = state.sym[idx, :listed].astype(np.int64)
+    probs[syms] = (state.cnt[idx, :listed].astype(np.float64) + a) / (total + BYTES * a)
+    return HashedOrder(order, True, total, listed, probs)
+
+
+def weight_set(top: int, top_n: float, deterministic: bool) -> int:
+    """Index of the mixer's weight set: the highest seen order ``top``, how often its context
+    was seen (buckets 1, 2, 3-4, 5-8, 9-16, 17+) and whether one byte only ever followed it.
+
+    >>> weight_set(0, 0.0, False), weight_set(3, 5.0, True)
+    (0, 43)
+    """
+    bucket = 0
+    while bucket < N_BUCKETS - 1 and top_n > (1 << bucket):
+        bucket += 1
+    return (top * N_BUCKETS + bucket) * 2 + int(deterministic)
+
+
+def step_window(history: np.ndarray, context: int, update_every: int) -> np.ndarray:
+    """The symbols the next step sees before its first byte: a step of ``k`` bytes sits at
+    the end of a window of ``context`` inputs, so its first byte is predicted from the last
+    ``context - k + 1`` symbols (fewer at the start of the stream).
+
+    >>> step_window(np.arange(40), 32, 24).tolist()
+    [31, 32, 33, 34, 35, 36, 37, 38, 39]
+    """
+    keep = max(1, context - max(1, update_every) + 1)
+    return np.asarray(history[-keep:])
+
+
+def expert_names(max_order: int) -> list[str]:
+    """Display names: the network, then orders 0 … ``max_order``."""
+    return ["network"] + [f"order {o}" for o in range(max_order + 1)]
+
+
+def mixture(
+    state: CountState, model_probs: np.ndarray, window: np.ndarray
+) -> dict[str, np.ndarray | int | list[bool]]:
+    """Every expert's distribution of the next byte after ``window`` (the symbols before it,
+    last one newest), the weight set chosen and the mixed distribution.
+
+    Returns ``probs`` (experts × 256: the network's row first, floored as the mixer floors it,
+    then orders 0 … N), ``seen`` (whether each expert had a context), ``wset``, ``weights``
+    (one per expert) and ``mixed`` (256,). The network's row is ``model_probs[:256]`` (the
+    BOS entry is not a byte); orders above what ``window`` holds count as unseen.
+    """
+    n_exp = state.max_order + 2
+    probs = np.empty((n_exp, BYTES))
+    seen = [True] * n_exp
+    probs[0] = np.maximum(np.asarray(model_probs[:BYTES], dtype=np.float64), LOG_FLOOR)
+    probs[1] = order0(state)
+    prev = int(window[-1]) if len(window) else BOS
+    probs[2] = order1(state, prev)
+    seen[2] = bool(state.n1[prev] > 0)
+    top, top_n, top_det = (1 if state.n1[prev] > 0 else 0), float(state.n1[prev]), False
+    hashes = context_hashes(window, state.max_order)
+    for o in range(2, state.max_order + 1):
+        if o > len(hashes):
+            probs[o + 1] = 1.0 / BYTES
+            seen[o + 1] = False
+            continue
+        got = hashed_order(state, o, hashes[o - 1])
+        probs[o + 1] = got.probs
+        seen[o + 1] = got.seen
+        if got.seen:
+            top, top_n, top_det = o, float(got.total), got.listed == 1
+    wset = weight_set(top, top_n, top_det)
+    if state.weights is not None and wset < len(state.weights):
+        weights = np.asarray(state.weights[wset], dtype=np.float64)
+    else:
+        weights = np.zeros(n_exp)
+    logits = weights @ np.log(probs)  # (256,)
+    logits -= logits.max()
+    mixed = np.exp(logits)
+    mixed /= mixed.sum()
+    return {"probs": probs, "seen": seen, "wset": wset, "weights": weights, "mixed": mixed}
+
+
+def experts_view(
+    state: CountState, model_probs: np.ndarray, window: np.ndarray, byte: int | None, pos: int
+) -> dict[str, Any]:
+    """The message the page draws: for the byte at ``pos`` (``byte``, None at the stream's
+    end) each expert's probability of it, the weights of the set chosen, the mixed
+    probability, and the winner (the expert that gave the byte the highest probability)."""
+    got = mixture(state, model_probs, window)
+    probs = got["probs"]
+    assert isinstance(probs, np.ndarray)
+    weights = got["weights"]
+    assert isinstance(weights, np.ndarray)
+    mixed = got["mixed"]
+    assert isinstance(mixed, np.ndarray)
+    names = expert_names(state.max_order)
+    seen = got["seen"]
+    assert isinstance(seen, list)
+    out: dict[str, Any] = {
+        "pos": pos,
+        "byte": byte,
+        "names": names,
+        "seen": seen,
+        "weights": [round(float(w), 4) for w in weights],
+        "weight_set": int(got["wset"]),  # type: ignore[call-overload]
+        "top": [int(b) for b in np.argsort(-mixed, kind="stable")[:5]],
+    }
+    if byte is None or not 0 <= byte < BYTES:
+        out.update(p=None, mixed=None, winner=None)
+        return out
+    p = probs[:, byte]
+    out["p"] = [float(f"{v:.6g}") for v in p]
+    out["mixed"] = float(f"{mixed[byte]:.6g}")
+    out["winner"] = int(np.argmax(p))
+    out["bits"] = round(-math.log2(max(float(mixed[byte]), 1e-300)), 4)
+    return out
