@@ -56,14 +56,16 @@ from mugpt.serve.protocol import (
     OpenRunDir,
     RunCreate,
     RunInfo,
+    ServerStatus,
     UploadInfo,
     clean,
     dumps,
     error_responses,
     parse_command,
+    protocol_schema,
 )
 from mugpt.serve.roots import DataRoots
-from mugpt.serve.runs import RunManager, start_worker_server
+from mugpt.serve.runs import RunManager, engine_status, start_worker_server
 
 STATIC_DIR = Path(__file__).parent / "static"
 UPLOAD_CHUNK = 1 << 20
@@ -148,6 +150,57 @@ class UploadSizeGuard:
         await self.app(scope, receive, send)
 
 
+async def announce_engine(say: Any = print, period: float = 0.5) -> None:
+    """Prints to the terminal what the fork server's warm-up is doing: a line when it starts
+    compiling, one every 15 s while it goes on, and one when the engine is ready."""
+    told = 0.0
+    began = False
+    while True:
+        status = engine_status()
+        state = status["state"]
+        if state == "unknown":
+            return
+        if state in ("compiling", "starting") and not began and (status["elapsed_s"] or 0) >= 1:
+            began = True
+            told = time.monotonic()
+            say(
+                "mugpt serve: loading the engine and compiling its kernels (the first time on "
+                "this machine takes about a minute; they are cached afterwards)...",
+                flush=True,
+            )
+        elif began and state in ("compiling", "starting") and time.monotonic() - told >= 15:
+            told = time.monotonic()
+            say(
+                f"mugpt serve: still compiling ({status['stage']}, stage {status['step'] + 1}"
+                f"/{status['steps']}), {status['elapsed_s']:.0f} s so far",
+                flush=True,
+            )
+        elif state == "ready":
+            say(f"mugpt serve: engine ready after {status.get('seconds', 0):.1f} s", flush=True)
+            return
+        elif state == "failed":
+            say("mugpt serve: warming the engine failed; each run compiles on its own", flush=True)
+            return
+        await asyncio.sleep(period)
+
+
+def status_message(engine: dict[str, Any], runs: dict[str, int]) -> str:
+    """One line for the page's notice and for people reading ``GET /api/status``."""
+    state = engine["state"]
+    if state in ("starting", "compiling"):
+        return (
+            f"Loading the engine: {engine['stage']} (stage {engine['step'] + 1} of "
+            f"{engine['steps']}, {engine['elapsed_s'] or 0:.0f} s). The first time on this "
+            "machine its kernels compile, which takes about a minute; they are cached "
+            "afterwards."
+        )
+    if state == "failed":
+        return "Warming the engine failed; each run compiles what it needs when it starts."
+    if runs.get("starting"):
+        return "Starting a run: building its stream and model."
+    return "Ready."
+
+
 def _safe_name(name: str) -> str:
     stem = Path(name or "upload").stem
     stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", stem).strip("._-")[:40]
@@ -191,6 +244,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watcher = asyncio.create_task(lag.watch())
         await asyncio.to_thread(start_worker_server)
+        announcer = asyncio.create_task(announce_engine())
         for path in open_dirs or []:
             try:
                 manager.open_dir(path, trusted=True)
@@ -200,6 +254,7 @@ def create_app(
             yield
         finally:
             watcher.cancel()
+            announcer.cancel()
             await manager.shutdown()
 
     app = FastAPI(
@@ -316,6 +371,46 @@ def create_app(
             "cpu_seconds": round(time.process_time(), 3),
             "workers_rss_mb": workers,
         }
+
+    @app.get("/api/status", tags=["server"], responses=error_responses())
+    async def status() -> ServerStatus:
+        """What the server is doing now, readable as soon as the page loads: whether the
+        engine's kernels are still compiling (stage, elapsed seconds), and runs by state."""
+        engine = engine_status()
+        runs: dict[str, int] = {}
+        for run in manager.runs.values():
+            runs[run.state] = runs.get(run.state, 0) + 1
+        return ServerStatus.model_validate(
+            {"engine": engine, "runs": runs, "message": status_message(engine, runs)}
+        )
+
+    @app.get("/api/protocol.json", tags=["server"], responses=error_responses())
+    async def protocol() -> dict[str, Any]:
+        """JSON schema of the WebSocket protocol: the commands a page sends, the messages
+        the server sends (hello, update, reply, error, state) and, for reference, what a
+        run's worker sends the server."""
+        return protocol_schema()
+
+    @app.get("/api/presets", tags=["runs"], responses=error_responses())
+    async def presets() -> list[dict[str, Any]]:
+        """The named configurations (``config.preset`` of ``POST /api/runs``) and what each
+        sets: the lab's race button starts one of them on the same stream."""
+        from mugpt.engine.config import PRESETS, RunConfig
+
+        out = []
+        for name in sorted(PRESETS):
+            cfg = RunConfig.from_dict({"preset": name})
+            mechs = [m["name"] for m in cfg.mechanisms]
+            out.append(
+                {
+                    "name": name,
+                    "settings": clean(PRESETS[name]),
+                    "params": cfg.model.n_params,
+                    "update_every": cfg.learner.update_every,
+                    "mechanisms": mechs,
+                }
+            )
+        return out
 
     @app.get("/api/settings", tags=["server"], responses=error_responses())
     async def get_settings() -> dict[str, Any]:

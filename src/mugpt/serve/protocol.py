@@ -13,13 +13,21 @@ Example:
     ...
     mugpt.serve.protocol.CommandError: unknown command type 'jump'; valid types: pause, resume, step, throttle, reset, mechanism, set_lr, sample
 
-Messages from the server to the page (all JSON objects with a ``type``):
+Messages from the server to the page (all JSON objects with a ``type``; their pydantic
+models are below and their JSON schema is served at ``GET /api/protocol.json``):
 
-- ``hello``: the run's description and its history so far (sent on connect and after a reset);
-- ``update``: what happened since the previous update, at most ``publish_hz`` per second;
-- ``reply``: the answer to a command (``ok``, ``command``, ``result``);
-- ``error``: a command that could not be applied (``message``); the socket stays open;
-- ``state``: the run's state changed (e.g. ``failed`` with its ``error``).
+- ``hello`` (:class:`HelloMessage`): the run's description and its history so far (sent on
+  connect and after a reset);
+- ``update`` (:class:`UpdateMessage`): what happened since the previous update, at most
+  ``publish_hz`` per second;
+- ``reply`` (:class:`ReplyMessage`): the answer to a command (``ok``, ``command``, ``result``);
+- ``error`` (:class:`ErrorMessage`): a command that could not be applied (``message``); the
+  socket stays open;
+- ``state`` (:class:`StateMessage`): the run's state changed (e.g. ``failed`` with its
+  ``error``).
+
+A run's worker process sends the server ``ready``, ``update``, ``reset``, ``reply`` and
+``failed`` (:data:`WorkerMessage`); the server turns them into the messages above.
 """
 
 from __future__ import annotations
@@ -280,6 +288,38 @@ class RunInfo(BaseModel):
     stream: dict[str, Any] = Field(default_factory=dict)
     mechanisms: list[dict[str, Any]] = Field(default_factory=list)
     run_dir: str | None = None
+    architecture: Architecture | None = Field(
+        default=None, description="the model diagram's parts, shapes and parameter counts"
+    )
+
+
+class ArchitecturePart(BaseModel):
+    """One part of the model diagram (see :mod:`mugpt.serve.diagram`)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(description="embed, block0 … blockN-1, ln_f or head")
+    label: str
+    params: int = Field(description="exact parameter count of the part")
+    tensors: list[list[Any]] = Field(
+        default_factory=list,
+        description="[name, shape] of each weight tensor (a block lists them per sub-layer)",
+    )
+    out: list[int] = Field(description="shape of what the part hands on, (T, C) or (T, V)")
+
+
+class Architecture(BaseModel):
+    """The model's parts in the order data flows through them, with shapes and counts."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_layers: int
+    d_model: int
+    n_heads: int
+    head_dim: int
+    d_ff: int
+    context: int
+    vocab: int
+    params: int
+    parts: list[ArchitecturePart]
 
 
 class ErrorDetail(BaseModel):
@@ -326,6 +366,264 @@ class UploadInfo(BaseModel):
     source: str
     bytes: int
     spec: str
+
+
+# ---------------------------------------------------------------------------- messages
+#
+# What the server sends a page over /ws/runs/{id}, and what a worker sends the server. The
+# worker builds plain dicts on its hot path; these models are their contract, checked in the
+# tests (and by a worker started with MUGPT_SERVE_CHECK_MESSAGES=1) and published as JSON
+# schema at GET /api/protocol.json.
+
+RunState = Literal["starting", "running", "paused", "finished", "failed", "stopped"]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LossBins(_Message):
+    """Per-byte losses in bins: bin i covers bytes [x[i], x[i] + n[i]), with its mean,
+    lowest and highest loss (bits), the display EMA at its end, and the updates skipped and
+    replay updates made while learning it."""
+
+    x: list[int]
+    n: list[int]
+    mean: list[float | None]
+    min: list[float | None] = Field(default_factory=list)
+    max: list[float | None] = Field(default_factory=list)
+    ema: list[float | None] = Field(default_factory=list)
+    skips: list[int] = Field(default_factory=list)
+    replays: list[int] = Field(default_factory=list)
+    width: int | None = Field(default=None, description="bytes per bin (history only)")
+
+
+class AttentionLayer(_Message):
+    layer: int
+    heads: list[list[list[int]]] = Field(description="(H, T, T) weights times ``scale``")
+
+
+class AttentionMaps(_Message):
+    """Attention of the last window: rows are the positions predicting, columns the
+    positions they look at; ``tokens`` are the window's symbols."""
+
+    layers: list[AttentionLayer]
+    tokens: list[int]
+    scale: int
+
+
+class HeadLook(_Message):
+    back: int = Field(description="how many positions back the head looks most (0 = itself)")
+    weight: float = Field(description="the weight of that position")
+    entropy_bits: float = Field(description="entropy of the head's attention (0 = one place)")
+
+
+class LayerView(_Message):
+    layer: int
+    heads: list[HeadLook]
+    attn_rms: float = Field(description="RMS of what attention adds to the residual stream")
+    mlp_rms: float = Field(description="RMS of what the MLP adds to the residual stream")
+    mlp_active: float = Field(description="share of the MLP's units above zero")
+
+
+class StreamPoint(_Message):
+    after: str
+    rms: float
+
+
+class HeadView(_Message):
+    top: int
+    p: float
+    entropy_bits: float
+
+
+class ModelView(_Message):
+    """The live diagram's data at the last position of the current window."""
+
+    positions: int
+    tokens: list[int]
+    stream: list[StreamPoint]
+    layers: list[LayerView]
+    head: HeadView
+
+
+class ExpertsView(_Message):
+    """A mixture's experts on the byte about to be read (see :mod:`mugpt.serve.experts`)."""
+
+    pos: int
+    byte: int | None
+    names: list[str]
+    seen: list[bool]
+    weights: list[float]
+    weight_set: int
+    top: list[int]
+    p: list[float] | None = Field(description="each expert's probability of the byte")
+    mixed: float | None = Field(description="the mixer's probability of the byte")
+    winner: int | None = Field(description="index of the expert that gave the byte most")
+    bits: float | None = None
+
+
+class Baselines(_Message):
+    n: int = Field(description="bytes compressed")
+    bpb: dict[str, float | None]
+
+
+class UpdateMessage(_Message):
+    """What happened since the previous update (optional fields come when they changed)."""
+
+    type: Literal["update"]
+    generation: int
+    state: RunState
+    pos: int
+    total: int
+    bpb: float | None
+    bytes_per_s: float | None
+    max_bytes_per_s: float | None
+    loss: LossBins
+    text: list[tuple[int, int, float | None]] = Field(description="[index, byte, bits]")
+    lr: float | None
+    base_lr: float | None
+    grad_norm: float | None
+    counters: dict[str, Any]
+    events: list[dict[str, Any]]
+    events_dropped: int
+    mechanisms: list[dict[str, Any]] | None = None
+    config: dict[str, Any] | None = None
+    topk: list[tuple[int, float]] | None = Field(default=None, description="[byte, p] x 10")
+    next_byte: int | None = None
+    attention: AttentionMaps | None = None
+    model_view: ModelView | None = None
+    experts: ExpertsView | None = None
+    phases: list[dict[str, Any]] | None = None
+    baselines: Baselines | None = None
+
+
+class HelloMessage(_Message):
+    """The run and its history: a page draws everything from it, then follows updates."""
+
+    type: Literal["hello"]
+    run: RunInfo
+    history: dict[str, Any] = Field(
+        description="loss (LossBins with width), bpb, lr, baselines, alarms, events, text, "
+        "latest (the last values of an update's fields)"
+    )
+    traceback: str | None = None
+
+
+class ReplyMessage(_Message):
+    type: Literal["reply"]
+    ok: Literal[True]
+    command: str
+    request_id: str | None = None
+    result: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorMessage(_Message):
+    type: Literal["error"]
+    message: str
+    command: str | None = None
+    request_id: str | None = None
+
+
+class StateMessage(_Message):
+    type: Literal["state"]
+    state: RunState
+    error: str | None = None
+    traceback: str | None = None
+
+
+ServerMessage = Annotated[
+    HelloMessage | UpdateMessage | ReplyMessage | ErrorMessage | StateMessage,
+    Field(discriminator="type"),
+]
+"""Every message a page receives on /ws/runs/{id}."""
+
+
+class ReadyMessage(_Message):
+    """Worker → server: the worker built its stream and model."""
+
+    type: Literal["ready"]
+    stream: dict[str, Any]
+    total: int
+    params: int
+    config: dict[str, Any]
+    mechanisms: list[dict[str, Any]]
+    state: RunState
+
+
+class ResetMessage(_Message):
+    """Worker → server: the run started again from byte 0."""
+
+    type: Literal["reset"]
+    generation: int
+    state: RunState
+
+
+class WorkerReply(_Message):
+    """Worker → server: the answer to the command numbered ``rid``."""
+
+    type: Literal["reply"]
+    rid: int | None
+    ok: bool
+    command: str
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class FailedMessage(_Message):
+    """Worker → server: the run ended with an error."""
+
+    type: Literal["failed"]
+    error: str
+    traceback: str | None = None
+
+
+WorkerMessage = Annotated[
+    ReadyMessage | UpdateMessage | ResetMessage | WorkerReply | FailedMessage,
+    Field(discriminator="type"),
+]
+"""Every message a worker sends the server."""
+
+SERVER_MESSAGES: TypeAdapter[Any] = TypeAdapter(ServerMessage)
+WORKER_MESSAGES: TypeAdapter[Any] = TypeAdapter(WorkerMessage)
+
+
+class EngineStatus(BaseModel):
+    """Whether the engine the workers start from is ready (``GET /api/status``)."""
+
+    state: Literal["starting", "compiling", "ready", "failed", "unknown"]
+    stage: str = Field(description="what is happening now, in words")
+    step: int = Field(description="stages done")
+    steps: int = Field(description="stages in all")
+    elapsed_s: float | None = Field(description="seconds since the engine began loading")
+    seconds: float | None = Field(default=None, description="how long loading took, once ready")
+
+
+class ServerStatus(BaseModel):
+    """Answer of ``GET /api/status``: what the server is doing, readable before any run."""
+
+    engine: EngineStatus
+    runs: dict[str, int] = Field(description="runs by state")
+    message: str = Field(description="one line for people")
+
+
+def protocol_schema() -> dict[str, Any]:
+    """JSON schema of every message: page → server commands, server → page messages and
+    worker → server messages (each a union discriminated by ``type``)."""
+    return {
+        "title": "μGPT lab wire protocol",
+        "description": "Messages of /ws/runs/{id} (JSON text frames, each an object with a "
+        "'type'). commands: page → server; server_messages: server → page; worker_messages: "
+        "a run's worker process → the server (internal).",
+        "commands": _ADAPTER.json_schema(),
+        "server_messages": SERVER_MESSAGES.json_schema(),
+        "worker_messages": WORKER_MESSAGES.json_schema(),
+    }
+
+
+def check_message(message: dict[str, Any], worker: bool = False) -> Any:
+    """Validates a message against its model (raises pydantic's ValidationError)."""
+    return (WORKER_MESSAGES if worker else SERVER_MESSAGES).validate_python(message)
 
 
 # ---------------------------------------------------------------------------- JSON safety

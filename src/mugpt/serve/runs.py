@@ -9,6 +9,7 @@ commands, so the event loop never blocks on a pipe. A worker that dies marks its
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import itertools
 import multiprocessing
@@ -30,7 +31,7 @@ from mugpt.serve.history import RunHistory, history_from_run_dir, lite_update
 from mugpt.serve.limits import LimitError, ServeSettings, check_params
 from mugpt.serve.protocol import RunInfo, clean, dumps
 from mugpt.serve.roots import DataRoots
-from mugpt.serve.worker import worker_main
+from mugpt.serve.worker import WARM_STAGES, WARM_STATUS_ENV, worker_main
 
 CLIENT_QUEUE = 256
 """Messages a page may fall behind by before it is sent the whole picture again."""
@@ -97,6 +98,7 @@ class Run:
         self.stopping = False
         self.files: dict[str, str] = {}
         self._hello: dict[bool, str] = {}
+        self._arch: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ views
 
@@ -125,7 +127,18 @@ class Run:
             stream=self.stream,
             mechanisms=self.mechanisms,
             run_dir=str(self.run_dir),
+            architecture=self._architecture(),
         )
+
+    def _architecture(self) -> Any:
+        from mugpt.serve.diagram import architecture
+
+        if self._arch is None:
+            try:
+                self._arch = architecture(self.config.model)
+            except (AttributeError, KeyError, TypeError, ValueError):
+                return None
+        return self._arch
 
     def hello(self, lite: bool = False) -> str:
         """The ``hello`` message: the run and its history (built once per change, since
@@ -188,6 +201,7 @@ class Run:
             if "config" in message:
                 with contextlib.suppress(MugptError, TypeError, ValueError):
                     self.config = RunConfig.from_dict(message["config"])
+                    self._arch = None
             self.broadcast(message)
         elif kind == "reply":
             future = self.pending.pop(message.get("rid", -1), None)
@@ -436,6 +450,7 @@ class RunManager:
             "max_stream_bytes": self.settings.max_stream_bytes,
             "paused": paused,
             "max_bytes_per_s": max_bytes_per_s,
+            "check_messages": os.environ.get("MUGPT_SERVE_CHECK_MESSAGES") == "1",
         }
         process = ctx.Process(
             target=worker_main,
@@ -524,12 +539,70 @@ PRELOAD = ["mugpt.serve.warm", "mugpt.engine.summary", "mugpt.engine.rundir"]
 a new run starts in a fraction of a second."""
 
 
+def warm_status_path() -> Path | None:
+    """The file where the fork server reports its warm-up (None without a fork server).
+    One per server process, named in the environment the fork server inherits."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    path = os.environ.get(WARM_STATUS_ENV)
+    if not path:
+        import tempfile
+
+        path = os.path.join(
+            tempfile.gettempdir(), f"mugpt-warm-{os.getpid()}-{secrets.token_hex(4)}.json"
+        )
+        os.environ[WARM_STATUS_ENV] = path
+        atexit.register(_remove_quietly, path)
+    return Path(path)
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def engine_status() -> dict[str, Any]:
+    """What the fork server's warm-up is doing (an :class:`EngineStatus` dict): ``starting``
+    before it reports, ``compiling`` while it loads and compiles the kernels (or loads them
+    from the cache), ``ready``, ``failed`` (workers then compile on their own), or ``unknown``
+    where there is no fork server."""
+    import json
+
+    steps = len(WARM_STAGES)
+    path = warm_status_path() if _FORKSERVER_STARTED else None
+    if path is None:
+        return {"state": "unknown", "stage": "each run compiles what it needs on first use",
+                "step": 0, "steps": steps, "elapsed_s": None}  # fmt: skip
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        since = time.time() - _FORKSERVER_STARTED
+        return {"state": "starting", "stage": "starting the worker server", "step": 0,
+                "steps": steps, "elapsed_s": round(since, 1)}  # fmt: skip
+    started = float(report.get("started") or _FORKSERVER_STARTED)
+    state = str(report.get("state", "compiling"))
+    out = {
+        "state": state if state in ("compiling", "ready", "failed") else "compiling",
+        "stage": str(report.get("stage", "")),
+        "step": int(report.get("step", 0)),
+        "steps": int(report.get("steps", steps)),
+        "elapsed_s": round(time.time() - started, 1),
+    }
+    if state in ("ready", "failed"):
+        out["seconds"] = round(float(report.get("updated", started)) - started, 1)
+    return out
+
+
+_FORKSERVER_STARTED = 0.0
+
+
 def worker_context() -> Any:
     """The multiprocessing context for workers: ``forkserver`` where it exists (a clean,
     single-threaded parent with the engine already imported; forking it is fast and safe),
     else ``spawn``. Never plain ``fork`` of the server, which holds threads and sockets."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         os.environ["MUGPT_SERVE_WARM"] = "1"  # read by mugpt.serve.warm in the fork server
+        warm_status_path()  # named before the fork server starts, so that it inherits it
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(PRELOAD)
         return ctx
@@ -539,8 +612,11 @@ def worker_context() -> Any:
 def start_worker_server() -> None:
     """Starts the fork server now (it imports and compiles the engine in the background), so
     the first run does not wait for it."""
+    global _FORKSERVER_STARTED
     if "forkserver" in multiprocessing.get_all_start_methods():
         worker_context()
+        if not _FORKSERVER_STARTED:
+            _FORKSERVER_STARTED = time.time()
         forkserver.ensure_running()
 
 

@@ -74,9 +74,46 @@ def worker_main(commands: Connection, out: Connection, spec: dict[str, Any]) -> 
                 conn.close()
 
 
+WARM_STATUS_ENV = "MUGPT_SERVE_WARM_STATUS"
+"""Names the file where :func:`warm_up` reports its progress (the server reads it)."""
+WARM_STAGES = (
+    "loading the engine",
+    "compiling the learning loop",
+    "compiling one step",
+    "compiling the prediction",
+)
+
+
+def _report_warm(state: str, step: int, started: float) -> None:
+    """Writes warm-up progress to the file named by ``MUGPT_SERVE_WARM_STATUS`` (atomically:
+    a reader sees the old or the new report, never half of one)."""
+    path = os.environ.get(WARM_STATUS_ENV)
+    if not path:
+        return
+    import json
+
+    stage = WARM_STAGES[step] if step < len(WARM_STAGES) else "ready"
+    report = {
+        "state": state,
+        "stage": stage,
+        "step": step,
+        "steps": len(WARM_STAGES),
+        "started": started,
+        "updated": time.time(),
+    }
+    partial = f"{path}.{os.getpid()}.tmp"
+    with contextlib.suppress(OSError):
+        with open(partial, "w", encoding="utf-8") as fh:
+            json.dump(report, fh)
+        os.replace(partial, path)
+
+
 def warm_up() -> None:
     """Runs a tiny learner through every path a worker uses (the compiled loop, a step,
-    a prediction, the mechanism plug-ins), so that compiled kernels are ready."""
+    a prediction, the mechanism plug-ins), so that compiled kernels are ready. Reports each
+    stage to the file named by ``MUGPT_SERVE_WARM_STATUS``, if set."""
+    started = time.time()
+    _report_warm("compiling", 0, started)
     try:
         from mugpt.corpus import Stream
         from mugpt.engine.config import RunConfig
@@ -84,11 +121,17 @@ def warm_up() -> None:
 
         available()
         learner = RunConfig().build_learner()
+        _report_warm("compiling", 1, started)
         learner.run(Stream.from_bytes(b"warm up the kernels, once.\n" * 3), max_bytes=60)
+        _report_warm("compiling", 2, started)
         learner.step(b"ok")
+        _report_warm("compiling", 3, started)
         learner.predict_next()
     except Exception:
-        pass  # warming is an optimisation, never a requirement
+        # warming is an optimisation, never a requirement: workers compile on their own
+        _report_warm("failed", len(WARM_STAGES), started)
+        return
+    _report_warm("ready", len(WARM_STAGES), started)
 
 
 class _Bins:
@@ -144,6 +187,7 @@ class RunWorker:
         self.state = "paused" if spec.get("paused") else "running"
         self.throttle: float | None = spec.get("max_bytes_per_s")
         self.stopping = False
+        self.check_messages = bool(spec.get("check_messages"))
         self.config_changed = False
         self.baseline_lock = threading.Lock()
         self._fresh()
@@ -189,9 +233,14 @@ class RunWorker:
     # ------------------------------------------------------------------ plumbing
 
     def send(self, message: dict[str, Any]) -> None:
-        from mugpt.serve.protocol import clean
+        """Sends a message to the server; with ``check_messages`` it is first validated
+        against its model in :mod:`mugpt.serve.protocol` (a mismatch fails the run)."""
+        from mugpt.serve.protocol import check_message, clean
 
-        self.out.send(clean(message))
+        message = clean(message)
+        if self.check_messages:
+            check_message(message, worker=True)
+        self.out.send(message)
 
     def _mechanisms(self) -> list[dict[str, Any]]:
         return [m.describe() for m in self.learner.mechanisms]
@@ -407,6 +456,12 @@ class RunWorker:
             if attention is not None:
                 message["attention"] = attention
                 self.last_attention = now
+                view = self._model_view()
+                if view is not None:
+                    message["model_view"] = view
+        experts = self._experts()
+        if experts is not None:
+            message["experts"] = experts
         if self.phases_dirty and (
             now - self.last_phases >= PHASES_EVERY or self.state != "running"
         ):
@@ -454,6 +509,50 @@ class RunWorker:
             return {"layers": maps, "tokens": [int(t) for t in tokens], "scale": 100}
         except (AttributeError, IndexError, TypeError, ValueError):
             return None  # an engine without attention maps: the page shows none
+
+    def _window(self) -> np.ndarray:
+        """The symbols the model sees now (BOS alone before the first byte)."""
+        hist = np.asarray(self.learner.history)
+        if hist.size == 0:
+            from mugpt.model.constants import BOS
+
+            return np.array([BOS])
+        return hist[-self.cfg.model.context :]
+
+    def _model_view(self) -> dict[str, Any] | None:
+        """The model diagram's live numbers on the last window (see serve/diagram.py)."""
+        from mugpt.serve.diagram import live_view
+
+        acts = self.learner.last_acts
+        idx = getattr(acts, "idx", None)
+        window = np.asarray(idx)[0] if idx is not None else self._window()
+        try:
+            return live_view(self.learner.model.params, self.cfg.model, window)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+            return None  # a model without the named weights: the diagram stays unlit
+
+    def _experts(self) -> dict[str, Any] | None:
+        """With ngram_mix on: each expert's probability of the byte about to be read, the
+        mixer's weights and the winner (a read-only recomputation, serve/experts.py)."""
+        from mugpt.serve.experts import CountState, experts_view, step_window
+
+        learner = self.learner
+        mech = next((m for m in learner.mechanisms if m.name == "ngram_mix" and m.enabled), None)
+        state = CountState.of(mech) if mech is not None else None
+        if state is None:
+            return None
+        pos = self.pos
+        hist = np.asarray(learner.history)
+        if hist.size:
+            window = step_window(hist, self.cfg.model.context, self.cfg.learner.update_every)
+        else:
+            window = self._window()
+        try:
+            probs = np.asarray(learner.model.forward(window[None, :]).probs[0, -1])
+            byte = int(self.data[pos]) if pos < self.total else None
+            return experts_view(state, probs, window, byte, pos)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+            return None
 
     def _phases(self) -> list[dict[str, Any]]:
         from mugpt.engine.metrics import phase_metrics

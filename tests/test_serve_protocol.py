@@ -1,0 +1,136 @@
+"""The typed wire protocol: every message a page receives matches its pydantic model, the
+schema is published, and the server says what it is doing before any run has started.
+
+The worker is started with ``MUGPT_SERVE_CHECK_MESSAGES=1``, so each message it builds is
+validated against its model where it is built; the page's side is checked here, message by
+message, on a live run of each kind (the seed model, and the ``strong`` preset's mixture).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mugpt.serve import ServeSettings, create_app
+from mugpt.serve.guard import Access
+from mugpt.serve.protocol import ExpertsView, ModelView, UpdateMessage, check_message
+
+TOKEN = "test-token"
+BASE = "http://127.0.0.1:8000"
+WS = "ws://127.0.0.1:8000"
+STREAM = "a=counting:3k,b=random:1k"
+WAIT = 240.0  # an upper bound only: a cold compile cache takes a minute or more
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    os.environ["MUGPT_SERVE_CHECK_MESSAGES"] = "1"
+    settings = ServeSettings(max_runs=3, runs_dir=tmp_path_factory.mktemp("runs"), publish_hz=20)
+    app = create_app(settings, access=Access.local(token=TOKEN))
+    with TestClient(app, base_url=BASE, headers={"Authorization": f"token {TOKEN}"}) as c:
+        yield c
+    os.environ.pop("MUGPT_SERVE_CHECK_MESSAGES", None)
+
+
+def collect(client: TestClient, config: dict[str, Any], want: int = 12) -> list[dict[str, Any]]:
+    """Messages of a new run's socket until ``want`` updates (or a failure) came."""
+    body = {"config": {"stream": STREAM, **config}, "max_bytes_per_s": 2000}
+    r = client.post("/api/runs", json=body)
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+    messages: list[dict[str, Any]] = []
+    deadline = time.monotonic() + WAIT
+    try:
+        with client.websocket_connect(f"{WS}/ws/runs/{run_id}") as ws:
+            while sum(m["type"] == "update" for m in messages) < want:
+                assert time.monotonic() < deadline, "the run sent too few updates"
+                msg = ws.receive_json()
+                messages.append(msg)
+                assert msg["type"] != "state" or msg["state"] != "failed", msg
+            ws.send_json({"type": "pause", "request_id": "p1"})
+            ws.send_json({"type": "jump"})
+            for _ in range(200):
+                msg = ws.receive_json()
+                messages.append(msg)
+                if msg["type"] == "reply" and msg.get("request_id") == "p1":
+                    break
+    finally:
+        client.delete(f"/api/runs/{run_id}")
+    return messages
+
+
+def test_every_message_of_a_seed_run_matches_its_model(client: TestClient) -> None:
+    messages = collect(client, {})
+    kinds = {m["type"] for m in messages}
+    assert {"hello", "update", "reply", "error"} <= kinds
+    for msg in messages:
+        check_message(msg)  # raises on any field the models do not describe
+    hello = next(m for m in messages if m["type"] == "hello")
+    arch = hello["run"]["architecture"]
+    assert arch["params"] == hello["run"]["params"]
+    assert [p["id"] for p in arch["parts"]] == ["embed", "block0", "ln_f", "head"]
+    views = [m["model_view"] for m in messages if m.get("model_view")]
+    assert views, "the diagram's live numbers come with the attention maps"
+    view = ModelView.model_validate(views[-1])
+    assert len(view.layers) == 1 and len(view.layers[0].heads) == 4
+    assert len(view.stream) == 3  # after the embedding, the attention and the MLP
+    assert not any("experts" in m for m in messages), "no mixture, no experts view"
+
+
+def test_a_strong_run_names_its_experts_and_the_winner(client: TestClient) -> None:
+    messages = collect(client, {"preset": "strong", "model": {"n_layers": 2}}, want=8)
+    for msg in messages:
+        check_message(msg)
+    updates = [UpdateMessage.model_validate(m) for m in messages if m["type"] == "update"]
+    views = [u.experts for u in updates if u.experts is not None and u.experts.p is not None]
+    assert views, "a run mixing count models shows its experts"
+    last: ExpertsView = views[-1]
+    assert last.names[:3] == ["network", "order 0", "order 1"]
+    assert len(last.names) == 12  # the network and orders 0..10 of the strong preset
+    assert last.p is not None and len(last.p) == len(last.weights) == 12
+    assert last.winner is not None and last.p[last.winner] == max(last.p)
+    assert 0 < (last.mixed or 0) <= 1
+    diagram = [m["model_view"] for m in messages if m.get("model_view")]
+    assert diagram and len(diagram[-1]["layers"]) == 2  # one block per layer
+
+
+def test_the_schema_is_published_with_the_api(client: TestClient) -> None:
+    r = client.get("/api/protocol.json")
+    assert r.status_code == 200
+    schema = r.json()
+    mapping = schema["server_messages"]["discriminator"]["mapping"]
+    assert set(mapping) == {"hello", "update", "reply", "error", "state"}
+    assert set(schema["commands"]["discriminator"]["mapping"]) >= {"pause", "sample", "mechanism"}
+    assert "ExpertsView" in schema["server_messages"]["$defs"]
+    paths = client.get("/openapi.json").json()["paths"]
+    for route in ("/api/protocol.json", "/api/status", "/api/presets"):
+        assert {"401", "403"} <= set(paths[route]["get"]["responses"]), route
+    assert client.get("/api/protocol.json", headers={"Authorization": ""}).status_code == 401
+
+
+def test_the_status_says_what_the_engine_is_doing_before_any_run(client: TestClient) -> None:
+    status = client.get("/api/status").json()
+    assert status["engine"]["state"] in ("starting", "compiling", "ready", "failed", "unknown")
+    assert status["message"]
+    deadline = time.monotonic() + WAIT
+    while status["engine"]["state"] in ("starting", "compiling"):
+        assert status["engine"]["elapsed_s"] is not None
+        assert "engine" in status["message"]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+        status = client.get("/api/status").json()
+    if status["engine"]["state"] == "ready":
+        assert status["engine"]["step"] == status["engine"]["steps"]
+        assert status["engine"]["seconds"] >= 0
+
+
+def test_presets_are_listed_for_the_race_button(client: TestClient) -> None:
+    presets = {p["name"]: p for p in client.get("/api/presets").json()}
+    assert {"seed", "strong"} <= set(presets)
+    assert presets["strong"]["mechanisms"] == ["ngram_mix"]
+    assert presets["strong"]["params"] > presets["seed"]["params"]
