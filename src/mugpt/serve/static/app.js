@@ -35,7 +35,13 @@
     pending: new Map(), nextRequest: 1,
     chartDirty: true, formRunId: null, lastTextIndex: -1, utf8: null,
     rows: [], reconnectTimer: null, closing: null, dirty: {}, textQueue: [], revision: 0,
+    status: null, loadedAt: performance.now(), helloAt: 0, firstUpdate: false,
+    winners: new Map(), winnerOrder: [], presets: [],
   };
+  const WINNERS_KEPT = 4000;
+  const EXPERT_COLORS = ["#1f5fbf", "#8c564b", "#bcbd22", "#2ca02c", "#17becf", "#9467bd",
+    "#e377c2", "#ff7f0e", "#d62728", "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39"];
+  const expertColor = (i) => EXPERT_COLORS[i % EXPERT_COLORS.length];
 
   // ------------------------------------------------------------------ helpers
 
@@ -365,18 +371,13 @@
     if (S.formRunId !== run.id) {
       S.formRunId = run.id;
       fillModelForm(run.config);
+      fillRacePresets();
       setSpec(run.stream && run.stream.spec ? run.stream.spec : (S.streams ? S.streams.default_spec : ""));
     }
     if (run.state === "failed" && run.error) notify(`This run failed: ${run.error}`);
-    clearTimeout(S.startingTimer);
-    if (run.state === "starting") {
-      S.startingTimer = setTimeout(() => {
-        if (S.run && S.run.id === run.id && S.run.state === "starting") {
-          notify("Starting the run: building its stream and, the first time on this machine, " +
-            "compiling the engine (this can take a minute).", "info");
-        }
-      }, 4000);
-    }
+    S.helloAt = performance.now();
+    S.firstUpdate = (S.latest.pos || 0) > 0;
+    renderStatusNotice();
     syncMechanisms(run.mechanisms || []);
     renderAll();
     writeUrl();
@@ -398,7 +399,8 @@
     addEvents(msg.events || []);
     appendText(msg.text || []);
     for (const key of ["state", "pos", "total", "bpb", "bytes_per_s", "max_bytes_per_s", "lr", "base_lr",
-      "grad_norm", "counters", "topk", "next_byte", "attention", "phases", "mechanisms"]) {
+      "grad_norm", "counters", "topk", "next_byte", "attention", "phases", "mechanisms",
+      "model_view", "experts"]) {
       if (key in msg) S.latest[key] = msg[key];
     }
     if (S.run) {
@@ -409,6 +411,9 @@
     S.dirty.status = true;
     if (msg.topk) S.dirty.topk = true;
     if (msg.attention) S.dirty.attention = true;
+    if (msg.model_view) S.dirty.diagram = true;
+    if (msg.experts) { noteExperts(msg.experts); S.dirty.experts = true; }
+    if ((msg.pos || 0) > 0 && !S.firstUpdate) { S.firstUpdate = true; renderStatusNotice(); }
     if (msg.phases) S.dirty.phases = true;
     S.chartDirty = true;
   }
@@ -425,6 +430,8 @@
     if (d.topk) renderTopk();
     if (d.attention) renderAttention();
     if (d.phases) renderPhases();
+    if (d.diagram) renderDiagram();
+    if (d.experts) renderExperts();
     S.ticks = (S.ticks || 0) + 1;
     if (S.ticks % 2 === 0) drawCharts();
   }
@@ -511,6 +518,8 @@
   }
 
   function renderAll() {
+    renderDiagram();
+    renderExperts();
     renderStatus();
     renderCounters();
     renderTopk();
@@ -687,6 +696,12 @@
       const span = document.createElement("span");
       span.style.background = shade(piece.bits);
       span.title = `byte ${piece.first}: ${piece.codes} · ${piece.bits.toFixed(2)} bits`;
+      const won = S.winners.get(piece.first);
+      if (won) {
+        span.classList.add("won");
+        span.style.setProperty("--won", expertColor(won.winner));
+        span.title += ` · best predicted by ${won.name}`;
+      }
       if (piece.text === "\n") { span.textContent = "↵\n"; span.className = "ctl"; }
       else if (piece.text === "\t") { span.textContent = "⇥ "; span.className = "ctl"; }
       else if (piece.control) { span.textContent = "·"; span.className = "ctl"; }
@@ -904,6 +919,7 @@
       const name = document.createElement("span");
       name.className = "name";
       name.textContent = m.name;
+      name.title = m.doc || "";
       const pill = document.createElement("span");
       pill.className = `pill ${m.strict_online ? "strict" : "loose"}`;
       pill.textContent = m.strict_online ? "strict online" : "not strict online";
@@ -915,8 +931,9 @@
       box2.dataset.testid = `mech-toggle-${m.name}`;
       box2.setAttribute("data-testid", `mech-toggle-${m.name}`);
       box2.addEventListener("change", () => sendMechanism(m.name, box2.checked));
-      sw.append(box2, "on");
-      head.append(name, pill, sw);
+      box2.setAttribute("aria-label", `${m.name} on or off`);
+      sw.append(box2, name);
+      head.append(sw, pill);
       const doc = document.createElement("p");
       doc.className = "doc";
       doc.textContent = m.doc || "";
@@ -955,8 +972,14 @@
       apply.textContent = "Apply parameters";
       apply.addEventListener("click", () => sendMechanism(m.name, null));
       actions.append(apply);
-      card.append(head, doc, params);
-      if (Object.keys(props).length) card.append(actions);
+      const fold = document.createElement("details");
+      fold.className = "mech-params";
+      const summary = document.createElement("summary");
+      const count = Object.keys(props).length;
+      summary.textContent = count ? `what it does · ${count} parameter${count > 1 ? "s" : ""}` : "what it does";
+      fold.append(summary, doc, params);
+      if (count) fold.append(actions);
+      card.append(head, fold);
       box.append(card);
     }
     buildStartMechanisms();
@@ -1208,6 +1231,232 @@
     refreshRuns();
   }
 
+
+  // ------------------------------------------------------------------ what the server is doing
+
+  // From page load on, the page asks the server what it is doing (GET /api/status): while
+  // the engine's kernels compile, POST /api/runs and the socket's hello wait, so this notice
+  // is the only sign of life. It stays up, with the elapsed time, until the run learns.
+  async function pollStatus() {
+    const engineBusy = !S.status || ["starting", "compiling"].includes(S.status.engine.state);
+    if (engineBusy) {
+      try { S.status = await api("GET", "/api/status"); } catch (_) { /* shown as waiting */ }
+    }
+    renderStatusNotice();
+  }
+
+  function renderStatusNotice() {
+    const box = $("status-notice");
+    const now = performance.now();
+    const st = S.status;
+    let text = "", phase = "";
+    if (st && ["starting", "compiling"].includes(st.engine.state)) {
+      phase = "compiling";
+      text = st.message;
+    } else if (!S.run && now - S.loadedAt > 1500) {
+      phase = "starting";
+      text = `Starting a run: building its stream and model… ${Math.round((now - S.loadedAt) / 1000)} s`;
+    } else if (S.run && !S.run.readonly && !S.firstUpdate && ["starting", "running"].includes(S.latest.state || S.run.state)
+      && now - Math.max(S.helloAt, S.loadedAt) > 1500) {
+      phase = "first-step";
+      const since = Math.round((now - Math.max(S.helloAt, S.loadedAt)) / 1000);
+      text = `Waiting for this run's first step: its stream is read and the kernels its configuration ` +
+        `needs compile on first use (the strong preset's mixer takes longest the first time)… ${since} s`;
+    }
+    $("status-text").textContent = text;
+    box.dataset.phase = phase;
+    box.hidden = !text;
+  }
+
+  // ------------------------------------------------------------------ the model diagram
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  function shapeText(shape) { return shape.join("×"); }
+
+  function renderDiagram() {
+    const box = $("diagram");
+    const arch = S.run && S.run.architecture;
+    if (!arch) { box.innerHTML = '<p class="hint">Drawn when the run starts.</p>'; return; }
+    const view = S.latest.model_view || null;
+    box.innerHTML = "";
+    const residual = el("div", "residual");
+    residual.append(el("b", null, `residual stream (${arch.d_model} numbers per position; bars on a log scale)`));
+    const points = view ? view.stream : [];
+    const top = Math.max(1e-9, ...points.map((p) => p.rms));
+    if (!points.length) residual.append(el("span", "hint", "sizes appear after the first steps"));
+    for (const p of points) {
+      const row = el("div", "rrow");
+      const label = el("span", null, `after ${p.after}`);
+      const bar = el("div", "rbar");
+      bar.style.width = `${Math.max(2, (100 * Math.log1p(p.rms)) / Math.log1p(top)).toFixed(0)}%`; // log scale: sizes span decades
+      const wrap = el("div");
+      wrap.append(label, bar);
+      row.append(wrap, el("span", "num", `RMS ${p.rms.toFixed(2)}`));
+      residual.append(row);
+    }
+    const flow = el("div", "flow");
+    const layerViews = view ? view.layers : [];
+    const arrow = () => el("span", "arrow", "→");
+    arch.parts.forEach((part, i) => {
+      if (i) flow.append(arrow());
+      const box2 = el("div", "part");
+      box2.dataset.part = part.id;
+      if (part.id.startsWith("block")) {
+        box2.classList.add("block");
+        box2.setAttribute("data-testid", "diagram-block");
+        box2.append(el("h3", null, `${part.label} · ${fmtInt(part.params)} parameters`));
+        const lv = layerViews.find((l) => l.layer === part.layer);
+        const att = el("div", "sub");
+        att.append(el("b", null, `attention · ${part.attention.heads} heads × ${part.attention.head_dim}`));
+        att.append(el("div", "meta", `${part.attention.tensors.map((t) => `${t[0].split(".").pop()} ${shapeText(t[1])}`).join(", ")} · ${fmtInt(part.attention.params)}`));
+        const heads = el("div", "heads");
+        for (let h = 0; h < part.attention.heads; h++) {
+          const cell = el("div", "headcell");
+          const hv = lv ? lv.heads[h] : null;
+          cell.append(el("span", null, `h${h + 1}`));
+          if (hv) {
+            const maxBits = Math.log2(Math.max(2, view.positions));
+            const sharp = Math.max(0, Math.min(1, 1 - hv.entropy_bits / maxBits));
+            cell.style.background = `rgba(31,95,191,${(0.08 + 0.8 * sharp).toFixed(2)})`;
+            cell.style.color = sharp > 0.55 ? "#fff" : "var(--ink)";
+            cell.append(el("span", null, hv.back === 0 ? "self" : `←${hv.back}`));
+            cell.title = `head ${h + 1}: looks most ${hv.back} position(s) back (weight ${hv.weight.toFixed(2)}); entropy ${hv.entropy_bits.toFixed(2)} bits`;
+          }
+          heads.append(cell);
+        }
+        att.append(heads);
+        if (lv) att.append(el("div", "meta", `adds RMS ${lv.attn_rms.toFixed(2)}`));
+        const mlp = el("div", "sub");
+        mlp.append(el("b", null, `MLP ${arch.d_model}→${part.mlp.width}→${arch.d_model} · ${part.mlp.activation}`));
+        mlp.append(el("div", "meta", `${part.mlp.tensors.map((t) => `${t[0].split(".").pop()} ${shapeText(t[1])}`).join(", ")} · ${fmtInt(part.mlp.params)}`));
+        const meter = el("div", "meter");
+        const fill = el("span");
+        fill.style.width = lv ? `${(100 * lv.mlp_active).toFixed(0)}%` : "0%";
+        meter.append(fill);
+        mlp.append(meter);
+        if (lv) mlp.append(el("div", "meta", `${(100 * lv.mlp_active).toFixed(0)}% of units fire · adds RMS ${lv.mlp_rms.toFixed(2)}`));
+        box2.append(att, mlp);
+      } else {
+        box2.append(el("h3", null, part.label));
+        box2.append(el("div", "meta", part.tensors.map((t) => `${t[0]} ${shapeText(t[1])}`).join(", ")));
+        box2.append(el("div", "meta", `${fmtInt(part.params)} parameters → ${shapeText(part.out)}`));
+        if (part.id === "embed" && view) {
+          box2.append(el("div", "meta", `window: ${view.positions} symbols, …${view.tokens.slice(-8).map(symbolText).join("")}`));
+        }
+        if (part.id === "head" && view) {
+          box2.append(el("div", "meta", `likeliest next: ${symbolText(view.head.top)} (${(100 * view.head.p).toFixed(1)}%), entropy ${view.head.entropy_bits.toFixed(2)} bits`));
+        }
+      }
+      flow.append(box2);
+    });
+    const total = el("div", "meta total", `${fmtInt(arch.params)} parameters in all · context ${arch.context} · vocabulary ${arch.vocab}`);
+    flow.append(total);
+    box.append(residual, flow);
+  }
+
+  // ------------------------------------------------------------------ a mixture's experts
+
+  function noteExperts(x) {
+    if (x.winner === null || x.winner === undefined || x.byte === null) return;
+    if (!S.winners.has(x.pos)) S.winnerOrder.push(x.pos);
+    S.winners.set(x.pos, { winner: x.winner, name: x.names[x.winner], byte: x.byte });
+    while (S.winnerOrder.length > WINNERS_KEPT) S.winners.delete(S.winnerOrder.shift());
+  }
+
+  function renderExperts() {
+    const panel = $("experts-panel");
+    const x = S.latest.experts;
+    const mixing = S.run && (S.run.mechanisms || []).some((m) => m.name === "ngram_mix" && m.enabled);
+    panel.hidden = !x && !mixing;
+    const box = $("experts");
+    if (!x) { box.innerHTML = '<p class="hint">Shown after the first steps of a run with ngram_mix on.</p>'; return; }
+    box.innerHTML = "";
+    const head = el("p", "head");
+    if (x.byte === null || x.byte === undefined) head.textContent = "The stream has ended.";
+    else {
+      head.append(`byte ${fmtInt(x.pos)} about to be read: `);
+      head.append(el("code", null, symbolText(x.byte)));
+      head.append(` — mixed probability ${(100 * x.mixed).toFixed(2)}% (${x.bits.toFixed(2)} bits) · best: ${x.names[x.winner]} · weight set ${x.weight_set}`);
+    }
+    box.append(head);
+    const table = el("table");
+    const thead = el("thead");
+    const hr = el("tr");
+    for (const h of ["expert", "probability of this byte", "", "weight"]) hr.append(el("th", null, h));
+    thead.append(hr);
+    const body = el("tbody");
+    x.names.forEach((name, i) => {
+      const tr = el("tr");
+      if (i === x.winner) tr.className = "winner";
+      else if (!x.seen[i]) tr.className = "unseen";
+      const c0 = el("td");
+      const sw = el("i");
+      sw.style.cssText = `display:inline-block;width:.8rem;height:.8rem;border-radius:2px;margin-right:.3rem;background:${expertColor(i)}`;
+      c0.append(sw, name + (x.seen[i] ? "" : " (context unseen)"));
+      const p = x.p ? x.p[i] : null;
+      const c1 = el("td");
+      c1.style.width = "45%";
+      const bar = el("div", "pbar");
+      bar.style.width = `${Math.max(0.3, 100 * (p || 0)).toFixed(1)}%`;
+      bar.style.background = expertColor(i);
+      c1.append(bar);
+      const c2 = el("td", "num", p === null ? "–" : `${(100 * p).toFixed(2)}%`);
+      const c3 = el("td", "num", x.weights[i].toFixed(3));
+      tr.append(c0, c1, c2, c3);
+      body.append(tr);
+    });
+    table.append(thead, body);
+    box.append(table);
+    const strip = $("winner-strip");
+    strip.innerHTML = "";
+    for (const pos of S.winnerOrder.slice(-80)) {
+      const w = S.winners.get(pos);
+      const s2 = el("span", null, symbolText(w.byte));
+      s2.style.background = expertColor(w.winner);
+      s2.title = `byte ${pos}: best predicted by ${w.name}`;
+      strip.append(s2);
+    }
+  }
+
+  // ------------------------------------------------------------------ racing another preset
+
+  function fillRacePresets() {
+    const sel = $("race-preset");
+    const current = S.run && S.run.config ? S.run.config.preset : null;
+    const keep = S.raceChosen ? sel.value : null;
+    sel.innerHTML = "";
+    for (const p of S.presets) {
+      const o = new Option(p.name, p.name);
+      o.title = `${fmtInt(p.params)} parameters, ${p.update_every} byte(s) per step${p.mechanisms.length ? ", " + p.mechanisms.join(" + ") : ""}`;
+      sel.add(o);
+    }
+    const other = S.presets.find((p) => p.name !== current);
+    if (keep && S.presets.some((p) => p.name === keep)) sel.value = keep;
+    else if (other) sel.value = other.name;
+  }
+
+  async function race() {
+    if (!S.run) return;
+    const preset = $("race-preset").value;
+    const stream = (S.run.stream && S.run.stream.spec) || S.run.config.stream || "";
+    $("race-go").disabled = true;
+    try {
+      const run = await createRun({ preset, stream, seed: S.run.config.seed || 0 }, `race · ${preset}`);
+      addCompare(run.id, run.label);
+      $("race-note").textContent = `${run.label} reads the same stream; its moving average is the coloured line.`;
+    } catch (err) {
+      notify(err.message);
+    } finally {
+      $("race-go").disabled = false;
+    }
+  }
+
   // ------------------------------------------------------------------ stream editor
 
   function sourceOptions() {
@@ -1412,6 +1661,8 @@
     $("default-stream").addEventListener("click", () => S.streams && setSpec(S.streams.default_spec));
     $("stream-spec").addEventListener("change", () => { S.rows = specToRows($("stream-spec").value); renderPhaseEditor(); });
     $("upload-go").addEventListener("click", uploadPhase);
+    $("race-go").addEventListener("click", race);
+    $("race-preset").addEventListener("change", () => { S.raceChosen = true; });
     $("open-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const path = $("open-path").value.trim();
@@ -1450,6 +1701,8 @@
 
   async function main() {
     wire();
+    pollStatus();
+    setInterval(pollStatus, 1000);
     try {
       const [settings, mechanisms, streams] = await Promise.all([
         api("GET", "/api/settings"), api("GET", "/api/mechanisms"), api("GET", "/api/streams"),
@@ -1464,6 +1717,7 @@
     }
     buildMechanisms();
     setSpec(S.streams.default_spec);
+    api("GET", "/api/presets").then((p) => { S.presets = p; fillRacePresets(); }).catch(() => {});
     setInterval(tick, 250);
     setInterval(refreshRuns, 3000);
     try {
