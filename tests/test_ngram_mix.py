@@ -63,7 +63,7 @@ def test_fused_compiled_loop_equals_the_hooks_bit_for_bit(k: int, b: int) -> Non
     stream = Stream(TEXT, [Phase("x", "t", 0, len(TEXT))], np.array([0, 77, 78]))
     cfg = LearnerConfig(update_every=k, batch_streams=b)
     fused = Learner(ModelConfig(context=16), mechanisms=[NgramMix(**SMALL)], learner_cfg=cfg)
-    fused.run(stream)  # one active mechanism with compiled_run: the fused kernel
+    fused.run(stream)  # the compiled loop with the mechanism's kernel
     hooks = Learner(ModelConfig(context=16), mechanisms=[NgramMix(**SMALL)], learner_cfg=cfg)
     data = np.frombuffer(TEXT, dtype=np.uint8)
     starts = np.zeros(data.size + 1, dtype=bool)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mugpt.engine import Learner, LearnerConfig
-from mugpt.engine.window import step_end, whole_steps_end
+from mugpt.engine.window import gather_step, step_end, whole_steps_end
 from mugpt.model import BOS, ModelConfig
 
 fast = pytest.importorskip("mugpt.model.fast")
@@ -33,7 +33,7 @@ def test_steps_and_windows_match_the_compiled_gather(k: int, context: int, seed:
     while pos < n:
         stop = step_end(starts, pos, n, k, context, pos == 0)
         assert stop > pos
-        fast.gather_step(ws, data, starts, seg_pos, seg_end, hist, hist_len, k, False, rec, symbols, context)  # fmt: skip
+        gather_step(ws, data, starts, seg_pos, seg_end, hist, hist_len, k, False, rec, symbols, context)  # fmt: skip
         assert seg_pos[0] == stop  # the compiled loop ends the step where the rule does
         out = learner.step(data[pos:stop], starts[pos:stop])
         window = learner.history[-(context + 1) :]

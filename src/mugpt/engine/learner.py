@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mugpt.engine.loop import batch_loss_bits, loss_bits_of, window_loss_bits
 from mugpt.engine.window import history_append, step_end, step_symbols, whole_steps_end
 from mugpt.errors import ConfigError
 from mugpt.mechanisms import Mechanism, StepContext
@@ -351,7 +353,7 @@ class Learner:
             only_new[new_positions] = 1.0
             weights = only_new
         if self._fast is not None:
-            ctx.window_loss_bits = float(self._fast.window_loss_bits(acts.probs[0], targets, weights))  # fmt: skip
+            ctx.window_loss_bits = float(window_loss_bits(acts.probs[0], targets, weights))
         else:
             model_bits = -np.log2(np.maximum(acts.probs[0, np.arange(n), targets], PROB_FLOOR))
             ctx.window_loss_bits = float((model_bits * weights).sum() / weights.sum())
@@ -446,7 +448,7 @@ class Learner:
         """−log2 p(byte) of each scored byte (probs (k, V) float64)."""
         if self._fast is not None:
             out = np.empty(data.size, dtype=np.float64)
-            self._fast.loss_bits_of(probs, np.ascontiguousarray(data, dtype=np.uint8), out)
+            loss_bits_of(probs, np.ascontiguousarray(data, dtype=np.uint8), out)
             return out
         picked = probs[np.arange(data.size), data]
         return -np.log2(np.maximum(picked, PROB_FLOOR))
@@ -523,9 +525,7 @@ class Learner:
         begin = self.position
         end = self._stop_at(starts, data.size, max_bytes)
         t0 = time.perf_counter()
-        active = [m for m in self.mechanisms if m.enabled]
-        # a mechanism may bring its hooks into the compiled loop (same results, bit for bit)
-        fused = active[0] if len(active) == 1 and hasattr(active[0], "compiled_run") else None
+        compiled = self._compiled_mechanisms()
         block = self.cfg.block_bytes
         if block and progress is not None:
             report = progress
@@ -537,8 +537,8 @@ class Learner:
             while True:
                 # with blocks of sub-streams, one block at a time (blocks are aligned to 0)
                 stop = end if block == 0 else min(end, (self.position // block + 1) * block)
-                if self._fast is not None and (not active or fused is not None):
-                    self._run_compiled(data, starts, stop, progress, progress_every, fused)
+                if compiled is not None:
+                    self._run_compiled(data, starts, stop, progress, progress_every, compiled)
                 elif self.cfg.batch_streams > 1:
                     self._run_batched(data, starts, stop, progress, progress_every)
                 else:
@@ -684,14 +684,14 @@ class Learner:
                 step_losses.append(loss_bits)
                 for mech in active:
                     mech.observe(ctx, loss_bits)
+                for event in ctx.events:  # each window's events, stamped with its position
+                    self.events.append({"pos": pos, "step": ctx.step, **event})
+                ctx.events.clear()
             assert ctx is not None
             ctx.loss_bits = np.concatenate(step_losses)
             ctx.new_bytes = np.concatenate([r[3] for r in rows])
-            model_bits = -np.log2(
-                np.maximum(np.take_along_axis(acts.probs, tgt[..., None], -1)[..., 0], PROB_FLOOR)
-            )
-            ctx.window_loss_bits = float((model_bits * weights).sum() / weights.sum())
-            self._update(acts, tgt, weights, active, ctx)
+            ctx.window_loss_bits = float(batch_loss_bits(acts.probs, tgt, weights, len(rows)))
+            grad_norm = self._update(acts, tgt, weights, active, ctx)
             replays = self._replay(active, ctx)
             for event in ctx.events:
                 self.events.append({"pos": ctx.position, "step": ctx.step, **event})
@@ -704,9 +704,9 @@ class Learner:
                 new_bytes=rows[-1][3],
                 loss_bits=step_losses[-1],
                 probs=probs,
-                updated=self.lr_effective > 0,
+                updated=grad_norm is not None,
                 replays=replays,
-                grad_norm=ctx.grad_norm,
+                grad_norm=grad_norm,
                 lr=self.lr_effective,
                 window_loss_bits=ctx.window_loss_bits,
                 events=ctx.events,
@@ -726,6 +726,25 @@ class Learner:
         if progress is not None:
             progress(self.position, end, self.running_bpb())
 
+    def _compiled_mechanisms(self) -> list[tuple[Mechanism, Any]] | None:
+        """The active mechanisms with their compiled states, when the compiled loop can run
+        this Learner (numba backend, every active mechanism with kernels), else None."""
+        if self._fast is None:
+            return None
+        from mugpt.engine.loop import KERNELS
+
+        parts = []
+        for mech in self.mechanisms:
+            if not mech.enabled:
+                continue
+            if mech.name not in KERNELS or not hasattr(mech, "compiled_state"):
+                return None
+            state = mech.compiled_state(self.model_cfg.context)
+            if state is None:  # e.g. a detector that exists in Python only
+                return None
+            parts.append((mech, state))
+        return parts
+
     def _run_compiled(
         self,
         data: np.ndarray,
@@ -733,11 +752,14 @@ class Learner:
         end: int,
         progress: ProgressFn | None,
         progress_every: float,
-        fused: Any = None,
+        parts: list[tuple[Mechanism, Any]],
     ) -> None:
-        """The same protocol as :meth:`_run_steps` (bit for bit when B = 1), as compiled
-        chunks of steps; between chunks it reports progress. ``fused``: the one active
-        mechanism, whose ``compiled_run`` supplies a kernel with its hooks built in."""
+        """The same protocol as :meth:`_run_steps` and :meth:`_run_batched`, bit for bit, in
+        :func:`mugpt.engine.loop.run_steps`, in chunks of steps; between chunks it reports
+        progress and takes the mechanisms' events."""
+        from mugpt.engine import loop
+        from mugpt.mechanisms import rng as packed_rng
+
         fast = self._fast
         begin = self.position
         n = end - begin
@@ -756,48 +778,62 @@ class Learner:
         hist_len = np.zeros(n_seg, dtype=np.int64)
         hist_len[0] = self._hist_len
         self.model.ensure_batch(n_seg)
-        ws = self.model.ws
+        model = loop.ModelArrays(self.model.params.flat, self.model.offsets, self.model.dims, self.model.ws)  # fmt: skip
+        optim = loop.OptimArrays(
+            self.grads.flat, opt.m, opt.v, fast.optimizer_hyper(opt.cfg),
+            np.array([opt.t, opt.nonfinite_steps, opt.clipped_steps], dtype=np.int64),
+        )  # fmt: skip
+        stream = loop.StreamArrays(data, starts, seg_pos, seg_end, hist, hist_len)
         losses = np.full(n, np.nan)
-        counters = np.array(
-            [getattr(self.counters, f.name) for f in dataclasses.fields(Counters)], dtype=np.int64
+        counts = [getattr(self.counters, f.name) for f in dataclasses.fields(Counters)]
+        out = loop.Outputs(
+            losses=losses,
+            base=begin,
+            counters=np.array(counts, dtype=np.int64),
+            rec=np.zeros((n_seg * cfg.context, 3), dtype=np.int64),
+            rows=np.zeros((cfg.context, cfg.vocab_size)),
+            info=np.zeros(loop.N_INFO),
         )
-        ostate = np.array([opt.t, opt.nonfinite_steps, opt.clipped_steps], dtype=np.int64)
-        hyper = fast.optimizer_hyper(opt.cfg)
-        rec = np.zeros((n_seg * cfg.context, 3), dtype=np.int64)
-        info = np.zeros(4)
+        states = loop.no_mechanisms()._asdict()
+        fields = {"grad_clip": "clip", "selective_backprop": "select", "adaptive_lr": "adapt", "ngram_mix": "mix"}  # fmt: skip
+        for mech, state in parts:
+            states[fields[mech.name]] = state
+        states["order"] = np.array([loop.KERNELS.index(m.name) for m, _ in parts], dtype=np.int64)
+        states["rng"] = packed_rng.pack(self.rng)
+        mechs = loop.Mechanisms(**states)
         chunk = 16  # steps per compiled call; grows to about one progress interval
         done_upto = 0  # B = 1: losses[:done_upto] already handed to the loss log
         last_report = time.perf_counter()
-        kernel, extra, finish = fast.run_steps, (), None
-        if fused is not None:
-            kernel, extra, finish = fused.compiled_run(cfg.context)
-        while True:
-            t_call = time.perf_counter()
-            made = kernel(
-                self.model.params.flat, self.model.offsets, self.model.dims, ws, self.grads.flat,
-                opt.m, opt.v, hyper, ostate, data, starts, seg_pos, seg_end, hist, hist_len,
-                self.cfg.update_every, self.cfg.window_loss == "new", losses, begin,
-                counters, chunk, rec, info, *extra,
-            )  # fmt: skip
-            if made == 0:
-                break
-            elapsed = time.perf_counter() - t_call
-            if progress is not None:
-                chunk = int(min(max(chunk * progress_every / max(elapsed, 1e-6), 1), 1 << 20))
-            else:
-                chunk = min(chunk * 4, 1 << 20)
-            if n_seg == 1:
-                upto = int(seg_pos[0] - begin)
-                self._loss_log.append(losses[done_upto:upto].copy())
-                done_upto = upto
-                self.position = int(seg_pos[0])
-            if progress is not None:
-                now = time.perf_counter()
-                if now - last_report >= progress_every:
-                    last_report = now
-                    pos_now = self.position if n_seg == 1 else begin + int((seg_pos - bounds[:-1]).sum())  # fmt: skip
-                    filled = losses[np.isfinite(losses)]
-                    progress(pos_now, end, float(filled.mean()) if filled.size else float("nan"))
+        try:
+            while True:
+                t_call = time.perf_counter()
+                made = loop.run_steps(
+                    model, optim, stream, out, mechs, self.cfg.update_every,
+                    self.cfg.window_loss == "new", chunk,
+                )  # fmt: skip
+                for mech, state in parts:  # events and counters, in the Learner's order
+                    self.events.extend(mech.compiled_done(state))
+                if made == 0:
+                    break
+                elapsed = time.perf_counter() - t_call
+                if progress is not None:
+                    chunk = int(min(max(chunk * progress_every / max(elapsed, 1e-6), 1), 1 << 20))
+                else:
+                    chunk = min(chunk * 4, 1 << 20)
+                if n_seg == 1:
+                    upto = int(seg_pos[0] - begin)
+                    self._loss_log.append(losses[done_upto:upto].copy())
+                    done_upto = upto
+                    self.position = int(seg_pos[0])
+                if progress is not None:
+                    now = time.perf_counter()
+                    if now - last_report >= progress_every:
+                        last_report = now
+                        pos_now = self.position if n_seg == 1 else begin + int((seg_pos - bounds[:-1]).sum())  # fmt: skip
+                        filled = losses[np.isfinite(losses)]
+                        progress(pos_now, end, float(filled.mean()) if filled.size else float("nan"))  # fmt: skip
+        finally:
+            packed_rng.unpack(mechs.rng, self.rng)
         if n_seg > 1:
             self._loss_log.append(losses)
             last = n_seg - 1
@@ -806,37 +842,28 @@ class Learner:
         else:
             self._hist_len = int(hist_len[0])
         self.position = end
-        for f, value in zip(dataclasses.fields(Counters), counters):
+        for f, value in zip(dataclasses.fields(Counters), out.counters):
             setattr(self.counters, f.name, int(value))
-        opt.t, opt.nonfinite_steps, opt.clipped_steps = (int(x) for x in ostate)
-        self.lr_effective = self.lr
-        mixed = finish(n) if finish is not None else None
-        self._finish_compiled(data, rec, info, losses, begin, mixed)
+        opt.t, opt.nonfinite_steps, opt.clipped_steps = (int(x) for x in optim.ostate)
+        self._finish_compiled(data, out)
         if progress is not None:
             progress(self.position, end, self.running_bpb())
 
-    def _finish_compiled(
-        self,
-        data: np.ndarray,
-        rec: np.ndarray,
-        info: np.ndarray,
-        losses: np.ndarray,
-        begin: int,
-        mixed: np.ndarray | None = None,
-    ) -> None:
-        """``last`` and ``last_acts`` for the final step of a compiled run (its last window)."""
-        fast, ws = self._fast, self.model.ws
-        n_rec, n_win = int(info[0]), int(info[1])
-        recs = rec[:n_rec]
+    def _finish_compiled(self, data: np.ndarray, out: Any) -> None:
+        """``last``, ``last_acts`` and ``lr_effective`` after a compiled run: its last step
+        (the last window's activations, rows and records)."""
+        from mugpt.engine import loop
+
+        ws, info = self.model.ws, out.info
+        n_rec, n_win = int(info[loop.I_RECORDS]), int(info[loop.I_WINDOWS])
+        recs = out.rec[:n_rec]
         recs = recs[recs[:, 0] == n_win - 1]
         window = n_win - 1
-        t_slots, index = recs[:, 1], recs[:, 2]
+        index = recs[:, 2]
         n_in = int(min(self._hist_len, self.model_cfg.context + 1) - 1)
-        weights = (ws.wts[window, :n_in] != 0).astype(np.float64)
-        probs = ws.probs[window, t_slots].astype(np.float64)
-        if mixed is not None:  # the fused mechanism's rows of that window
-            probs = mixed[: t_slots.size].copy()
-        self.last_acts = fast.FastActivations(
+        norm = float(info[loop.I_GRAD_NORM])
+        self.lr_effective = self.lr * float(info[loop.I_LR_SCALE])
+        self.last_acts = self._fast.FastActivations(
             idx=ws.idx[window : window + 1, :n_in].copy(),
             probs=ws.probs[window : window + 1, :n_in].copy(),
             hidden=ws.hidden[window : window + 1, :n_in].copy(),
@@ -846,16 +873,14 @@ class Learner:
         self.last = StepOutput(
             position=int(index[0]),
             new_bytes=data[index].copy(),
-            loss_bits=losses[index - begin].copy(),
-            probs=probs,
-            updated=bool(info[3] > 0),
+            loss_bits=out.losses[index - out.base].copy(),
+            probs=out.rows[: index.size].copy(),
+            updated=not math.isnan(norm),
             replays=0,
-            grad_norm=float(info[2]),
+            grad_norm=None if math.isnan(norm) else norm,
             lr=self.lr_effective,
-            window_loss_bits=float(
-                fast.window_loss_bits(ws.probs[window], ws.tgt[window], weights)
-            ),
-            events=[],
+            window_loss_bits=float(info[loop.I_WINDOW_LOSS]),
+            events=[e for e in self.events if e.get("step") == self.counters.steps - 1],
         )
 
     @property

@@ -69,6 +69,92 @@ def _whole_steps_end(
     return p if p > pos else cap
 
 
+@njit(**JIT_OPTIONS)
+def _history_append(
+    hist: Any, hist_len: int, symbols: Any, n: int, keep: int
+) -> int:  # pragma: no cover - compiled
+    if hist_len + n > hist.size:
+        start = max(0, hist_len - keep)
+        m = hist_len - start
+        for i in range(m):
+            hist[i] = hist[start + i]
+        hist_len = m
+    for i in range(n):
+        hist[hist_len + i] = symbols[i]
+    return hist_len + n
+
+
+@njit(**JIT_OPTIONS)
+def gather_step(
+    ws: Any,
+    data: Any,
+    starts: Any,
+    seg_pos: Any,
+    seg_end: Any,
+    hist: Any,
+    hist_len: Any,
+    update_every: int,
+    new_only: bool,
+    rec: Any,
+    symbols: Any,
+    t_len: int,
+) -> tuple[int, int, float]:  # pragma: no cover - compiled
+    """The window rule for one step of the compiled loop: each unfinished segment s (bytes
+    data[seg_pos[s]:seg_end[s]], history hist[s, :hist_len[s]]) takes its next step
+    (:func:`step_end`), appends its symbols (:func:`history_append`) and becomes one window
+    of ``ws`` (idx, tgt and unnormalised loss weights wts, padded to ``t_len``); then it
+    advances. rec[r] = (window, slot, byte index) of each new byte, in segment order.
+    Returns (windows, records, total weight)."""
+    keep = t_len + 1
+    n_win = 0
+    n_rec = 0
+    total_w = 0.0
+    for sgi in range(seg_pos.size):
+        pos, end = seg_pos[sgi], seg_end[sgi]
+        if pos >= end:
+            continue
+        first = hist_len[sgi] == 0
+        stop = _step_end(starts, pos, end, update_every, t_len, first)
+        n_sym = 0
+        for i in range(pos, stop):
+            if starts[i] or (first and i == pos):
+                symbols[n_sym] = BOS
+                n_sym += 1
+            symbols[n_sym] = data[i]
+            n_sym += 1
+        h = hist[sgi]
+        hl = _history_append(h, hist_len[sgi], symbols, n_sym, keep)
+        hist_len[sgi] = hl
+        n_in = min(hl, keep) - 1  # window inputs
+        w0 = hl - n_in - 1
+        idx, tgt, wts = ws.idx[n_win], ws.tgt[n_win], ws.wts[n_win]
+        for t in range(t_len):
+            if t < n_in:
+                idx[t] = h[w0 + t]
+                tgt[t] = h[w0 + t + 1]
+                wts[t] = 0 if (new_only or tgt[t] == BOS) else 1
+            else:
+                idx[t] = 0
+                tgt[t] = 0
+                wts[t] = 0
+        # the new bytes are the last n_sym targets that are not BOS
+        g = pos
+        for t in range(max(0, n_in - n_sym), n_in):
+            if tgt[t] != BOS:
+                rec[n_rec, 0] = n_win
+                rec[n_rec, 1] = t
+                rec[n_rec, 2] = g
+                n_rec += 1
+                g += 1
+                if new_only:
+                    wts[t] = 1
+        for t in range(n_in):
+            total_w += float(wts[t])
+        seg_pos[sgi] = stop
+        n_win += 1
+    return n_win, n_rec, total_w
+
+
 def step_end(starts: np.ndarray, pos: int, end: int, k: int, context: int, first: bool) -> int:
     """End (exclusive) of the step that begins at byte ``pos``.
 
@@ -125,7 +211,8 @@ def step_symbols(new_bytes: np.ndarray, doc_start: np.ndarray, first: bool) -> n
 def history_append(hist: np.ndarray, hist_len: int, symbols: np.ndarray, context: int) -> int:
     """Appends ``symbols`` to the history ``hist[:hist_len]`` in place and returns its new
     length. When the buffer is full it first slides, keeping the last ``context + 1`` symbols
-    (all a window can see) at the front; the compiled loop slides the same way.
+    (all a window can see) at the front. The compiled loop's :func:`gather_step` uses the
+    same kernel.
 
     Example:
         >>> import numpy as np
@@ -135,10 +222,5 @@ def history_append(hist: np.ndarray, hist_len: int, symbols: np.ndarray, context
         >>> hist[:n].tolist()
         [2, 3, 4, 5, 6, 7]
     """
-    n = symbols.size
-    if hist_len + n > hist.size:
-        tail = hist[max(0, hist_len - (context + 1)) : hist_len].copy()
-        hist[: tail.size] = tail
-        hist_len = tail.size
-    hist[hist_len : hist_len + n] = symbols
-    return hist_len + n
+    symbols = np.ascontiguousarray(symbols, dtype=np.int64)
+    return int(_history_append(hist, int(hist_len), symbols, symbols.size, context + 1))

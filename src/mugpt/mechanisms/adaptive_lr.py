@@ -31,13 +31,15 @@ updates with the full boost. The multiplier scales the main update only (not rep
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
+from numba import njit
 from pydantic import Field, model_validator
 
 from mugpt.errors import ConfigError
 from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
+from mugpt.model.constants import JIT_OPTIONS
 
 
 class AdaptiveLRConfig(MechanismConfig):
@@ -197,6 +199,41 @@ class AdaptiveLR(Mechanism):
             for value in self._river_log:  # rebuild the detector's state from what it saw
                 self._river.update(value)
 
+    def compiled_state(self, context: int) -> AdaptState | None:
+        """The compiled loop's copy of this mechanism (:func:`observe_kernel`,
+        :func:`scale_kernel`); None for the river detectors, which run in Python only."""
+        cfg = self.config
+        if cfg.detector != "ema":
+            return None
+        unit = 0.0 if cfg.unit == "bytes" else 1.0
+        settings = [self._a_fast, self._a_slow, cfg.threshold, cfg.rearm, cfg.warmup]
+        settings += [cfg.boost, cfg.cap, cfg.half_life, unit]
+        values = [self.fast, self.slow, self.seen, float(self.armed), self.excess]
+        values += [self.multiplier_sum, self.scale_calls]
+        return AdaptState(
+            cfg=np.array(settings, dtype=np.float64),
+            vars=np.array(values, dtype=np.float64),
+            alarms=np.zeros((ALARM_ROWS, 5)),
+            n_alarms=np.zeros(1, dtype=np.int64),
+        )
+
+    def compiled_done(self, state: AdaptState) -> list[dict[str, Any]]:
+        """Takes back what the compiled loop changed; returns its alarms as the events the
+        hook would have emitted (stamped with their step and position)."""
+        v = state.vars
+        self.fast, self.slow, self.seen = float(v[0]), float(v[1]), int(v[2])
+        self.armed, self.excess = bool(v[3]), float(v[4])
+        self.multiplier_sum, self.scale_calls = float(v[5]), int(v[6])
+        events = []
+        for step, pos, index, ratio, mult in state.alarms[: int(state.n_alarms[0])].tolist():
+            self.alarms.append(int(index))
+            events.append(
+                {"pos": int(pos), "step": int(step), "kind": "alarm", "mechanism": self.name,
+                 "index": int(index), "detector": "ema", "ratio": ratio, "lr_multiplier": mult}
+            )  # fmt: skip
+        state.n_alarms[0] = 0
+        return events
+
     def counters(self) -> dict[str, Any]:
         return {
             "alarms": len(self.alarms),
@@ -233,6 +270,70 @@ class AdaptiveLR(Mechanism):
         self.scale_calls = int(state["scale_calls"])
         self._river_log = [float(v) for v in np.asarray(state["river_log"]).tolist()]
         self.on_configure()
+
+
+# ---------------------------------------------------------------------------- compiled form
+
+#: Alarms the compiled loop can hold before it hands them over (it stops between steps first).
+ALARM_ROWS = 4096
+
+
+class AdaptState(NamedTuple):
+    """:class:`AdaptiveLR` (EMA detector) as arrays: ``cfg`` = [fast α, slow α, threshold,
+    rearm, warmup, boost, cap, half_life, unit (0 bytes, 1 steps)]; ``vars`` = [fast, slow,
+    seen, armed, excess, multiplier_sum, scale_calls]; ``alarms`` rows of [step, position,
+    byte index, ratio, multiplier], ``n_alarms[0]`` of them filled."""
+
+    cfg: np.ndarray
+    vars: np.ndarray
+    alarms: np.ndarray
+    n_alarms: np.ndarray
+
+
+def empty_adapt_state() -> AdaptState:
+    """The placeholder the compiled loop is given when the mechanism is off."""
+    return AdaptState(np.zeros(9), np.zeros(7), np.zeros((0, 5)), np.zeros(1, dtype=np.int64))
+
+
+@njit(**JIT_OPTIONS)
+def observe_kernel(
+    state: Any, losses: Any, first: int, n: int, step: int, pos: int
+) -> None:  # pragma: no cover - compiled
+    """:meth:`AdaptiveLR.observe` on ``losses[first:first + n]``, the bytes of one window
+    starting at stream index ``pos``: the decay, then the detector byte by byte."""
+    cfg, v = state.cfg, state.vars
+    amount = float(n) if cfg[8] == 0.0 else 1.0
+    v[4] *= 2.0 ** (-amount / cfg[7])
+    for j in range(n):
+        bits = losses[first + j]
+        if v[2] == 0.0:
+            v[0] = bits
+            v[1] = bits
+        else:
+            v[0] += cfg[0] * (bits - v[0])
+            v[1] += cfg[1] * (bits - v[1])
+        v[2] += 1.0
+        ratio = v[0] / v[1] if v[1] > 0 else 1.0
+        if v[3] != 0.0 and ratio > cfg[2] and v[2] > cfg[4]:
+            v[3] = 0.0
+            v[4] = min(cfg[6], (1.0 + v[4]) * cfg[5]) - 1.0
+            row = state.alarms[state.n_alarms[0]]
+            row[0], row[1], row[2] = step, pos, pos + j
+            row[3] = v[0] / v[1] if v[1] > 0 else 1.0
+            row[4] = 1.0 + v[4]
+            state.n_alarms[0] += 1
+        elif v[3] == 0.0 and ratio < cfg[3]:
+            v[3] = 1.0
+
+
+@njit(**JIT_OPTIONS)
+def scale_kernel(state: Any) -> float:  # pragma: no cover - compiled
+    """:meth:`AdaptiveLR.lr_scale`: the multiplier, counted for its mean."""
+    v = state.vars
+    mult = 1.0 + v[4]
+    v[5] += mult
+    v[6] += 1.0
+    return mult
 
 
 def river_available() -> bool:

@@ -138,6 +138,19 @@ class Mechanism:
         ``extra_windows`` returned them, measured by the forward pass before its update."""
         return None
 
+    # ------------------------------------------------------------ the compiled form
+
+    def compiled_state(self, context: int) -> Any:
+        """This mechanism's state as the compiled loop's arrays (a ``NamedTuple`` its module
+        defines, used by its kernels: :mod:`mugpt.engine.loop`), or None when it runs in
+        Python only. Arrays may be the mechanism's own, changed in place."""
+        return None
+
+    def compiled_done(self, state: Any) -> list[dict[str, Any]]:
+        """After a compiled run: takes back from ``state`` what the kernels changed and
+        returns the events its hooks would have emitted, stamped with step and position."""
+        return []
+
     def extra_optimizer(self) -> Any:
         """An optimiser of its own for the extra windows, or None to share the main one."""
         return None

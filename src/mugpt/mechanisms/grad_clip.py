@@ -18,12 +18,16 @@ mechanism changed.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
+from numba import njit
 from pydantic import Field
 
 from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
+from mugpt.model.constants import JIT_OPTIONS
+from mugpt.model.fast import cast_like
 
 
 class GradClipConfig(MechanismConfig):
@@ -87,6 +91,20 @@ class GradClip(Mechanism):
         self.norm_sum += norm
         self.clipped += int(self.clip(grads, norm))
 
+    def compiled_state(self, context: int) -> ClipState:
+        """The compiled loop's copy of this mechanism (:func:`clip_kernel`)."""
+        cfg = self.config
+        return ClipState(
+            cfg=np.array([0.0 if cfg.mode == "norm" else 1.0, cfg.max_norm, cfg.clip_value]),
+            stats=np.array([self.updates, self.clipped, self.norm_sum], dtype=np.float64),
+        )
+
+    def compiled_done(self, state: ClipState) -> list[dict[str, Any]]:
+        """Takes back what the compiled loop changed; returns its events (none)."""
+        self.updates, self.clipped = int(state.stats[0]), int(state.stats[1])
+        self.norm_sum = float(state.stats[2])
+        return []
+
     def counters(self) -> dict[str, Any]:
         n = self.updates
         return {
@@ -103,3 +121,52 @@ class GradClip(Mechanism):
         self.updates = int(state["updates"])
         self.clipped = int(state["clipped"])
         self.norm_sum = float(state["norm_sum"])
+
+
+# ---------------------------------------------------------------------------- compiled form
+
+
+class ClipState(NamedTuple):
+    """:class:`GradClip` as arrays: ``cfg`` = [mode (0 norm, 1 value), max_norm, clip_value],
+    ``stats`` = [updates, clipped, norm_sum]."""
+
+    cfg: np.ndarray
+    stats: np.ndarray
+
+
+def empty_clip_state() -> ClipState:
+    """The placeholder the compiled loop is given when the mechanism is off."""
+    return ClipState(np.zeros(3), np.zeros(3))
+
+
+@njit(**JIT_OPTIONS)
+def clip_kernel(state: Any, grads: Any, norm: float) -> bool:  # pragma: no cover - compiled
+    """:meth:`GradClip.transform_grads` on the flat gradient (``norm``: its L2 norm before any
+    clipping); True when it changed the gradient. The same float32/float64 arithmetic as the
+    NumPy reference: the factor and the limit are cast to the gradient's type first."""
+    if not math.isfinite(norm):
+        return False
+    stats = state.stats
+    stats[0] += 1.0
+    stats[2] += norm
+    changed = False
+    if state.cfg[0] == 0.0:
+        if norm > state.cfg[1]:
+            f = cast_like(grads, state.cfg[1] / norm)
+            for i in range(grads.size):
+                grads[i] = grads[i] * f
+            changed = True
+    else:
+        hi = cast_like(grads, state.cfg[2])
+        lo = -hi
+        for i in range(grads.size):
+            g = grads[i]
+            if g > hi:
+                grads[i] = hi
+                changed = True
+            elif g < lo:
+                grads[i] = lo
+                changed = True
+    if changed:
+        stats[1] += 1.0
+    return changed

@@ -39,16 +39,15 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
 from pydantic import Field
 
 from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
-from mugpt.model.constants import JIT_OPTIONS, PROB_FLOOR
+from mugpt.model.constants import JIT_OPTIONS
 from mugpt.model.constants import VOCAB_SIZE as V
-from mugpt.model.fast import C_FORWARD, D_T, forward_batch, gather_step, train_step
 
 BYTES = 256
 _JIT = JIT_OPTIONS
@@ -592,113 +591,92 @@ def _predict_in_order(
         )  # fmt: skip
 
 
+class MixState(NamedTuple):
+    """:class:`NgramMix` as the compiled loop holds it: its settings, its tables (shared with
+    the Python object, changed in place), scratch for up to one window of rows, and
+    ``mixed[0]``, the bytes mixed."""
+
+    max_order: int
+    prior: float
+    limit: int
+    lr: float
+    c0: np.ndarray
+    l0: np.ndarray
+    n0: np.ndarray
+    c1: np.ndarray
+    l1: np.ndarray
+    n1: np.ndarray
+    offs: np.ndarray
+    obits: np.ndarray
+    chk: np.ndarray
+    nsym: np.ndarray
+    tot: np.ndarray
+    sym: np.ndarray
+    cnt: np.ndarray
+    ltab: np.ndarray
+    weights: np.ndarray
+    out: np.ndarray
+    dense: np.ndarray
+    sparse_sym: np.ndarray
+    sparse_val: np.ndarray
+    sparse_n: np.ndarray
+    base: np.ndarray
+    expect: np.ndarray
+    wset: np.ndarray
+    hashes: np.ndarray
+    scratch: np.ndarray
+    mixed: np.ndarray
+
+
+def empty_mix_state() -> MixState:
+    """The placeholder the compiled loop is given when the mechanism is off."""
+    f1, f2, f3 = np.zeros(0), np.zeros((0, 0)), np.zeros((0, 0, 0))
+    i1, i2, i3 = (np.zeros((0,) * d, dtype=np.int64) for d in (1, 2, 3))
+    views = slot_views(np.zeros((1, 16), dtype=np.uint8), 1)  # the same strided layouts
+    return MixState._make(
+        [0, 1.0, 0, 0.0, f1, f1, f1, f2, f2, f1, i1, i1, *views, f1, f2, f2, f3, i3, f3, i2, f2,
+         f2, i1, np.zeros((0, 0), dtype=np.uint64), f1, i1]
+    )  # fmt: skip
+
+
+def slot_views(slots: np.ndarray, m: int) -> tuple[np.ndarray, ...]:
+    """(check, listed, total, bytes, counts) of the hashed records in ``slots`` (uint8 rows
+    of check uint32 | total uint16 | listed uint8 | pad | bytes[m] | counts[m])."""
+    return (
+        slots.view(np.uint32)[:, 0],
+        slots[:, 6],
+        slots.view(np.uint16)[:, 2],
+        slots[:, 8 : 8 + m],
+        slots[:, 8 + m : 8 + 2 * m],
+    )
+
+
 @njit(**_JIT)
-def run_steps_mixed(
-    flat: Any,
-    offs: Any,
-    dims: Any,
-    ws: Any,
-    grads: Any,
-    m: Any,
-    v: Any,
-    hyper: Any,
-    ostate: Any,
-    data: Any,
-    starts: Any,
-    seg_pos: Any,
-    seg_end: Any,
-    hist: Any,
-    hist_len: Any,
-    update_every: int,
-    new_only: bool,
-    losses: Any,
-    base: int,
-    counters: Any,
-    max_steps: int,
-    rec: Any,
-    info: Any,
-    max_order: int,
-    prior: float,
-    limit: int,
-    lr: float,
-    c0: Any,
-    l0: Any,
-    n0: Any,
-    c1: Any,
-    l1: Any,
-    n1: Any,
-    toffs: Any,
-    obits: Any,
-    chk: Any,
-    nsym: Any,
-    tot: Any,
-    sym: Any,
-    cnt: Any,
-    ltab: Any,
-    weights: Any,
-    probs64: Any,
-    out: Any,
-    dense: Any,
-    sparse_sym: Any,
-    sparse_val: Any,
-    sparse_n: Any,
-    basev: Any,
-    expect: Any,
-    wset: Any,
-    hashes: Any,
-    scratch: Any,
-    targets: Any,
-) -> int:  # pragma: no cover - compiled
-    """``mugpt.model.fast.run_steps`` with this mechanism fused in: after each forward pass
-    every window's rows are mixed (``adjust_prediction``), scored, then learned by the mixer
-    and the counts (``observe``) — window by window, as the Learner's hooks would run, so the
-    result is the same bit for bit. ``out`` keeps the mixed rows of the last window."""
-    t_len = dims[D_T]
-    symbols = np.empty(t_len, dtype=np.int64)
-    steps = 0
-    while steps < max_steps:
-        n_win, n_rec, total_w = gather_step(
-            ws, data, starts, seg_pos, seg_end, hist, hist_len, update_every, new_only, rec,
-            symbols, t_len,
+def mix_window(
+    st: Any, rows: Any, inputs: Any, slots: Any, targets: Any, k: int
+) -> None:  # pragma: no cover - compiled
+    """The hooks of one window in one pass: rows[:k] (the model's, float64) become the
+    mixed rows, and the counts and weights learn each byte right after predicting it. The
+    Python hooks compute the same bits in two passes (``adjust_prediction`` predicts each
+    byte after a provisional update by the bytes before it, then undoes them; ``observe``
+    makes them): within a step no byte is predicted with knowledge of itself either way."""
+    for j in range(k):
+        _predict(
+            rows, inputs, slots, st.max_order, st.prior, st.l0, st.n0, st.l1, st.n1, st.offs,
+            st.obits, st.chk, st.nsym, st.tot, st.sym, st.cnt, st.ltab, st.weights, st.out,
+            st.dense, st.sparse_sym, st.sparse_val, st.sparse_n, st.base, st.expect, st.wset,
+            st.hashes, st.scratch, j, j + 1,
         )  # fmt: skip
-        if n_win == 0:
-            break
-        forward_batch(flat, offs, dims, ws, n_win)
-        counters[C_FORWARD] += 1
-        r0 = 0
-        for w in range(n_win):
-            r1 = r0
-            while r1 < n_rec and rec[r1, 0] == w:
-                r1 += 1
-            kk = r1 - r0
-            slots = rec[r0:r1, 1]
-            for j in range(kk):
-                for y in range(V):
-                    probs64[j, y] = ws.probs[w, slots[j], y]
-                targets[j] = data[rec[r0 + j, 2]]
-            for j in range(kk):  # predict, score, learn: byte by byte, as in the hooks
-                _predict(
-                    probs64, ws.idx[w], slots, max_order, prior, l0, n0, l1, n1, toffs, obits,
-                    chk, nsym, tot, sym, cnt, ltab, weights, out, dense, sparse_sym,
-                    sparse_val, sparse_n, basev, expect, wset, hashes, scratch, j, j + 1,
-                )  # fmt: skip
-                p = max(float(out[j, targets[j]]), PROB_FLOOR)
-                losses[rec[r0 + j, 2] - base] = -math.log2(p)
-                _update(
-                    targets, ws.idx[w], slots, max_order, prior, limit, lr, c0, l0, n0, c1,
-                    l1, n1, toffs, obits, chk, nsym, tot, sym, cnt, weights, dense,
-                    sparse_sym, sparse_val, sparse_n, basev, expect, wset, hashes, j, j + 1,
-                )  # fmt: skip
-            r0 = r1
-        norm, applied = train_step(
-            flat, offs, dims, ws, grads, m, v, hyper, ostate, counters, n_win, total_w
-        )
-        steps += 1
-        info[0] = n_rec
-        info[1] = n_win
-        info[2] = norm
-        info[3] = applied
-    return steps
+        _update(
+            targets, inputs, slots, st.max_order, st.prior, st.limit, st.lr, st.c0, st.l0,
+            st.n0, st.c1, st.l1, st.n1, st.offs, st.obits, st.chk, st.nsym, st.tot, st.sym,
+            st.cnt, st.weights, st.dense, st.sparse_sym, st.sparse_val, st.sparse_n, st.base,
+            st.expect, st.wset, st.hashes, j, j + 1,
+        )  # fmt: skip
+    for j in range(k):
+        for y in range(rows.shape[1]):
+            rows[j, y] = st.out[j, y]
+    st.mixed[0] += k
 
 
 # ----------------------------------------------------------------------------- mechanism
@@ -749,12 +727,9 @@ class NgramMix(Mechanism):
         self._shape = (cfg.max_order, cfg.table_bits, cfg.slot_size, cfg.prior)
 
     def _bind_views(self) -> None:
-        m = self.cfg.slot_size
-        self.chk = self.slots.view(np.uint32)[:, 0]
-        self.tot = self.slots.view(np.uint16)[:, 2]
-        self.nsym = self.slots[:, 6]
-        self.sym = self.slots[:, 8 : 8 + m]
-        self.cnt = self.slots[:, 8 + m : 8 + 2 * m]
+        self.chk, self.nsym, self.tot, self.sym, self.cnt = slot_views(
+            self.slots, self.cfg.slot_size
+        )
 
     @property
     def table_bytes(self) -> int:
@@ -786,28 +761,25 @@ class NgramMix(Mechanism):
     def counters(self) -> dict[str, Any]:
         return {"mixed_bytes": self.mixed_bytes}
 
-    # ------------------------------------------------------------ the compiled run loop
+    # ------------------------------------------------------------ the compiled form
 
-    def compiled_run(self, context: int) -> tuple[Any, tuple[Any, ...], Any]:
-        """(kernel, extra arguments, finish) for the Learner's compiled loop: the kernel is
-        ``run_steps`` with this mechanism fused in (same results as the hooks, bit for bit);
-        ``finish(n_bytes)`` settles the counters afterwards and returns the last mixed rows."""
+    def compiled_state(self, context: int) -> MixState:
+        """The compiled loop's view of this mechanism (:func:`mix_window`): its tables
+        themselves, and scratch for a window of ``context`` rows."""
         cfg = self.cfg
-        k = context
-        out = np.zeros((k, V))
-        extra = (
-            cfg.max_order, float(cfg.prior), int(cfg.count_limit), float(cfg.lr),
-            self.c0, self.l0, self.n0, self.c1, self.l1, self.n1, *self._tables(), self.ltab,
-            self.weights, np.zeros((k, V)), out, *self._scratch(k), np.empty(5 * BYTES),
-            np.zeros(k, dtype=np.int64),
+        self._pending = None
+        return MixState._make(
+            [cfg.max_order, float(cfg.prior), int(cfg.count_limit), float(cfg.lr), self.c0,
+             self.l0, self.n0, self.c1, self.l1, self.n1, *self._tables(), self.ltab,
+             self.weights, np.zeros((context, V)), *self._scratch(context), np.empty(5 * BYTES),
+             np.zeros(1, dtype=np.int64)]
         )  # fmt: skip
 
-        def finish(n_bytes: int) -> np.ndarray:
-            self.mixed_bytes += n_bytes
-            self._pending = None
-            return out
-
-        return run_steps_mixed, extra, finish
+    def compiled_done(self, state: MixState) -> list[dict[str, Any]]:
+        """Counts the bytes the compiled loop mixed; returns its events (none)."""
+        self.mixed_bytes += int(state.mixed[0])
+        state.mixed[0] = 0
+        return []
 
     def adjust_prediction(self, ctx: StepContext, probs: np.ndarray) -> np.ndarray:
         cfg = self.cfg

@@ -21,12 +21,15 @@ update would train on.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
+from numba import njit
 from pydantic import Field
 
 from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
+from mugpt.mechanisms.rng import next_double
+from mugpt.model.constants import JIT_OPTIONS
 
 
 class SelectiveBackpropConfig(MechanismConfig):
@@ -117,6 +120,23 @@ class SelectiveBackprop(Mechanism):
             return self._hist[: self._filled].copy()
         return np.roll(self._hist, -self._head)
 
+    def compiled_state(self, context: int) -> SelectState:
+        """The compiled loop's copy of this mechanism (:func:`keep_kernel`)."""
+        cfg = self.config
+        return SelectState(
+            cfg=np.array([0.0 if cfg.mode == "threshold" else 1.0, cfg.tau, cfg.beta]),
+            hist=self._hist,  # shared: the kernel writes the ring buffer in place
+            ring=np.array([self._filled, self._head], dtype=np.int64),
+            stats=np.array([self.decisions, self.skipped, self.keep_prob_sum], dtype=np.float64),
+        )
+
+    def compiled_done(self, state: SelectState) -> list[dict[str, Any]]:
+        """Takes back what the compiled loop changed; returns its events (none)."""
+        self._filled, self._head = int(state.ring[0]), int(state.ring[1])
+        self.decisions, self.skipped = int(state.stats[0]), int(state.stats[1])
+        self.keep_prob_sum = float(state.stats[2])
+        return []
+
     def counters(self) -> dict[str, Any]:
         n = self.decisions
         return {
@@ -145,3 +165,48 @@ class SelectiveBackprop(Mechanism):
         self.skipped = int(state["skipped"])
         self.keep_prob_sum = float(state["keep_prob_sum"])
         self.on_configure()  # a config that differs from the saved buffer resizes it
+
+
+# ---------------------------------------------------------------------------- compiled form
+
+
+class SelectState(NamedTuple):
+    """:class:`SelectiveBackprop` as arrays: ``cfg`` = [mode (0 threshold, 1 percentile), tau,
+    beta]; ``hist`` the ring of window losses; ``ring`` = [filled, head]; ``stats`` =
+    [decisions, skipped, keep_prob_sum]."""
+
+    cfg: np.ndarray
+    hist: np.ndarray
+    ring: np.ndarray
+    stats: np.ndarray
+
+
+def empty_select_state() -> SelectState:
+    """The placeholder the compiled loop is given when the mechanism is off."""
+    return SelectState(np.zeros(3), np.zeros(1), np.zeros(2, dtype=np.int64), np.zeros(3))
+
+
+@njit(**JIT_OPTIONS)
+def keep_kernel(state: Any, loss: float, rng: Any) -> bool:  # pragma: no cover - compiled
+    """:meth:`SelectiveBackprop.should_update` for a window loss of ``loss`` bits; the
+    percentile mode draws from the packed Learner generator ``rng`` as the hook does."""
+    stats = state.stats
+    if state.cfg[0] == 0.0:
+        keep = loss >= state.cfg[1]
+        stats[2] += 1.0 if keep else 0.0
+    else:
+        hist, ring = state.hist, state.ring
+        hist[ring[1]] = loss
+        ring[1] = (ring[1] + 1) % hist.size
+        ring[0] = min(ring[0] + 1, hist.size)
+        count = 0
+        for i in range(ring[0]):
+            if hist[i] <= loss:
+                count += 1
+        prob = (float(count) / ring[0]) ** state.cfg[2]
+        keep = next_double(rng) < prob
+        stats[2] += prob
+    stats[0] += 1.0
+    if not keep:
+        stats[1] += 1.0
+    return keep

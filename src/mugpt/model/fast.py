@@ -46,7 +46,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from mugpt.model.config import ModelConfig
-from mugpt.model.constants import BOS, JIT_OPTIONS, PROB_FLOOR, RMS_EPS
+from mugpt.model.constants import JIT_OPTIONS, RMS_EPS
 from mugpt.model.optim import UpdateInfo
 from mugpt.model.params import ParamBuffer, init_params
 
@@ -64,8 +64,6 @@ deterministic; float64 (``math.exp``) is unchanged."""
 
 # dims vector: what the kernels know of the config
 D_LAYERS, D_C, D_H, D_F, D_T, D_V, D_ACT, D_TIED = range(8)
-# counters vector of the run loop (same order as engine.learner.Counters)
-C_STEPS, C_UPDATES, C_SKIPPED, C_NONFINITE, C_REPLAY, C_FORWARD, C_BACKWARD = range(7)
 # optimiser state vector: t, nonfinite_steps, clipped_steps
 O_T, O_NONFINITE, O_CLIPPED = range(3)
 # hyper-parameter vector of the optimiser
@@ -279,13 +277,13 @@ def _exp_inplace_impl(x: Any, bits: Any) -> Any:  # pragma: no cover - compiled
     return exp64
 
 
-def _like(arr: np.ndarray, x: float) -> Any:
+def cast_like(arr: np.ndarray, x: float) -> Any:
     """x as a scalar of arr's element type (compiled code uses the overload below)."""
     return arr.dtype.type(x)
 
 
-@overload(_like)
-def _like_impl(arr: Any, x: Any) -> Any:  # pragma: no cover - compiled
+@overload(cast_like)
+def cast_like_impl(arr: Any, x: Any) -> Any:  # pragma: no cover - compiled
     if arr.dtype == types.float32:
 
         def as32(arr: Any, x: Any) -> Any:
@@ -359,13 +357,13 @@ def _softmax_rows(z: Any, n_rows: int, tmp: Any, bits: Any) -> None:  # pragma: 
     v = z.shape[1]
     for r in range(n_rows):
         row = z[r]
-        m = _like(row, _fold(row, tmp, True))
+        m = cast_like(row, _fold(row, tmp, True))
         for j in range(v):
             row[j] = row[j] - m
     _exp_matrix(z[:n_rows], bits)  # one long vectorised pass
     for r in range(n_rows):
         row = z[r]
-        inv = _like(row, 1.0 / _fold(row, tmp, False))
+        inv = cast_like(row, 1.0 / _fold(row, tmp, False))
         for j in range(v):
             row[j] = row[j] * inv
 
@@ -416,7 +414,7 @@ def _activation_forward(pre: Any, out: Any, kind: int) -> None:  # pragma: no co
         for j in range(f):
             a = pre[t, j]
             if kind == 0:
-                out[t, j] = np.maximum(a, _like(out, 0.0))
+                out[t, j] = np.maximum(a, cast_like(out, 0.0))
             elif kind == 1:  # tanh approximation (Hendrycks & Gimpel 2016)
                 out[t, j] = 0.5 * a * (1.0 + math.tanh(_GELU_C * (a + 0.044715 * a * a * a)))
             else:
@@ -464,7 +462,7 @@ def _attention_forward(ws: Any, layer: int, b: int, n_heads: int) -> None:  # pr
     t_len, c3 = qkv.shape
     c = c3 // 3
     d = c // n_heads
-    scale = _like(qkv, 1.0 / math.sqrt(d))
+    scale = cast_like(qkv, 1.0 / math.sqrt(d))
     q_t, v_t = ws.qT[layer, b], ws.vT[layer, b]
     for t in range(t_len):
         for j in range(c):
@@ -498,7 +496,7 @@ def _attention_forward(ws: Any, layer: int, b: int, n_heads: int) -> None:  # pr
             for t in range(t_len):
                 colinv[t] = colinv[t] + row[t] * mmul[t]
         for t in range(t_len):
-            colinv[t] = _like(colinv, 1.0) / colinv[t]
+            colinv[t] = cast_like(colinv, 1.0) / colinv[t]
         for s in range(t_len):
             row, mmul = att_t[s], mask_mul[s]
             for t in range(t_len):
@@ -573,7 +571,7 @@ def _attention_backward(ws: Any, layer: int, b: int, n_heads: int) -> None:  # p
     t_len, c3 = qkv.shape
     c = c3 // 3
     d = c // n_heads
-    scale = _like(qkv, 1.0 / math.sqrt(d))
+    scale = cast_like(qkv, 1.0 / math.sqrt(d))
     dyh, dyh_t = ws.dyh, ws.dyhT
     _transpose(dyh, dyh_t)
     q_t, v_t = ws.qT[layer, b], ws.vT[layer, b]
@@ -698,7 +696,7 @@ def backward_nll(
         for t in range(t_len):
             if t < n:
                 ws.tgt[i, t] = targets[i, t]
-                ws.wts[i, t] = _like(ws.wts, weights[i, t] / total)
+                ws.wts[i, t] = cast_like(ws.wts, weights[i, t] / total)
             else:
                 ws.tgt[i, t] = 0
                 ws.wts[i, t] = 0
@@ -757,7 +755,7 @@ def optimizer_step(
     clip = hyper[H_CLIP]
     result = 1
     if clip > 0 and norm > clip:
-        f = _like(g, clip / norm)
+        f = cast_like(g, clip / norm)
         for i in range(g.size):
             g[i] = g[i] * f
         state[O_CLIPPED] += 1
@@ -765,14 +763,14 @@ def optimizer_step(
     state[O_T] += 1
     t = state[O_T]
     if hyper[H_WD] != 0:
-        decay = _like(w, 1.0 - lr * hyper[H_WD])
+        decay = cast_like(w, 1.0 - lr * hyper[H_WD])
         for i in range(w.size):
             w[i] = w[i] * decay
     if hyper[H_ADAM] == 0:
         mom = hyper[H_MOM]
-        lr_c = _like(w, lr)
+        lr_c = cast_like(w, lr)
         if mom != 0:
-            mom_c = _like(w, mom)
+            mom_c = cast_like(w, mom)
             for i in range(w.size):
                 mi = m[i] * mom_c + g[i]
                 m[i] = mi
@@ -782,14 +780,14 @@ def optimizer_step(
                 w[i] = w[i] - g[i] * lr_c
         return result
     b1, b2 = hyper[H_B1], hyper[H_B2]
-    b1c = _like(w, b1)
-    b2c = _like(w, b2)
-    omb1 = _like(w, (1.0 - b1))
-    omb2 = _like(w, (1.0 - b2))
+    b1c = cast_like(w, b1)
+    b2c = cast_like(w, b2)
+    omb1 = cast_like(w, (1.0 - b1))
+    omb2 = cast_like(w, (1.0 - b2))
     corr2 = math.sqrt(1.0 - b2**t)
-    step = _like(w, lr * corr2 / (1.0 - b1**t))
-    eps = _like(w, hyper[H_EPS] * corr2)
-    tiny, zero = _normal_min(w), _like(w, 0.0)
+    step = cast_like(w, lr * corr2 / (1.0 - b1**t))
+    eps = cast_like(w, hyper[H_EPS] * corr2)
+    tiny, zero = _normal_min(w), cast_like(w, 0.0)
     for i in range(w.size):
         gi = g[i]
         mi = m[i] * b1c + gi * omb1
@@ -818,222 +816,6 @@ def optimizer_hyper(cfg: Any) -> np.ndarray:
          cfg.grad_clip, 1.0 if cfg.name == "adam" else 0.0],
         dtype=np.float64,
     )  # fmt: skip
-
-
-# ====================================================================== the prequential loop
-
-
-@njit(**_JIT)
-def loss_bits_of(probs: Any, symbols: Any, out: Any) -> None:  # pragma: no cover - compiled
-    """out[i] = −log2 max(probs[i, symbols[i]], PROB_FLOOR): the recorded loss of a byte."""
-    for i in range(symbols.size):
-        p = max(float(probs[i, symbols[i]]), PROB_FLOOR)
-        out[i] = -math.log2(p)
-
-
-@njit(**_JIT)
-def window_loss_bits(probs: Any, targets: Any, weights: Any) -> float:  # pragma: no cover
-    """Weighted mean model loss (bits) of a window: probs (n, V), targets (n,), weights (n,)."""
-    num = 0.0
-    den = 0.0
-    for t in range(targets.size):
-        w = float(weights[t])
-        if w != 0:
-            num += w * -math.log2(max(float(probs[t, targets[t]]), PROB_FLOOR))
-            den += w
-    return num / den
-
-
-@njit(**_JIT)
-def _history_append(
-    hist: Any, hist_len: int, symbols: Any, n: int, keep: int
-) -> int:  # pragma: no cover
-    """Appends symbols[:n] to a history row; slides (keeping the last ``keep``) when full.
-    The same policy as ``Learner._append``."""
-    if hist_len + n > hist.size:
-        start = max(0, hist_len - keep)
-        m = hist_len - start
-        for i in range(m):
-            hist[i] = hist[start + i]
-        hist_len = m
-    for i in range(n):
-        hist[hist_len + i] = symbols[i]
-    return hist_len + n
-
-
-@njit(**_JIT)
-def gather_step(
-    ws: Any,
-    data: Any,
-    starts: Any,
-    seg_pos: Any,
-    seg_end: Any,
-    hist: Any,
-    hist_len: Any,
-    update_every: int,
-    new_only: bool,
-    rec: Any,
-    symbols: Any,
-    t_len: int,
-) -> tuple[int, int, float]:  # pragma: no cover - compiled
-    """Builds one step's windows in ws (idx, tgt, unnormalised wts) from the unfinished
-    segments and advances them. rec[r] = (window, slot, byte index) of each new byte, in
-    segment order. Returns (windows, records, total weight)."""
-    keep = t_len + 1
-    n_win = 0
-    n_rec = 0
-    total_w = 0.0
-    for sgi in range(seg_pos.size):
-        pos, end = seg_pos[sgi], seg_end[sgi]
-        if pos >= end:
-            continue
-        first = hist_len[sgi] == 0
-        stop = min(pos + update_every, end)
-        # a step holds at most T symbols, BOS included (as Learner.run)
-        while True:
-            n_bos = 0
-            for i in range(pos, stop):
-                if starts[i] or (first and i == pos):
-                    n_bos += 1
-            if stop - pos <= 1 or (stop - pos) + n_bos <= t_len:
-                break
-            stop -= 1
-        n_sym = 0
-        for i in range(pos, stop):
-            if starts[i] or (first and i == pos):
-                symbols[n_sym] = BOS
-                n_sym += 1
-            symbols[n_sym] = data[i]
-            n_sym += 1
-        h = hist[sgi]
-        hl = _history_append(h, hist_len[sgi], symbols, n_sym, keep)
-        hist_len[sgi] = hl
-        n_in = min(hl, keep) - 1  # window inputs
-        w0 = hl - n_in - 1
-        idx, tgt, wts = ws.idx[n_win], ws.tgt[n_win], ws.wts[n_win]
-        for t in range(t_len):
-            if t < n_in:
-                idx[t] = h[w0 + t]
-                tgt[t] = h[w0 + t + 1]
-                wts[t] = 0 if (new_only or tgt[t] == BOS) else 1
-            else:
-                idx[t] = 0
-                tgt[t] = 0
-                wts[t] = 0
-        # the new bytes are the last n_sym targets that are not BOS
-        g = pos
-        for t in range(max(0, n_in - n_sym), n_in):
-            if tgt[t] != BOS:
-                rec[n_rec, 0] = n_win
-                rec[n_rec, 1] = t
-                rec[n_rec, 2] = g
-                n_rec += 1
-                g += 1
-                if new_only:
-                    wts[t] = 1
-        for t in range(n_in):
-            total_w += float(wts[t])
-        seg_pos[sgi] = stop
-        n_win += 1
-    return n_win, n_rec, total_w
-
-
-@njit(**_JIT)
-def train_step(
-    flat: Any,
-    offs: Any,
-    dims: Any,
-    ws: Any,
-    grads: Any,
-    m: Any,
-    v: Any,
-    hyper: Any,
-    ostate: Any,
-    counters: Any,
-    n_win: int,
-    total_w: float,
-) -> tuple[float, int]:  # pragma: no cover - compiled
-    """Normalises the weights, backward over the windows, one optimiser update; returns
-    (gradient norm, 0 | 1 | 2 as ``optimizer_step``)."""
-    t_len = dims[D_T]
-    for b in range(n_win):
-        for t in range(t_len):
-            ws.wts[b, t] = _like(ws.wts, float(ws.wts[b, t]) / total_w)
-    for i in range(grads.size):
-        grads[i] = 0
-    backward_batch(flat, offs, dims, ws, grads, n_win)
-    counters[C_BACKWARD] += 1
-    norm = math.sqrt(grad_sq_norm(grads, ws.lanes))
-    applied = optimizer_step(flat, grads, m, v, hyper, ostate, 1.0, norm)
-    if applied:
-        counters[C_UPDATES] += 1
-    else:
-        counters[C_NONFINITE] += 1
-    counters[C_STEPS] += 1
-    return norm, applied
-
-
-@njit(**_JIT)
-def run_steps(
-    flat: Any,
-    offs: Any,
-    dims: Any,
-    ws: Any,
-    grads: Any,
-    m: Any,
-    v: Any,
-    hyper: Any,
-    ostate: Any,
-    data: Any,
-    starts: Any,
-    seg_pos: Any,
-    seg_end: Any,
-    hist: Any,
-    hist_len: Any,
-    update_every: int,
-    new_only: bool,
-    losses: Any,
-    base: int,
-    counters: Any,
-    max_steps: int,
-    rec: Any,
-    info: Any,
-) -> int:  # pragma: no cover - compiled
-    """Runs up to ``max_steps`` prequential steps over the segments of ``data``.
-
-    Segment ``s`` reads data[seg_pos[s]:seg_end[s]] with its own symbol history
-    (hist[s, :hist_len[s]]); every step each unfinished segment takes ``update_every`` bytes
-    (fewer where document starts would overflow the context), all their windows go through
-    one forward pass, each new byte's loss lands in losses[index − base], then one update
-    is made on the batch. ``rec`` (R, 3) receives (window, slot, byte index) of the last
-    step's predictions; ``info`` = [records of the last step, windows, grad norm, applied].
-    Returns the number of steps made (0 when every segment is finished).
-    """
-    t_len = dims[D_T]
-    symbols = np.empty(t_len, dtype=np.int64)
-    steps = 0
-    while steps < max_steps:
-        n_win, n_rec, total_w = gather_step(
-            ws, data, starts, seg_pos, seg_end, hist, hist_len, update_every, new_only, rec,
-            symbols, t_len,
-        )  # fmt: skip
-        if n_win == 0:
-            break
-        forward_batch(flat, offs, dims, ws, n_win)
-        counters[C_FORWARD] += 1
-        for r in range(n_rec):
-            b, t, g = rec[r, 0], rec[r, 1], rec[r, 2]
-            p = max(float(ws.probs[b, t, data[g]]), PROB_FLOOR)
-            losses[g - base] = -math.log2(p)
-        norm, applied = train_step(
-            flat, offs, dims, ws, grads, m, v, hyper, ostate, counters, n_win, total_w
-        )
-        steps += 1
-        info[0] = n_rec
-        info[1] = n_win
-        info[2] = norm
-        info[3] = applied
-    return steps
 
 
 def step_optimizer(opt: Any, w: np.ndarray, g: np.ndarray, lr_scale: float = 1.0) -> Any:
@@ -1182,6 +964,5 @@ __all__ = [
     "make_workspace",
     "optimizer_hyper",
     "optimizer_step",
-    "run_steps",
     "step_optimizer",
 ]

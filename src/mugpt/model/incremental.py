@@ -46,12 +46,12 @@ from mugpt.model.fast import (
     _activation_forward,
     _exp_inplace,
     _layer_views,
-    _like,
     _mm,
     _rmsnorm_forward,
     _softmax_rows,
     _strided,
     _transpose,
+    cast_like,
 )
 
 __all__ = ["begin_window", "forward_position", "prepare_head"]
@@ -92,7 +92,7 @@ def _attention_position(
     t_len, c3 = qkv.shape
     c = c3 // 3
     d = c // n_heads
-    scale = _like(qkv, 1.0 / math.sqrt(d))
+    scale = cast_like(qkv, 1.0 / math.sqrt(d))
     q_t, v_t = ws.qT[layer, b], ws.vT[layer, b]
     for j in range(c):
         q_t[j, t] = qkv[t, j]
@@ -114,10 +114,10 @@ def _attention_position(
         total = col[0]
         for s in range(1, t + 1):
             total = total + col[s]
-        inv = _like(col, 1.0) / total
+        inv = cast_like(col, 1.0) / total
         att = ws.att[layer, b, h]
         for s in range(t_len):
-            a = col[s] * inv if s <= t else _like(col, 0.0)
+            a = col[s] * inv if s <= t else cast_like(col, 0.0)
             att_t[s, t] = a
             att[t, s] = a
         # y[t] = Σ_s v_s att[t, s] over every key (zeros above t), as the full _mm sums it

@@ -1,0 +1,301 @@
+"""The prequential loop, compiled, built from parts (DESIGN §4, "One engine").
+
+Each step of :func:`run_steps` goes through the parts in DESIGN order:
+
+1. **gather** — the window rule makes one window per unfinished segment
+   (:func:`mugpt.engine.window.gather_step`);
+2. **predict** — one forward pass over the windows (:func:`mugpt.model.fast.forward_batch`);
+3. **adjust** — per window, the mechanisms that change predictions, in the Learner's order;
+4. **score** — each new byte's recorded loss, −log2 max(p, ``PROB_FLOOR``);
+5. **observe** — the mechanisms that watch the losses (shift detectors);
+6. **decide** — the mechanisms that may skip the update (selective backprop);
+7. **update** — the lr scale of the mechanisms, the backward pass, the gradient transforms
+   (clipping), one optimiser step (:func:`mugpt.model.fast.optimizer_step`).
+
+A mechanism takes part by bringing its state as arrays (a ``NamedTuple`` its module defines,
+e.g. :class:`mugpt.mechanisms.grad_clip.ClipState`) and compiled kernels for the hooks it uses
+(e.g. :func:`mugpt.mechanisms.grad_clip.clip_kernel`); :data:`KERNELS` names the mechanisms
+the loop knows, and :class:`Mechanisms` holds one state per kind (an empty placeholder when
+off) with ``order``, the active kinds in the Learner's order. So every combination of
+mechanisms runs in the one compiled function, compiled once. A mechanism's Python hooks stay
+its readable reference; tests prove both give the same bits.
+
+The kernel's arguments come in typed structures (:class:`ModelArrays`, :class:`OptimArrays`,
+:class:`StreamArrays`, :class:`Outputs`), not in long positional lists.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+from numba import njit
+
+from mugpt.engine.window import gather_step
+from mugpt.mechanisms.adaptive_lr import empty_adapt_state, observe_kernel, scale_kernel
+from mugpt.mechanisms.grad_clip import clip_kernel, empty_clip_state
+from mugpt.mechanisms.ngram_mix import empty_mix_state, mix_window
+from mugpt.mechanisms.selective_backprop import empty_select_state, keep_kernel
+from mugpt.model.constants import JIT_OPTIONS, PROB_FLOOR
+from mugpt.model.fast import (
+    D_T,
+    backward_batch,
+    cast_like,
+    forward_batch,
+    grad_sq_norm,
+    optimizer_step,
+)
+
+_JIT = JIT_OPTIONS
+
+#: The mechanisms the compiled loop has kernels for, by kind code (their index).
+KERNELS = ("grad_clip", "selective_backprop", "adaptive_lr", "ngram_mix")
+K_CLIP, K_SELECT, K_ADAPT, K_MIX = range(len(KERNELS))
+
+# counters vector of the loop (same order as engine.learner.Counters)
+C_STEPS, C_UPDATES, C_SKIPPED, C_NONFINITE, C_REPLAY, C_FORWARD, C_BACKWARD = range(7)
+# info vector: what the last step did
+I_RECORDS, I_WINDOWS, I_GRAD_NORM, I_APPLIED, I_LR_SCALE, I_WINDOW_LOSS = range(6)
+N_INFO = 6
+
+
+class ModelArrays(NamedTuple):
+    """The model: flat weights, their offsets, the dims vector and the workspace."""
+
+    flat: np.ndarray
+    offs: np.ndarray
+    dims: np.ndarray
+    ws: Any
+
+
+class OptimArrays(NamedTuple):
+    """The optimiser: gradient, moments, hyper-parameters and its state vector [t, ...]."""
+
+    grads: np.ndarray
+    m: np.ndarray
+    v: np.ndarray
+    hyper: np.ndarray
+    ostate: np.ndarray
+
+
+class StreamArrays(NamedTuple):
+    """The bytes, their document starts, and the segments (sub-streams) that read them:
+    segment s reads data[seg_pos[s]:seg_end[s]] with history hist[s, :hist_len[s]]."""
+
+    data: np.ndarray
+    starts: np.ndarray
+    seg_pos: np.ndarray
+    seg_end: np.ndarray
+    hist: np.ndarray
+    hist_len: np.ndarray
+
+
+class Outputs(NamedTuple):
+    """What the loop writes: each byte's loss at losses[index − base], the counters, and the
+    last step's records rec (R, 3) = (window, slot, byte index), its final (adjusted) rows
+    of the last window ``rows`` (T, V) and the ``info`` vector."""
+
+    losses: np.ndarray
+    base: int
+    counters: np.ndarray
+    rec: np.ndarray
+    rows: np.ndarray
+    info: np.ndarray
+
+
+class Mechanisms(NamedTuple):
+    """The mechanisms' compiled states: ``order`` the active kinds (:data:`KERNELS`) in the
+    Learner's order, one state per kind (a placeholder when off), and ``rng`` the Learner's
+    generator packed by :func:`mugpt.mechanisms.rng.pack`."""
+
+    order: np.ndarray
+    clip: Any
+    select: Any
+    adapt: Any
+    mix: Any
+    rng: np.ndarray
+
+
+def no_mechanisms() -> Mechanisms:
+    """The states of a loop with every mechanism off."""
+    return Mechanisms(
+        np.zeros(0, dtype=np.int64),
+        empty_clip_state(),
+        empty_select_state(),
+        empty_adapt_state(),
+        empty_mix_state(),
+        np.zeros(4, dtype=np.uint64),
+    )
+
+
+# ---------------------------------------------------------------------------- score
+
+
+@njit(**_JIT)
+def loss_bits_of(probs: Any, symbols: Any, out: Any) -> None:  # pragma: no cover - compiled
+    """out[i] = −log2 max(probs[i, symbols[i]], PROB_FLOOR): the recorded loss of a byte."""
+    for i in range(symbols.size):
+        p = max(float(probs[i, symbols[i]]), PROB_FLOOR)
+        out[i] = -math.log2(p)
+
+
+@njit(**_JIT)
+def window_loss_bits(probs: Any, targets: Any, weights: Any) -> float:  # pragma: no cover
+    """Weighted mean model loss (bits) of a window: probs (n, V), targets (n,), weights (n,)."""
+    num, den = _window_loss_sums(probs, targets, weights)
+    return num / den
+
+
+@njit(**_JIT)
+def batch_loss_bits(
+    probs: Any, targets: Any, weights: Any, n_win: int
+) -> float:  # pragma: no cover
+    """The same over the first ``n_win`` windows (B, n, V), summed window after window."""
+    num = 0.0
+    den = 0.0
+    for b in range(n_win):
+        nb, db = _window_loss_sums(probs[b], targets[b], weights[b], num, den)
+        num, den = nb, db
+    return num / den
+
+
+@njit(**_JIT)
+def _window_loss_sums(
+    probs: Any, targets: Any, weights: Any, num: float = 0.0, den: float = 0.0
+) -> tuple[float, float]:  # pragma: no cover - compiled
+    for t in range(targets.size):
+        w = float(weights[t])
+        if w != 0:
+            num += w * -math.log2(max(float(probs[t, targets[t]]), PROB_FLOOR))
+            den += w
+    return num, den
+
+
+# ---------------------------------------------------------------------------- update
+
+
+@njit(**_JIT)
+def backward_windows(
+    model: Any, opt: Any, counters: Any, n_win: int, total_w: float
+) -> float:  # pragma: no cover - compiled
+    """Normalises the windows' loss weights to sum to 1, runs the backward pass into the
+    zeroed gradient and returns the gradient's global L2 norm."""
+    ws = model.ws
+    t_len = model.dims[D_T]
+    for b in range(n_win):
+        for t in range(t_len):
+            ws.wts[b, t] = cast_like(ws.wts, float(ws.wts[b, t]) / total_w)
+    grads = opt.grads
+    for i in range(grads.size):
+        grads[i] = 0
+    backward_batch(model.flat, model.offs, model.dims, ws, grads, n_win)
+    counters[C_BACKWARD] += 1
+    return math.sqrt(grad_sq_norm(grads, ws.lanes))
+
+
+@njit(**_JIT)
+def _update(
+    model: Any, opt: Any, out: Any, mechs: Any, n_win: int, total_w: float
+) -> None:  # pragma: no cover - compiled
+    """Parts 6-7: decide, then (unless declined) scale, backward, transform, optimiser step."""
+    counters, info = out.counters, out.info
+    for j in range(mechs.order.size):  # decide (the first mechanism that declines decides)
+        if mechs.order[j] == K_SELECT and not keep_kernel(
+            mechs.select, info[I_WINDOW_LOSS], mechs.rng
+        ):
+            counters[C_SKIPPED] += 1
+            info[I_GRAD_NORM] = np.nan
+            info[I_APPLIED] = 0
+            info[I_LR_SCALE] = 0.0
+            return
+    scale = 1.0
+    for j in range(mechs.order.size):
+        if mechs.order[j] == K_ADAPT:
+            scale *= scale_kernel(mechs.adapt)
+    norm = backward_windows(model, opt, counters, n_win, total_w)
+    changed = False
+    for j in range(mechs.order.size):  # every transform sees the norm before any clipping
+        if mechs.order[j] == K_CLIP:
+            changed = clip_kernel(mechs.clip, opt.grads, norm) or changed
+    if changed:
+        norm = math.sqrt(grad_sq_norm(opt.grads, model.ws.lanes))
+    applied = optimizer_step(model.flat, opt.grads, opt.m, opt.v, opt.hyper, opt.ostate, scale, norm)  # fmt: skip
+    if applied:
+        counters[C_UPDATES] += 1
+    else:
+        counters[C_NONFINITE] += 1
+    info[I_GRAD_NORM] = norm
+    info[I_APPLIED] = applied
+    info[I_LR_SCALE] = scale
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+@njit(**_JIT)
+def run_steps(
+    model: Any,
+    opt: Any,
+    stream: Any,
+    out: Any,
+    mechs: Any,
+    update_every: int,
+    new_only: bool,
+    max_steps: int,
+) -> int:  # pragma: no cover - compiled
+    """Runs up to ``max_steps`` prequential steps over the segments of ``stream`` and returns
+    how many it made (0 when every segment is finished). Every step each unfinished segment
+    takes ``update_every`` bytes (fewer where document starts would overflow the context);
+    all their windows go through one forward pass, then the parts of the module docstring.
+    It stops early, between steps, when a mechanism's event buffer could fill in one more
+    step; the caller drains it and calls again."""
+    ws = model.ws
+    t_len = model.dims[D_T]
+    symbols = np.empty(t_len, dtype=np.int64)
+    slots = np.empty(t_len, dtype=np.int64)
+    targets = np.empty(t_len, dtype=np.int64)
+    rows, rec, counters, info = out.rows, out.rec, out.counters, out.info
+    room = stream.seg_pos.size * t_len  # the most bytes (and so events) one step can add
+    steps = 0
+    while steps < max_steps:
+        if mechs.adapt.alarms.shape[0] > 0 and mechs.adapt.n_alarms[0] + room > mechs.adapt.alarms.shape[0]:  # fmt: skip
+            break
+        step = counters[C_STEPS]
+        n_win, n_rec, total_w = gather_step(
+            ws, stream.data, stream.starts, stream.seg_pos, stream.seg_end, stream.hist,
+            stream.hist_len, update_every, new_only, rec, symbols, t_len,
+        )  # fmt: skip
+        if n_win == 0:
+            break
+        forward_batch(model.flat, model.offs, model.dims, ws, n_win)
+        counters[C_FORWARD] += 1
+        r0 = 0
+        for w in range(n_win):
+            r1 = r0
+            while r1 < n_rec and rec[r1, 0] == w:
+                r1 += 1
+            k = r1 - r0
+            first = rec[r0, 2]
+            for j in range(k):  # the model's rows of the window's new bytes
+                slots[j] = rec[r0 + j, 1]
+                targets[j] = stream.data[rec[r0 + j, 2]]
+                for y in range(rows.shape[1]):
+                    rows[j, y] = ws.probs[w, slots[j], y]
+            for j in range(mechs.order.size):  # adjust
+                if mechs.order[j] == K_MIX:
+                    mix_window(mechs.mix, rows, ws.idx[w], slots, targets, k)
+            for j in range(k):  # score
+                p = max(rows[j, targets[j]], PROB_FLOOR)
+                out.losses[first + j - out.base] = -math.log2(p)
+            for j in range(mechs.order.size):  # observe
+                if mechs.order[j] == K_ADAPT:
+                    observe_kernel(mechs.adapt, out.losses, first - out.base, k, step, first)
+            r0 = r1
+        info[I_WINDOW_LOSS] = batch_loss_bits(ws.probs, ws.tgt, ws.wts, n_win)
+        _update(model, opt, out, mechs, n_win, total_w)
+        counters[C_STEPS] += 1
+        steps += 1
+        info[I_RECORDS] = n_rec
+        info[I_WINDOWS] = n_win
+    return steps
