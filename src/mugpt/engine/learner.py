@@ -505,9 +505,14 @@ class Learner:
         max_bytes: int | None = None,
         progress: ProgressFn | None = None,
         progress_every: float = 0.2,
+        scored: np.ndarray | None = None,
     ) -> RunResult:
         """Reads ``stream`` from the Learner's position to its end (or ``max_bytes`` in all),
         ``update_every`` bytes per step, and returns the losses of every byte read so far.
+
+        ``scored`` (B = 1 only), an (n, V) float64 array, receives the row each byte of this
+        call was scored with (after the mechanisms' adjustments): row i for the call's byte i.
+        The range coder codes them.
 
         A call stops only between steps: with ``max_bytes`` short of the stream's end it stops
         at the last step boundary at or before ``max_bytes`` (with B > 1 and S > 0, the last
@@ -526,6 +531,10 @@ class Learner:
         end = self._stop_at(starts, data.size, max_bytes)
         t0 = time.perf_counter()
         compiled = self._compiled_mechanisms()
+        if scored is not None:
+            if self.cfg.batch_streams > 1:
+                raise ConfigError("scored rows are kept for one stream only (batch_streams=1)")
+            assert scored.shape[0] >= end - begin and scored.dtype == np.float64, scored.shape
         block = self.cfg.block_bytes
         if block and progress is not None:
             report = progress
@@ -537,12 +546,13 @@ class Learner:
             while True:
                 # with blocks of sub-streams, one block at a time (blocks are aligned to 0)
                 stop = end if block == 0 else min(end, (self.position // block + 1) * block)
+                rows = None if scored is None else scored[self.position - begin :]
                 if compiled is not None:
-                    self._run_compiled(data, starts, stop, progress, progress_every, compiled)
+                    self._run_compiled(data, starts, stop, progress, progress_every, compiled, rows)
                 elif self.cfg.batch_streams > 1:
                     self._run_batched(data, starts, stop, progress, progress_every)
                 else:
-                    self._run_steps(data, starts, stop, progress, progress_every)
+                    self._run_steps(data, starts, stop, progress, progress_every, rows)
                 if self.position >= end:
                     break
         seconds = time.perf_counter() - t0
@@ -579,14 +589,18 @@ class Learner:
         end: int,
         progress: ProgressFn | None,
         progress_every: float,
+        scored: np.ndarray | None = None,
     ) -> None:
         """The loop of :meth:`step` calls (any backend, any mechanism)."""
         k, ctx_len = self.cfg.update_every, self.model_cfg.context
         last_report = time.perf_counter()
+        begin = self.position
         while self.position < end:
             pos = self.position
             stop = step_end(starts, pos, end, k, ctx_len, pos == 0 and self._hist_len == 0)
-            self.step(data[pos:stop], starts[pos:stop])
+            out = self.step(data[pos:stop], starts[pos:stop])
+            if scored is not None:
+                scored[pos - begin : stop - begin] = out.probs
             if progress is not None:
                 now = time.perf_counter()
                 if now - last_report >= progress_every or self.position >= end:
@@ -753,6 +767,7 @@ class Learner:
         progress: ProgressFn | None,
         progress_every: float,
         parts: list[tuple[Mechanism, Any]],
+        scored: np.ndarray | None = None,
     ) -> None:
         """The same protocol as :meth:`_run_steps` and :meth:`_run_batched`, bit for bit, in
         :func:`mugpt.engine.loop.run_steps`, in chunks of steps; between chunks it reports
@@ -793,6 +808,7 @@ class Learner:
             rec=np.zeros((n_seg * cfg.context, 3), dtype=np.int64),
             rows=np.zeros((cfg.context, cfg.vocab_size)),
             info=np.zeros(loop.N_INFO),
+            scored=np.zeros((0, cfg.vocab_size)) if scored is None else scored,
         )
         states = loop.no_mechanisms()._asdict()
         fields = {"grad_clip": "clip", "selective_backprop": "select", "adaptive_lr": "adapt", "ngram_mix": "mix"}  # fmt: skip

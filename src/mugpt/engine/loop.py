@@ -94,7 +94,8 @@ class StreamArrays(NamedTuple):
 class Outputs(NamedTuple):
     """What the loop writes: each byte's loss at losses[index − base], the counters, and the
     last step's records rec (R, 3) = (window, slot, byte index), its final (adjusted) rows
-    of the last window ``rows`` (T, V) and the ``info`` vector."""
+    of the last window ``rows`` (T, V) and the ``info`` vector. ``scored`` (N, V), when not
+    empty, receives every byte's scored row at [index − base] (the range coder codes them)."""
 
     losses: np.ndarray
     base: int
@@ -102,6 +103,7 @@ class Outputs(NamedTuple):
     rec: np.ndarray
     rows: np.ndarray
     info: np.ndarray
+    scored: np.ndarray
 
 
 class Mechanisms(NamedTuple):
@@ -288,6 +290,10 @@ def run_steps(
             for j in range(k):  # score
                 p = max(rows[j, targets[j]], PROB_FLOOR)
                 out.losses[first + j - out.base] = -math.log2(p)
+            if out.scored.shape[0] > 0:
+                for j in range(k):
+                    for y in range(rows.shape[1]):
+                        out.scored[first + j - out.base, y] = rows[j, y]
             for j in range(mechs.order.size):  # observe
                 if mechs.order[j] == K_ADAPT:
                     observe_kernel(mechs.adapt, out.losses, first - out.base, k, step, first)
