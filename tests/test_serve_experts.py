@@ -41,7 +41,7 @@ def _mix(learner: object) -> object:
 
 
 def test_order0_and_order1_follow_their_definitions_on_a_tiny_stream() -> None:
-    cfg, learner = _learner(k=1)
+    _cfg, learner = _learner(k=1)
     stream = Stream.from_bytes(b"abab")
     learner.run(stream)  # type: ignore[attr-defined]
     mech = _mix(learner)
@@ -64,7 +64,7 @@ def test_order0_and_order1_follow_their_definitions_on_a_tiny_stream() -> None:
 
 
 def test_an_unseen_context_is_uniform_and_the_display_never_writes_the_state() -> None:
-    cfg, learner = _learner(k=1)
+    _cfg, learner = _learner(k=1)
     learner.run(Stream.from_bytes(b"hello there"))  # type: ignore[attr-defined]
     mech = _mix(learner)
     before = {k: np.copy(v) for k, v in mech.state_dict().items() if isinstance(v, np.ndarray)}  # type: ignore[attr-defined]

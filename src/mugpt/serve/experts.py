@@ -184,9 +184,7 @@ def expert_names(max_order: int) -> list[str]:
     return ["network"] + [f"order {o}" for o in range(max_order + 1)]
 
 
-def mixture(
-    state: CountState, model_probs: np.ndarray, window: np.ndarray
-) -> dict[str, np.ndarray | int | list[bool]]:
+def mixture(state: CountState, model_probs: np.ndarray, window: np.ndarray) -> dict[str, Any]:
     """Every expert's distribution of the next byte after ``window`` (the symbols before it,
     last one newest), the weight set chosen and the mixed distribution.
 
@@ -234,22 +232,15 @@ def experts_view(
     end) each expert's probability of it, the weights of the set chosen, the mixed
     probability, and the winner (the expert that gave the byte the highest probability)."""
     got = mixture(state, model_probs, window)
-    probs = got["probs"]
-    assert isinstance(probs, np.ndarray)
-    weights = got["weights"]
-    assert isinstance(weights, np.ndarray)
-    mixed = got["mixed"]
-    assert isinstance(mixed, np.ndarray)
+    probs, weights, mixed, seen = got["probs"], got["weights"], got["mixed"], got["seen"]
     names = expert_names(state.max_order)
-    seen = got["seen"]
-    assert isinstance(seen, list)
     out: dict[str, Any] = {
         "pos": pos,
         "byte": byte,
         "names": names,
         "seen": seen,
         "weights": [round(float(w), 4) for w in weights],
-        "weight_set": int(got["wset"]),  # type: ignore[call-overload]
+        "weight_set": int(got["wset"]),
         "top": [int(b) for b in np.argsort(-mixed, kind="stable")[:5]],
     }
     if byte is None or not 0 <= byte < BYTES:
