@@ -19,6 +19,8 @@ from mugpt.serve.experts import (
     experts_view,
     hashed_order,
     mixture,
+    step_inputs,
+    step_views,
     step_window,
 )
 
@@ -112,3 +114,36 @@ def test_the_view_names_every_expert_and_its_weight() -> None:
     assert view["p"][1] == pytest.approx(1 / 256)
     end = experts_view(state, np.full(257, 1 / 257), np.array([BOS]), None, 0)
     assert end["p"] is None and end["winner"] is None
+
+
+@pytest.mark.parametrize("k", [4, 24])
+def test_every_byte_of_a_step_is_replayed_as_the_mixer_learns_it(k: int) -> None:
+    cfg, learner = _learner(k, max_order=6)
+    stream = Stream.from_bytes(TEXT)
+    mech = _mix(learner)
+    errors = []
+    while learner.position < len(TEXT) - k:  # type: ignore[attr-defined]
+        pos = learner.position  # type: ignore[attr-defined]
+        state = CountState.of(mech)
+        assert state is not None
+        new = np.frombuffer(TEXT[pos : pos + k], dtype=np.uint8).astype(np.int64)
+        inputs, rows = step_inputs(learner.history, new, cfg.model.context)  # type: ignore[attr-defined]
+        model_rows = learner.model.forward(inputs[None, :]).probs[0, rows]  # type: ignore[attr-defined]
+        before = mech.weights.copy()  # type: ignore[attr-defined]
+        views = step_views(
+            state,
+            model_rows,
+            inputs,
+            rows,
+            new.tolist(),
+            pos,
+            mech.config.lr,
+            mech.config.count_limit,  # type: ignore[attr-defined]
+        )
+        assert np.array_equal(before, mech.weights), "the replay works on a copy"  # type: ignore[attr-defined]
+        result = learner.run(stream, max_bytes=pos + k)  # type: ignore[attr-defined]
+        for j, view in enumerate(views):
+            scored = 2.0 ** -float(result.losses[pos + j])
+            errors.append(abs(view["mixed"] - scored) / scored)
+    assert len(errors) > 100
+    assert max(errors) < 1e-4

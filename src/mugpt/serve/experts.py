@@ -58,6 +58,9 @@ class CountState:
     sym: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint8))
     cnt: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint8))
     weights: np.ndarray | None = None  # (sets, experts)
+    slot_size: int = 16
+    # hashed slots changed by a replay: index -> [check, total, listed, bytes, counts]
+    changed: dict[int, list[Any]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, max_order: int = 1, prior: float = 0.005) -> CountState:
@@ -70,6 +73,41 @@ class CountState:
             c1=np.zeros((BYTES + 1, BYTES)),
             n1=np.zeros(BYTES + 1),
         )
+
+    def scratch_copy(self) -> CountState:
+        """A copy a replay may change: the dense counts and the weights are copied, the
+        hashed tables are shared and read only (a changed slot goes to ``changed``)."""
+        return CountState(
+            max_order=self.max_order,
+            prior=self.prior,
+            c0=self.c0.copy(),
+            n0=self.n0,
+            c1=self.c1.copy(),
+            n1=self.n1.copy(),
+            offs=self.offs,
+            obits=self.obits,
+            chk=self.chk,
+            tot=self.tot,
+            nsym=self.nsym,
+            sym=self.sym,
+            cnt=self.cnt,
+            weights=None if self.weights is None else self.weights.copy(),
+            slot_size=self.slot_size,
+            changed={},
+        )
+
+    def slot(self, idx: int) -> list[Any]:
+        """[check, total, listed, bytes, counts] of a hashed slot (its changed copy if any)."""
+        got = self.changed.get(idx)
+        if got is not None:
+            return got
+        return [
+            int(self.chk[idx]),
+            int(self.tot[idx]),
+            int(self.nsym[idx]),
+            self.sym[idx].astype(np.int64),
+            self.cnt[idx].astype(np.int64),
+        ]
 
     @classmethod
     def of(cls, mech: Any) -> CountState | None:
@@ -91,6 +129,7 @@ class CountState:
                 sym=mech.sym,
                 cnt=mech.cnt,
                 weights=mech.weights,
+                slot_size=int(cfg.slot_size),
             )
         except (AttributeError, IndexError, TypeError, ValueError):
             return None
@@ -139,19 +178,22 @@ class HashedOrder:
 
 def hashed_order(state: CountState, order: int, h: int) -> HashedOrder:
     """Looks up the slot of the context hash ``h`` of ``order`` (≥ 2)."""
-    t = order - 2
-    bits = int(state.obits[t])
-    idx = int(state.offs[t]) + (h >> (64 - bits))
-    check = (h & 0xFFFFFFFF) | 1
-    total = int(state.tot[idx])
-    if int(state.chk[idx]) != check or total == 0:
+    idx, check = slot_index(state, order, h)
+    chk, total, listed, syms, counts = state.slot(idx)
+    if chk != check or total == 0:
         return HashedOrder(order, False, 0, 0, np.full(BYTES, 1.0 / BYTES))
     a = state.prior
-    listed = int(state.nsym[idx])
     probs = np.full(BYTES, a / (total + BYTES * a))
-    syms = state.sym[idx, :listed].astype(np.int64)
-    probs[syms] = (state.cnt[idx, :listed].astype(np.float64) + a) / (total + BYTES * a)
+    probs[syms[:listed]] = (counts[:listed].astype(np.float64) + a) / (total + BYTES * a)
     return HashedOrder(order, True, total, listed, probs)
+
+
+def slot_index(state: CountState, order: int, h: int) -> tuple[int, int]:
+    """(slot index, check value) of the context hash ``h`` of ``order`` (≥ 2): the hash's top
+    bits pick the slot in that order's table, its low 32 bits (odd) check it."""
+    t = order - 2
+    bits = int(state.obits[t])
+    return int(state.offs[t]) + (h >> (64 - bits)), (h & 0xFFFFFFFF) | 1
 
 
 def weight_set(top: int, top_n: float, deterministic: bool) -> int:
@@ -177,6 +219,27 @@ def step_window(history: np.ndarray, context: int, update_every: int) -> np.ndar
     """
     keep = max(1, context - max(1, update_every) + 1)
     return np.asarray(history[-keep:])
+
+
+def step_inputs(
+    history: np.ndarray, new_bytes: np.ndarray, context: int, doc_start: bool = False
+) -> tuple[np.ndarray, list[int]]:
+    """The window of a step that reads ``new_bytes`` after ``history`` and the row that
+    predicts each new byte: the inputs are the last ``context`` symbols before the step's last
+    byte (a BOS first when the history is empty, or before the step's first byte when
+    ``doc_start``), and the new bytes are predicted at its last rows.
+
+    >>> inputs, rows = step_inputs(np.array([256, 97, 98]), np.array([99, 100]), 32)
+    >>> inputs.tolist(), rows
+    ([256, 97, 98, 99], [2, 3])
+    """
+    prefix = np.asarray(history, dtype=np.int64)
+    if prefix.size == 0 or doc_start:
+        prefix = np.concatenate([prefix, [BOS]])
+    seq = np.concatenate([prefix, np.asarray(new_bytes, dtype=np.int64)])
+    inputs = seq[:-1][-context:]
+    n = len(new_bytes)
+    return inputs, [len(inputs) - n + j for j in range(n)]
 
 
 def expert_names(max_order: int) -> list[str]:
@@ -231,7 +294,10 @@ def experts_view(
     """The message the page draws: for the byte at ``pos`` (``byte``, None at the stream's
     end) each expert's probability of it, the weights of the set chosen, the mixed
     probability, and the winner (the expert that gave the byte the highest probability)."""
-    got = mixture(state, model_probs, window)
+    return _view(state, mixture(state, model_probs, window), byte, pos)
+
+
+def _view(state: CountState, got: dict[str, Any], byte: int | None, pos: int) -> dict[str, Any]:
     probs, weights, mixed, seen = got["probs"], got["weights"], got["mixed"], got["seen"]
     names = expert_names(state.max_order)
     out: dict[str, Any] = {
@@ -252,3 +318,76 @@ def experts_view(
     out["winner"] = int(np.argmax(p))
     out["bits"] = round(-math.log2(max(float(mixed[byte]), 1e-300)), 4)
     return out
+
+
+def learn_byte(
+    state: CountState, got: dict[str, Any], window: np.ndarray, x: int, lr: float, limit: int
+) -> None:
+    """What the mechanism learns from byte ``x`` after ``window``, applied to a scratch copy
+    (:meth:`CountState.scratch_copy`): the mixer's weight set takes a gradient step on
+    ``-ln p(x)`` (``w_i += lr · (ln p_i(x) − E_p[ln p_i])``), then every order counts ``x``
+    (counts halve past ``limit``; a full hashed slot gives its rarest byte's place to ``x``).
+    ``got`` is :func:`mixture`'s answer for this byte."""
+    logp = np.log(got["probs"])  # (experts, 256)
+    if state.weights is not None:
+        expect = logp @ got["mixed"]
+        state.weights[got["wset"]] += lr * (logp[:, x] - expect)
+    state.c0[x] += 1.0
+    state.n0 += 1.0
+    if state.n0 > limit:
+        state.c0 *= 0.5
+        state.n0 = float(state.c0.sum())
+    prev = int(window[-1]) if len(window) else BOS
+    state.c1[prev, x] += 1.0
+    state.n1[prev] += 1.0
+    if state.n1[prev] > limit:
+        state.c1[prev] *= 0.5
+        state.n1[prev] = float(state.c1[prev].sum())
+    hashes = context_hashes(window, state.max_order)
+    for o in range(2, len(hashes) + 1):
+        idx, check = slot_index(state, o, hashes[o - 1])
+        chk, total, listed, syms, counts = state.slot(idx)
+        syms, counts = syms.copy(), counts.copy()
+        if chk != check:  # a new context takes the slot
+            chk, total, listed = check, 0, 0
+        hits = np.flatnonzero(syms[:listed] == x)
+        if hits.size:
+            at = int(hits[0])
+        elif listed < state.slot_size:
+            at, listed = listed, listed + 1
+            syms[at], counts[at] = x, 0
+        else:  # replace the rarest (the first of equals)
+            at = int(np.argmin(counts[:listed]))
+            total -= int(counts[at])
+            syms[at], counts[at] = x, 0
+        counts[at] += 1
+        total += 1
+        if total > limit:
+            counts[:listed] >>= 1
+            total = int(counts[:listed].sum())
+        state.changed[idx] = [chk, total, listed, syms, counts]
+
+
+def step_views(
+    state: CountState,
+    model_rows: np.ndarray,
+    inputs: np.ndarray,
+    rows: list[int],
+    targets: list[int],
+    pos: int,
+    lr: float,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """The experts of every byte of one step, in order: byte ``j`` (``targets[j]``, at stream
+    index ``pos + j``) is predicted at row ``rows[j]`` of the step's window ``inputs`` (its
+    context is ``inputs[: rows[j] + 1]``, the network's row ``model_rows[j]``), with the counts
+    and weights as the bytes before it in the step left them — replayed on a scratch copy,
+    since the mechanism learns byte by byte within a step. ``state`` is not changed."""
+    local = state.scratch_copy()
+    views = []
+    for j, (row, x) in enumerate(zip(rows, targets, strict=True)):
+        window = inputs[: row + 1]
+        got = mixture(local, model_rows[j], window)
+        views.append(_view(local, got, x, pos + j))
+        learn_byte(local, got, window, x, lr, limit)
+    return views

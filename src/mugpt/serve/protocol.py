@@ -461,6 +461,10 @@ class ExpertsView(_Message):
     mixed: float | None = Field(description="the mixer's probability of the byte")
     winner: int | None = Field(description="index of the expert that gave the byte most")
     bits: float | None = None
+    step: list[tuple[int, int, int]] = Field(
+        default_factory=list,
+        description="[index, byte, winner] of each byte of the next step (the first is pos)",
+    )
 
 
 class Baselines(_Message):

@@ -47,6 +47,10 @@ PHASES_EVERY = 1.0
 #: At most this many events per update (replay events are counted in the loss bins instead).
 MAX_EVENTS_PER_UPDATE = 100
 TOP_K = 10
+#: At most this many bytes of the next step get an experts view (ngram_mix on), at most this
+#: often (seconds): a step of 24 bytes takes about 8 ms to replay.
+EXPERT_BYTES = 32
+EXPERTS_EVERY = 0.2
 WORKER_NICENESS = 5
 """Workers run at a lower CPU priority than the server (Unix ``nice``)."""
 
@@ -221,6 +225,7 @@ class RunWorker:
         self.dirty = True
         self.next_publish = 0.0
         self.last_attention = 0.0
+        self.last_experts = 0.0
         self.last_phases = 0.0
         self.phases_dirty = True
         with self.baseline_lock:
@@ -459,9 +464,11 @@ class RunWorker:
                 view = self._model_view()
                 if view is not None:
                     message["model_view"] = view
-        experts = self._experts()
-        if experts is not None:
-            message["experts"] = experts
+        if now - self.last_experts >= EXPERTS_EVERY or self.state != "running":
+            experts = self._experts()
+            if experts is not None:
+                message["experts"] = experts
+                self.last_experts = now
         if self.phases_dirty and (
             now - self.last_phases >= PHASES_EVERY or self.state != "running"
         ):
@@ -532,9 +539,11 @@ class RunWorker:
             return None  # a model without the named weights: the diagram stays unlit
 
     def _experts(self) -> dict[str, Any] | None:
-        """With ngram_mix on: each expert's probability of the byte about to be read, the
-        mixer's weights and the winner (a read-only recomputation, serve/experts.py)."""
-        from mugpt.serve.experts import CountState, experts_view, step_window
+        """With ngram_mix on: for each byte of the next step (at most ``EXPERT_BYTES``), each
+        expert's probability of it, the mixer's weights and the winner, replayed read-only
+        on a copy of the mechanism's state (serve/experts.py); the first byte's view in full,
+        the step's winners as ``[index, byte, winner]``."""
+        from mugpt.serve.experts import CountState, experts_view, step_inputs, step_views
 
         learner = self.learner
         mech = next((m for m in learner.mechanisms if m.name == "ngram_mix" and m.enabled), None)
@@ -542,17 +551,31 @@ class RunWorker:
         if state is None:
             return None
         pos = self.pos
+        n = min(self.cfg.learner.update_every, self.total - pos, EXPERT_BYTES)
+        starts = np.asarray(self.stream.doc_starts)
+        later = starts[(starts > pos) & (starts < pos + n)]
+        if later.size:  # the step's window holds a BOS there: stop before it
+            n = int(later[0]) - pos
         hist = np.asarray(learner.history)
-        if hist.size:
-            window = step_window(hist, self.cfg.model.context, self.cfg.learner.update_every)
-        else:
-            window = self._window()
         try:
-            probs = np.asarray(learner.model.forward(window[None, :]).probs[0, -1])
-            byte = int(self.data[pos]) if pos < self.total else None
-            return experts_view(state, probs, window, byte, pos)
+            if n <= 0:  # the stream's end: nothing left to predict
+                window = self._window()
+                probs = np.asarray(learner.model.forward(window[None, :]).probs[0, -1])
+                return {**experts_view(state, probs, window, None, pos), "step": []}
+            new = self.data[pos : pos + n].astype(np.int64)
+            doc_start = bool(pos > 0 and np.any(starts == pos))
+            inputs, rows = step_inputs(hist, new, self.cfg.model.context, doc_start)
+            model_rows = np.asarray(learner.model.forward(inputs[None, :]).probs[0, rows])
+            cfg = mech.config  # type: ignore[union-attr]
+            views = step_views(
+                state, model_rows, inputs, rows, new.tolist(), pos, float(cfg.lr),
+                int(cfg.count_limit),
+            )  # fmt: skip
         except (AttributeError, IndexError, KeyError, TypeError, ValueError):
             return None
+        first = dict(views[0])
+        first["step"] = [[v["pos"], v["byte"], v["winner"]] for v in views]
+        return first
 
     def _phases(self) -> list[dict[str, Any]]:
         from mugpt.engine.metrics import phase_metrics

@@ -1362,10 +1362,15 @@
 
   // ------------------------------------------------------------------ a mixture's experts
 
+  // The worker sends the winner of every byte of the next step; they shade those bytes when
+  // the stream text reaches them.
   function noteExperts(x) {
-    if (x.winner === null || x.winner === undefined || x.byte === null) return;
-    if (!S.winners.has(x.pos)) S.winnerOrder.push(x.pos);
-    S.winners.set(x.pos, { winner: x.winner, name: x.names[x.winner], byte: x.byte });
+    const step = x.step && x.step.length ? x.step : (x.winner === null || x.winner === undefined ? [] : [[x.pos, x.byte, x.winner]]);
+    for (const [pos, byte, winner] of step) {
+      if (winner === null || winner === undefined) continue;
+      if (!S.winners.has(pos)) S.winnerOrder.push(pos);
+      S.winners.set(pos, { winner, name: x.names[winner], byte });
+    }
     while (S.winnerOrder.length > WINNERS_KEPT) S.winners.delete(S.winnerOrder.shift());
   }
 
