@@ -50,6 +50,7 @@ from mugpt.compress.fingerprint import (
     fingerprint_differences,
     platform_fingerprint,
 )
+from mugpt.engine.window import step_end, whole_steps_end
 from mugpt.errors import ConfigError, MugptError
 from mugpt.mechanisms import Mechanism, StepContext
 from mugpt.model import BOS
@@ -181,7 +182,7 @@ def step_sizes(n: int, update_every: int, context: int) -> Iterator[int]:
         >>> list(step_sizes(10, 4, 4))
         [3, 4, 3]
     """
-    from mugpt.engine.window import step_end  # the one window rule (coded files: one document)
+    # the one window rule (coded files: one document)
 
     starts = np.zeros(n + 1, dtype=bool)
     pos = 0
@@ -261,6 +262,16 @@ def _adjusted_row(
     return np.asarray(probs[j], dtype=np.float64)
 
 
+def _step_decoder(learner: Any, adjusting: list[Mechanism]) -> Any:
+    """The compiled per-byte form of the step's prediction when its only adjusting mechanism
+    has one (``ngram_mix``), else None (the hooks then run for every byte)."""
+    from mugpt.mechanisms.ngram_mix import NgramMix, StepDecoder
+
+    if len(adjusting) == 1 and isinstance(adjusting[0], NgramMix):
+        return StepDecoder(adjusting[0], learner.model_cfg.context)
+    return None
+
+
 def _rng_copy(rng: np.random.Generator) -> np.random.Generator:
     """A generator in the same state (the hooks may draw; the Learner's must not move)."""
     bit_generator = type(rng.bit_generator)()
@@ -277,14 +288,14 @@ class _IncrementalStep:
 
     def __init__(self, learner: Any, data: np.ndarray) -> None:
         from mugpt.model.fast import FastActivations
-        from mugpt.model.incremental import begin_window, forward_position
+        from mugpt.model.incremental import begin_window, forward_positions
 
         self.model = model = learner.model
         inputs, targets, new_positions = _step_window(learner, data)
         self.window = (inputs.copy(), targets.copy(), new_positions)
         inputs = self.window[0]
         self.n = int(inputs.size)
-        self.forward_position = forward_position
+        self.forward_positions = forward_positions
         begin_window(model, inputs, 0)
         self.done = 0  # positions computed
         ws = model.ws
@@ -293,11 +304,10 @@ class _IncrementalStep:
 
     def upto(self, t: int) -> None:
         """Computes positions up to and including t."""
-        m = self.model
-        flat, offs, dims, ws = m.params.flat, m.offsets, m.dims, m.ws
-        for pos in range(self.done, t + 1):
-            self.forward_position(flat, offs, dims, ws, 0, pos)
-        self.done = max(self.done, t + 1)
+        if t >= self.done:
+            m = self.model
+            self.forward_positions(m.params.flat, m.offsets, m.dims, m.ws, 0, self.done, t + 1)
+            self.done = t + 1
 
     def set_input(self, t: int, symbol: int) -> None:
         assert t >= self.done, "a computed position's input cannot change"
@@ -418,17 +428,24 @@ def encode(
         pending.clear()
         coded = upto
 
+    starts = np.zeros(array.size + 1, dtype=bool)  # one document: a BOS before byte 0 only
+    scored = np.empty((min(array.size, _CODER_BATCH), learner.model_cfg.vocab_size))
     with deterministic_threads():
         pos = 0
-        for size in step_sizes(array.size, learner.cfg.update_every, learner.model_cfg.context):
-            out = learner.step(array[pos : pos + size])
-            pending.append(np.array(out.probs, dtype=np.float64))  # a copy: kept past the step
-            pos += size
-            if pos - coded >= _CODER_BATCH:
-                flush(pos)
-            tick(pos, learner)
-        if pending:
+        while pos < array.size:
+            # the Learner's fastest path, a batch of whole steps at a time (the schedule of
+            # step_sizes); the rows it scored are coded
+            end = whole_steps_end(
+                starts, pos, min(pos + _CODER_BATCH, array.size), array.size,
+                learner.cfg.update_every, learner.model_cfg.context, pos == 0,
+            )  # fmt: skip
+            if end - pos > scored.shape[0]:
+                scored = np.empty((end - pos, scored.shape[1]))
+            learner.advance(array, starts, end, scored)
+            pending.append(scored[: end - pos])
+            pos = end
             flush(pos)
+            tick(pos, learner)
         tick(pos, learner, True)
         fingerprint = platform_fingerprint()
     payload = encoder.get_compressed().astype("<u4").tobytes()
@@ -516,21 +533,31 @@ def decode(
     exhausted_at: float | None = None  # the coded bits when the last payload word was read
     lost = 0.0  # the decoded bytes' prequential bits so far, against the header's record
     lost_limit = recorded_loss_limit(header.prequential_bits)
+    starts = np.zeros(header.length + 1, dtype=bool)  # one document, as encode
+    scored = np.empty((learner.model_cfg.context, learner.model_cfg.vocab_size))
+    adjusting = _adjusting(learner)
+    mixer = _step_decoder(learner, adjusting) if incremental else None
     with deterministic_threads():
         pos = 0
         for size in step_sizes(header.length, learner.cfg.update_every, learner.model_cfg.context):  # fmt: skip
-            chunk = np.full(size, PLACEHOLDER, dtype=np.uint8)
+            chunk = out[pos : pos + size]  # filled byte by byte as they are decoded
+            chunk[:] = PLACEHOLDER
             rows = np.empty((size, learner.model_cfg.vocab_size), dtype=np.float64)
             inc = _IncrementalStep(learner, chunk) if incremental else None
-            adjusting = _adjusting(learner)
+            targets = np.zeros(size, dtype=np.int64)
             for j in range(size):
                 if inc is None:
                     rows[j] = predict_in_step(learner, chunk, j)
                 else:
+                    slot = int(inc.window[2][j])
                     if j > 0:  # the input of this byte's position is the byte just decoded
-                        inc.set_input(int(inc.window[2][j]), int(chunk[j - 1]))
-                    inc.upto(int(inc.window[2][j]))
-                    rows[j] = _adjusted_row(learner, adjusting, chunk, inc.window, inc.acts, j)
+                        inc.set_input(slot, int(chunk[j - 1]))
+                    inc.upto(slot)
+                    if mixer is not None:  # one mixed row per byte, compiled
+                        rows[j] = inc.acts.probs[0, slot]
+                        mixer.row(rows, inc.window[0], inc.window[2], j)
+                    else:
+                        rows[j] = _adjusted_row(learner, adjusting, chunk, inc.window, inc.acts, j)  # fmt: skip
                 q = coding_probs(rows[j])[None, :]
                 try:
                     symbol = int(decoder.decode(family, q)[0])
@@ -551,16 +578,21 @@ def decode(
                         "bytes (the header's length is more than its payload holds); the file "
                         "is corrupt"
                     )
+                if mixer is not None and j < size - 1:
+                    targets[j] = symbol
+                    mixer.learn(targets, inc.window[0], inc.window[2], j)
+            if mixer is not None:
+                mixer.end(inc.window[0], inc.window[2])
             if inc is not None:
                 acts = inc.finish()
                 reuse = getattr(learner.model, "forward", None)
                 if isinstance(reuse, _ForwardReuse):
                     reuse.offer(acts.idx, acts)
-            step = learner.step(chunk)
-            recorded = np.asarray(step.probs, dtype=np.float64)
-            if recorded.shape != rows.shape or recorded.tobytes() != rows.tobytes():
+            learner.advance(out, starts, pos + size, scored)  # the step learns its bytes
+            recorded = scored[:size]
+            if recorded.tobytes() != rows.tobytes():
                 raise CompressedFileError(_divergence_message(pos, recorded, rows, mismatch))
-            lost += float(np.sum(step.loss_bits, dtype=np.float64))
+            lost += float(np.sum(learner.last.loss_bits, dtype=np.float64))
             if lost > lost_limit:
                 raise CompressedFileError(
                     f"the first {pos + size:,} of {header.length:,} decoded bytes already cost "
@@ -568,7 +600,6 @@ def decode(
                     "recorded for the whole file (the header's length or prequential_bits was "
                     "changed); the file is corrupt"
                 )
-            out[pos : pos + size] = chunk
             pos += size
             tick(pos, learner)
         tick(pos, learner, True)

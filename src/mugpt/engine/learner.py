@@ -567,6 +567,31 @@ class Learner:
             compile_seconds=min(compiling.duration if compiling.done else 0.0, seconds),
         )
 
+    def advance(
+        self, data: np.ndarray, starts: np.ndarray, end: int, scored: np.ndarray | None = None
+    ) -> None:
+        """Learns ``data[position:end]`` in steps, on the fastest path that runs this Learner
+        (the compiled loop when every active mechanism has kernels), as :meth:`run` does with
+        B = 1. ``data`` holds the bytes (uint8) and ``starts`` (bool, one longer) marks
+        document starts; ``end`` should be a step boundary (the range coder decodes one
+        step at a time). ``scored`` as in :meth:`run`.
+
+        Example:
+            >>> import numpy as np
+            >>> learner = Learner(learner_cfg=LearnerConfig(update_every=4))
+            >>> data = np.frombuffer(b"abcdabcd", dtype=np.uint8)
+            >>> learner.advance(data, np.zeros(9, dtype=bool), 3)  # the first step: BOS + 3
+            >>> learner.position, learner.counters.steps
+            (3, 1)
+        """
+        if self.cfg.batch_streams > 1:
+            raise ConfigError("advance reads one stream (batch_streams=1)")
+        compiled = self._compiled_mechanisms()
+        if compiled is not None:
+            self._run_compiled(data, starts, end, None, 1.0, compiled, scored)
+        else:
+            self._run_steps(data, starts, end, None, 1.0, scored)
+
     def _stop_at(self, starts: np.ndarray, size: int, max_bytes: int | None) -> int:
         """Where a call told to stop after ``max_bytes`` in all stops: on a step boundary
         (B = 1) or a block boundary (B > 1 with S > 0), so that the next call, or a run
@@ -811,7 +836,7 @@ class Learner:
             scored=np.zeros((0, cfg.vocab_size)) if scored is None else scored,
         )
         states = loop.no_mechanisms()._asdict()
-        fields = {"grad_clip": "clip", "selective_backprop": "select", "adaptive_lr": "adapt", "ngram_mix": "mix"}  # fmt: skip
+        fields = loop.FIELDS  # a mechanism's name → its field of loop.Mechanisms
         for mech, state in parts:
             states[fields[mech.name]] = state
         states["order"] = np.array([loop.KERNELS.index(m.name) for m, _ in parts], dtype=np.int64)
@@ -827,8 +852,8 @@ class Learner:
                     model, optim, stream, out, mechs, self.cfg.update_every,
                     self.cfg.window_loss == "new", chunk,
                 )  # fmt: skip
-                for mech, state in parts:  # events and counters, in the Learner's order
-                    self.events.extend(mech.compiled_done(state))
+                # events and counters, in the Learner's order; the events in step order
+                self.events.extend(loop.in_step_order([m.compiled_done(s) for m, s in parts]))
                 if made == 0:
                     break
                 elapsed = time.perf_counter() - t_call
@@ -892,7 +917,7 @@ class Learner:
             loss_bits=out.losses[index - out.base].copy(),
             probs=out.rows[: index.size].copy(),
             updated=not math.isnan(norm),
-            replays=0,
+            replays=int(info[loop.I_REPLAYS]),
             grad_norm=None if math.isnan(norm) else norm,
             lr=self.lr_effective,
             window_loss_bits=float(info[loop.I_WINDOW_LOSS]),

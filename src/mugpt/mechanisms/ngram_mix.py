@@ -679,6 +679,83 @@ def mix_window(
     st.mixed[0] += k
 
 
+@njit(**_JIT)
+def decode_row(st: Any, rows: Any, inputs: Any, slots: Any, j: int) -> None:  # pragma: no cover
+    """Row j of a step being decoded: rows[j] (the model's) becomes the mixed row, from the
+    state as the provisional updates of rows 0 … j − 1 left it (:func:`decode_learn`)."""
+    _predict(
+        rows, inputs, slots, st.max_order, st.prior, st.l0, st.n0, st.l1, st.n1, st.offs,
+        st.obits, st.chk, st.nsym, st.tot, st.sym, st.cnt, st.ltab, st.weights, st.out,
+        st.dense, st.sparse_sym, st.sparse_val, st.sparse_n, st.base, st.expect, st.wset,
+        st.hashes, st.scratch, j, j + 1,
+    )  # fmt: skip
+    for y in range(rows.shape[1]):
+        rows[j, y] = st.out[j, y]
+
+
+@njit(**_JIT)
+def decode_learn(
+    st: Any, targets: Any, inputs: Any, slots: Any, j: int, undo_f: Any, undo_i: Any, undo_b: Any
+) -> None:  # pragma: no cover - compiled
+    """Once byte j of the step is known: saves what its update changes, then makes it."""
+    _snapshot(
+        j, inputs, slots, st.max_order, st.c0, st.l0, st.n0, st.c1, st.l1, st.n1, st.offs,
+        st.obits, st.chk, st.nsym, st.tot, st.sym, st.cnt, st.weights, st.wset, st.hashes,
+        undo_f, undo_i, undo_b,
+    )  # fmt: skip
+    _update(
+        targets, inputs, slots, st.max_order, st.prior, st.limit, st.lr, st.c0, st.l0, st.n0,
+        st.c1, st.l1, st.n1, st.offs, st.obits, st.chk, st.nsym, st.tot, st.sym, st.cnt,
+        st.weights, st.dense, st.sparse_sym, st.sparse_val, st.sparse_n, st.base, st.expect,
+        st.wset, st.hashes, j, j + 1,
+    )  # fmt: skip
+
+
+@njit(**_JIT)
+def decode_undo(
+    st: Any, inputs: Any, slots: Any, n: int, undo_f: Any, undo_i: Any, undo_b: Any
+) -> None:  # pragma: no cover - compiled
+    """Undoes the provisional updates of rows n − 1 … 0: the state is as before the step,
+    and the step itself then learns its bytes."""
+    for j in range(n - 1, -1, -1):
+        _restore(
+            j, inputs, slots, st.max_order, st.c0, st.l0, st.n0, st.c1, st.l1, st.n1, st.chk,
+            st.nsym, st.tot, st.sym, st.cnt, st.weights, st.wset, undo_f, undo_i, undo_b,
+        )  # fmt: skip
+
+
+class StepDecoder:
+    """What a decoder needs of :class:`NgramMix` within one step: each byte's mixed row as
+    soon as the bytes before it are known, the step's hooks' rows bit for bit, at the cost of
+    one row per byte (``adjust_prediction`` computes the whole step's rows each call).
+
+    ``row(rows, inputs, slots, j)`` mixes rows[j] in place; ``learn(targets, inputs, slots,
+    j)`` takes byte j in provisionally; ``end(inputs, slots)`` undoes what ``learn`` did.
+    """
+
+    def __init__(self, mech: NgramMix, context: int) -> None:
+        cfg = mech.cfg
+        orders, n_exp = max(cfg.max_order - 1, 1), cfg.max_order + 2
+        self.state = mech.compiled_state(context)
+        self.undo = (
+            np.empty((context, n_exp + 4 * BYTES + 2)),
+            np.empty((context, orders, 4), dtype=np.int64),
+            np.empty((context, orders, 2 * cfg.slot_size), dtype=np.uint8),
+        )
+        self.learned = 0
+
+    def row(self, rows: np.ndarray, inputs: np.ndarray, slots: np.ndarray, j: int) -> None:
+        decode_row(self.state, rows, inputs, slots, j)
+
+    def learn(self, targets: np.ndarray, inputs: np.ndarray, slots: np.ndarray, j: int) -> None:
+        decode_learn(self.state, targets, inputs, slots, j, *self.undo)
+        self.learned = j + 1
+
+    def end(self, inputs: np.ndarray, slots: np.ndarray) -> None:
+        decode_undo(self.state, inputs, slots, self.learned, *self.undo)
+        self.learned = 0
+
+
 # ----------------------------------------------------------------------------- mechanism
 
 

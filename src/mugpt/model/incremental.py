@@ -54,7 +54,7 @@ from mugpt.model.fast import (
     cast_like,
 )
 
-__all__ = ["begin_window", "forward_position", "prepare_head"]
+__all__ = ["begin_window", "forward_position", "forward_positions", "prepare_head"]
 
 
 @njit(**JIT_OPTIONS)
@@ -168,3 +168,12 @@ def forward_position(
         head = flat[o : o + c * v].reshape((c, v))
     _mm(_strided(ws.hidden[b, r]), head, ws.probs[b, r], False)
     _softmax_rows(ws.probs[b, r], 1, ws.lanes, ws.ebits)
+
+
+@njit(**JIT_OPTIONS)
+def forward_positions(
+    flat: Any, offs: Any, dims: Any, ws: Any, b: int, t0: int, t1: int
+) -> None:  # pragma: no cover - compiled
+    """:func:`forward_position` for positions t0 … t1 − 1 in order, in one call."""
+    for t in range(t0, t1):
+        forward_position(flat, offs, dims, ws, b, t)
