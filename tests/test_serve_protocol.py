@@ -134,3 +134,30 @@ def test_presets_are_listed_for_the_race_button(client: TestClient) -> None:
     assert {"seed", "strong"} <= set(presets)
     assert presets["strong"]["mechanisms"] == ["ngram_mix"]
     assert presets["strong"]["params"] > presets["seed"]["params"]
+
+
+def test_the_worker_dispatches_on_command_classes(tmp_path: Any) -> None:
+    from multiprocessing import Pipe
+
+    from mugpt.engine.config import RunConfig
+    from mugpt.serve.protocol import Export, StopWorker, parse_worker_command
+    from mugpt.serve.worker import RunWorker
+
+    assert isinstance(parse_worker_command({"type": "export", "what": "log"}), Export)
+    assert parse_worker_command({"type": "stop"}) == StopWorker(type="stop", write=True)
+    commands, _ = Pipe(duplex=False)
+    inbox, out = Pipe(duplex=False)
+    spec = {"config": RunConfig.from_dict({"stream": STREAM}).to_dict(), "run_dir": str(tmp_path)}
+    worker = RunWorker(commands, out, {**spec, "check_messages": True})
+    assert inbox.recv()["type"] == "ready"
+    worker.apply(1, {"type": "step", "bytes": 0})
+    bad = inbox.recv()
+    assert bad["ok"] is False and "bytes" in bad["error"] and bad["rid"] == 1
+    worker.apply(2, {"type": "export", "what": "everything"})
+    assert "export.what" in inbox.recv()["error"]
+    worker.apply(3, {"type": "step", "bytes": 5})
+    assert inbox.recv()["ok"] is True and worker.state == "paused" and worker.step_budget == 5
+    worker.apply(4, {"type": "throttle", "max_bytes_per_s": 100})
+    assert inbox.recv()["ok"] is True and worker.throttle == 100.0
+    worker.apply(5, {"type": "stop", "write": False})
+    assert inbox.recv()["result"] == {"paths": {}} and worker.stopping

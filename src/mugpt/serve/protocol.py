@@ -150,6 +150,43 @@ COMMAND_TYPES = ("pause", "resume", "step", "throttle", "reset", "mechanism", "s
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Command)
 
 
+class Export(_Command):
+    """Server → worker (internal): write one file of the run directory now."""
+
+    type: Literal["export"]
+    what: Literal["log", "summary", "checkpoint", "config", "all"]
+
+
+class StopWorker(_Command):
+    """Server → worker (internal): write the run directory (unless ``write`` is false) and
+    end."""
+
+    type: Literal["stop"]
+    write: bool = True
+
+
+WorkerCommand = Annotated[
+    Pause | Resume | Step | Throttle | Reset | SetMechanism | SetLR | Sample | Export | StopWorker,
+    Field(discriminator="type"),
+]
+"""What the server sends a run's worker: a page's command, or export / stop."""
+_WORKER_ADAPTER: TypeAdapter[Any] = TypeAdapter(WorkerCommand)
+
+
+def parse_worker_command(data: dict[str, Any]) -> Any:
+    """A worker's command as its model (:class:`CommandError` naming what is wrong).
+
+    >>> type(parse_worker_command({"type": "export", "what": "log"})).__name__
+    'Export'
+    """
+    try:
+        return _WORKER_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise CommandError(
+            f"bad {data.get('type', '?')!r} command: {explain_validation(exc)}"
+        ) from None
+
+
 class CommandError(ValueError):
     """A command that is not valid JSON or does not match any command's schema."""
 

@@ -608,11 +608,15 @@ class RunWorker:
 
     # ------------------------------------------------------------------ commands
 
-    def apply(self, rid: Any, cmd: dict[str, Any]) -> None:
-        kind = cmd.get("type", "?")
+    def apply(self, rid: Any, raw: dict[str, Any]) -> None:
+        """Validates a command into its class (protocol.WorkerCommand), applies it and
+        answers with a ``reply`` (``ok`` false and the error if it could not)."""
+        from mugpt.serve.protocol import CommandError, parse_worker_command
+
+        kind = str(raw.get("type", "?"))
         try:
-            result = self._apply(kind, cmd) or {}
-        except MugptError as exc:
+            result = self._apply(parse_worker_command(raw)) or {}
+        except (MugptError, CommandError) as exc:
             self.send(
                 {"type": "reply", "rid": rid, "ok": False, "command": kind, "error": str(exc)}
             )
@@ -631,59 +635,63 @@ class RunWorker:
         self.dirty = True
         self.send({"type": "reply", "rid": rid, "ok": True, "command": kind, "result": result})
 
-    def _apply(self, kind: str, cmd: dict[str, Any]) -> dict[str, Any] | None:
+    def _apply(self, cmd: Any) -> dict[str, Any] | None:
+        """Dispatches on the command's class."""
+        from mugpt.serve import protocol as P
+
         learner = self.learner
-        if kind == "pause":
-            self.state = "paused" if self.state != "finished" else self.state
-            self.step_budget = 0
-        elif kind == "resume":
-            if self.state == "finished":
-                raise ConfigError("the run has read its whole stream; reset it to start again")
-            self.state = "running"
-            self.tokens_time = time.monotonic()
-        elif kind == "step":
-            if self.state == "finished":
-                raise ConfigError("the run has read its whole stream; reset it to start again")
-            self.state = "paused"
-            self.step_budget += int(cmd["bytes"])
-        elif kind == "throttle":
-            self.throttle = cmd.get("max_bytes_per_s")
-            self.tokens, self.tokens_time = 0.0, time.monotonic()
-            learner.events.append(
-                {
-                    "pos": self.pos,
-                    "step": learner.counters.steps,
-                    "kind": "throttle",
-                    "max_bytes_per_s": self.throttle,
-                }
-            )
-        elif kind == "reset":
-            was_paused = self.state == "paused"
-            self._fresh()
-            self.state = "paused" if was_paused else "running"
-            self.send({"type": "reset", "generation": self.generation, "state": self.state})
-        elif kind == "mechanism":
-            self._set_mechanism(cmd["name"], cmd.get("enabled"), cmd.get("params") or {})
-            self.config_changed = True
-            return {"mechanisms": self._mechanisms()}
-        elif kind == "set_lr":
-            learner.set_lr(float(cmd["lr"]))
-            self.cfg = self.cfg.with_overrides({"optim.lr": float(cmd["lr"])})
-            self.config_changed = True
-        elif kind == "sample":
-            return self._sample(cmd)
-        elif kind == "export":
-            return {"paths": self.write_files((cmd["what"],))}
-        elif kind == "stop":
-            files: dict[str, str] = {}
-            try:
-                if cmd.get("write", True):
-                    files = self.write_files(("all",))
-            finally:
-                self.stopping = True
-            return {"paths": files}
-        else:
-            raise ConfigError(f"unknown command {kind!r}")
+        match cmd:
+            case P.Pause():
+                self.state = "paused" if self.state != "finished" else self.state
+                self.step_budget = 0
+            case P.Resume():
+                if self.state == "finished":
+                    raise ConfigError("the run has read its whole stream; reset it to start again")
+                self.state = "running"
+                self.tokens_time = time.monotonic()
+            case P.Step(bytes=n):
+                if self.state == "finished":
+                    raise ConfigError("the run has read its whole stream; reset it to start again")
+                self.state = "paused"
+                self.step_budget += int(n)
+            case P.Throttle(max_bytes_per_s=cap):
+                self.throttle = cap
+                self.tokens, self.tokens_time = 0.0, time.monotonic()
+                learner.events.append(
+                    {
+                        "pos": self.pos,
+                        "step": learner.counters.steps,
+                        "kind": "throttle",
+                        "max_bytes_per_s": self.throttle,
+                    }
+                )
+            case P.Reset():
+                was_paused = self.state == "paused"
+                self._fresh()
+                self.state = "paused" if was_paused else "running"
+                self.send({"type": "reset", "generation": self.generation, "state": self.state})
+            case P.SetMechanism(name=name, enabled=enabled, params=params):
+                self._set_mechanism(name, enabled, params or {})
+                self.config_changed = True
+                return {"mechanisms": self._mechanisms()}
+            case P.SetLR(lr=lr):
+                learner.set_lr(float(lr))
+                self.cfg = self.cfg.with_overrides({"optim.lr": float(lr)})
+                self.config_changed = True
+            case P.Sample():
+                return self._sample(cmd.model_dump())
+            case P.Export(what=what):
+                return {"paths": self.write_files((what,))}
+            case P.StopWorker(write=write):
+                files: dict[str, str] = {}
+                try:
+                    if write:
+                        files = self.write_files(("all",))
+                finally:
+                    self.stopping = True
+                return {"paths": files}
+            case _:
+                raise ConfigError(f"unknown command {type(cmd).__name__}")
         return None
 
     def _set_mechanism(self, name: str, enabled: bool | None, params: dict[str, Any]) -> None:
