@@ -9,6 +9,7 @@ message, on a live run of each kind (the seed model, and the ``strong`` preset's
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -161,3 +162,25 @@ def test_the_worker_dispatches_on_command_classes(tmp_path: Any) -> None:
     assert inbox.recv()["ok"] is True and worker.throttle == 100.0
     worker.apply(5, {"type": "stop", "write": False})
     assert inbox.recv()["result"] == {"paths": {}} and worker.stopping
+
+
+def test_a_slow_first_step_is_announced_in_the_terminal(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from multiprocessing import Pipe
+
+    from mugpt.engine.config import RunConfig
+    from mugpt.serve import worker as W
+
+    monkeypatch.setattr(W, "FIRST_STEP_NOTICE", 0.0)  # any first step counts as slow
+    commands, _ = Pipe(duplex=False)
+    _inbox, out = Pipe(duplex=False)  # kept open: the worker writes to it
+    spec = {"config": RunConfig.from_dict({"stream": STREAM}).to_dict(), "run_dir": str(tmp_path)}
+    worker = W.RunWorker(commands, out, spec)
+    worker.learn_slice()
+    assert worker.pos > 0
+    printed = capsys.readouterr().out
+    assert f"run {tmp_path.name}: compiling the kernels" in printed
+    assert re.search(rf"run {tmp_path.name}: learning after \d+\.\d s", printed)
+    worker.learn_slice()  # announced once, not at every slice
+    assert "compiling" not in capsys.readouterr().out

@@ -12,8 +12,10 @@ The loop does not depend on how fast the engine is: it learns for about ``slice_
 commands, and publishes at most ``publish_hz`` updates per second. Each update aggregates what
 happened since the previous one: per-byte losses (or their per-bin means when there are many),
 the bytes read with their surprisal, the next-byte distribution, attention of the last window,
-learning rate, gradient norm, events and counters; per-phase metrics and the classic
-compressors' figures are recomputed every so often, the latter in a background thread.
+learning rate, gradient norm, events and counters, the model diagram's live numbers and,
+with ngram_mix on, the experts of the next step; per-phase metrics and the classic
+compressors' figures are recomputed every so often, the latter in a background thread. The
+messages' shapes are the models of :mod:`mugpt.serve.protocol`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ TOP_K = 10
 #: often (seconds): a step of 24 bytes takes about 8 ms to replay.
 EXPERT_BYTES = 32
 EXPERTS_EVERY = 0.2
+FIRST_STEP_NOTICE = 3.0
+"""A first learning call longer than this (seconds) is announced in the terminal."""
 WORKER_NICENESS = 5
 """Workers run at a lower CPU priority than the server (Unix ``nice``)."""
 
@@ -192,6 +196,7 @@ class RunWorker:
         self.throttle: float | None = spec.get("max_bytes_per_s")
         self.stopping = False
         self.check_messages = bool(spec.get("check_messages"))
+        self.first_step = True
         self.config_changed = False
         self.baseline_lock = threading.Lock()
         self._fresh()
@@ -316,7 +321,10 @@ class RunWorker:
                 n -= n % k  # whole steps, so the run splits into the same steps as a straight one
             start = self.pos
             t0 = time.perf_counter()
-            result = self.learner.run(self.stream, max_bytes=min(start + n, self.total))
+            if self.first_step:
+                result = self._first_run(min(start + n, self.total))
+            else:
+                result = self.learner.run(self.stream, max_bytes=min(start + n, self.total))
             dt = time.perf_counter() - t0
             self.learn_seconds += dt
             done = self.pos - start
@@ -333,6 +341,34 @@ class RunWorker:
             if self.pos >= self.total:
                 self.finish()
         return 0.0
+
+    def _first_run(self, max_bytes: int) -> Any:
+        """The run's first learning call: if it takes longer than ``FIRST_STEP_NOTICE``
+        seconds (kernels this configuration needs compiling on first use), the terminal says
+        so, and says again when it is done."""
+        self.first_step = False
+        run_id = self.run_dir.name
+        t0 = time.monotonic()
+
+        def say() -> None:
+            print(
+                f"mugpt serve: run {run_id}: compiling the kernels its configuration needs "
+                "(first use on this machine; cached afterwards)...",
+                flush=True,
+            )
+
+        timer = threading.Timer(FIRST_STEP_NOTICE, say)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self.learner.run(self.stream, max_bytes=max_bytes)
+        finally:
+            timer.cancel()
+            if time.monotonic() - t0 >= FIRST_STEP_NOTICE:
+                print(
+                    f"mugpt serve: run {run_id}: learning after {time.monotonic() - t0:.1f} s",
+                    flush=True,
+                )
 
     def record(self, start: int, result: Any) -> None:
         """Adds the bytes [start, pos) just learned to the pending update."""
