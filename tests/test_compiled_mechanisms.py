@@ -35,9 +35,19 @@ CASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "adaptive_lr": [("adaptive_lr", DETECT)],
     "adaptive_lr-steps": [("adaptive_lr", BY_STEPS)],
     "ngram_mix": [("ngram_mix", {"max_order": 4, "table_bits": 12})],
+    "cache": [("cache", {"size": 64, "theta": 1.0, "lam": 0.3})],
+    "knn": [("knn", {"capacity": 100, "k": 4, "lam": 0.3})],
     "all four": [
         ("adaptive_lr", DETECT),
         ("ngram_mix", {"max_order": 3, "table_bits": 12}),
+        ("selective_backprop", {"mode": "percentile", "beta": 1.0, "history": 64}),
+        ("grad_clip", {"max_norm": 0.1}),
+    ],
+    "all six": [
+        ("knn", {"capacity": 50, "k": 3, "temperature": 2.0, "lam": 0.2}),
+        ("adaptive_lr", DETECT),
+        ("ngram_mix", {"max_order": 3, "table_bits": 12}),
+        ("cache", {"size": 32, "theta": 2.0, "lam": 0.1}),
         ("selective_backprop", {"mode": "percentile", "beta": 1.0, "history": 64}),
         ("grad_clip", {"max_norm": 0.1}),
     ],
@@ -72,13 +82,21 @@ def _assert_same(a: Learner, b: Learner) -> None:
     assert a.events == b.events
     for ma, mb in zip(a.mechanisms, b.mechanisms, strict=True):
         assert ma.counters() == mb.counters(), ma.name
-        sa, sb = ma.state_dict(), mb.state_dict()
-        for key in sa:
-            assert np.array_equal(np.asarray(sa[key]), np.asarray(sb[key])), (ma.name, key)
+        _assert_same_state(ma.state_dict(), mb.state_dict(), ma.name)
     assert a.rng.bit_generator.state == b.rng.bit_generator.state
     assert a.last is not None and b.last is not None
     assert np.array_equal(a.last.probs, b.last.probs)
     assert a.last.grad_norm == b.last.grad_norm and a.lr_effective == b.lr_effective
+
+
+def _assert_same_state(a: dict[str, Any], b: dict[str, Any], where: str) -> None:
+    assert a.keys() == b.keys(), where
+    for key in a:
+        if isinstance(a[key], dict):
+            _assert_same_state(a[key], b[key], f"{where}.{key}")
+        else:
+            x, y = np.asarray(a[key]), np.asarray(b[key])
+            assert x.dtype == y.dtype and np.array_equal(x, y), f"{where}.{key}"
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -96,11 +114,12 @@ def test_the_compiled_loop_equals_the_hooks_bit_for_bit(name: str, k: int, b: in
 
 def test_the_cases_exercise_what_they_claim() -> None:
     """Each mechanism acted in its case (a check that could pass with idle mechanisms
-    proves little): clipping clipped, skipping skipped, the detector fired, the mixer mixed."""
+    proves little): clipping clipped, skipping skipped, the detector fired, the mixers mixed."""
     stream = Stream.from_bytes(TEXT)
     seen: dict[str, dict[str, Any]] = {}
     for name in ("grad_clip-norm", "grad_clip-value", "selective_backprop-threshold",
-                 "selective_backprop-percentile", "adaptive_lr", "ngram_mix"):  # fmt: skip
+                 "selective_backprop-percentile", "adaptive_lr", "ngram_mix", "cache",
+                 "knn"):  # fmt: skip
         learner = _learner(CASES[name], 1, 1, OptimConfig(lr=0.01))
         learner.run(stream)
         seen[name] = learner.mechanisms[0].counters()
@@ -109,15 +128,20 @@ def test_the_cases_exercise_what_they_claim() -> None:
     assert 0 < seen["selective_backprop-percentile"]["skipped"] < len(TEXT)
     assert seen["adaptive_lr"]["alarms"] >= 1
     assert seen["ngram_mix"]["mixed_bytes"] == len(TEXT)
+    for memory in ("cache", "knn"):  # every byte after the first is mixed, often a hit
+        assert seen[memory]["predictions"] == len(TEXT)
+        assert seen[memory]["mixed_share"] == (len(TEXT) - 1) / len(TEXT)
+        assert seen[memory]["hit_rate"] > 0.2 and seen[memory]["top1_rate"] > 0.1
+    assert seen["cache"]["bits_saved_per_byte"] > 0
 
 
 def test_a_run_in_pieces_equals_one_run_with_every_compiled_mechanism() -> None:
     """Calls that stop between steps hand the state over exactly (chunks, checkpoints);
     a cap inside a step stops at the step boundary before it."""
     stream = Stream.from_bytes(TEXT)
-    whole = _learner(CASES["all four"], 3, 1, OptimConfig(lr=0.01))
+    whole = _learner(CASES["all six"], 3, 1, OptimConfig(lr=0.01))
     whole.run(stream)
-    parts = _learner(CASES["all four"], 3, 1, OptimConfig(lr=0.01))
+    parts = _learner(CASES["all six"], 3, 1, OptimConfig(lr=0.01))
     for cap in (300, 305, 905, len(TEXT)):
         parts.run(stream, max_bytes=cap)
     _assert_same(whole, parts)

@@ -88,21 +88,40 @@ def test_learner_runs_are_bit_identical_and_report_hits() -> None:
     assert 0 < c["hit_rate"] <= 1 and c["mixed_share"] > 0.99
 
 
-def test_compiled_and_numpy_neighbour_search_agree() -> None:
-    from mugpt.mechanisms import cache as c
+def test_the_compiled_search_equals_its_definition() -> None:
+    """The helpers both paths run (``cache.memory_rows``) against the formulas in NumPy, on
+    small integer vectors: every sum is exact, and many distances tie."""
+    from mugpt.mechanisms.cache import ContinuousCache
 
     rng = np.random.default_rng(3)
-    m, k = 40, 5
-    rank = rng.integers(0, 6, size=(k, m + k)).astype(np.float32)  # many ties
+    m, k, dim = 40, 5, 3
+    keys = rng.integers(-2, 3, size=(m, dim)).astype(np.float32)
+    queries = rng.integers(-2, 3, size=(k, dim)).astype(np.float32)
+    values, step = rng.integers(0, 256, m), rng.integers(0, 256, k)
+
+    def visible(j: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate([keys, queries[:j]]).astype(np.float64), np.concatenate([values, step[:j]])  # fmt: skip
+
     for n_keep in (1, 7, 60):
-        fast = c.topk_rows(rank, m, n_keep)
-        ref = c._topk_numpy(rank, m, n_keep)
-        assert np.array_equal(fast, ref)
-        row = rank[2, : m + 2]
-        expected = sorted(range(row.size), key=lambda i: (row[i], i))[:n_keep]
-        assert fast[2, : len(expected)].tolist() == expected
-    dots = rng.normal(size=(k, m + k)).astype(np.float32)
-    values = rng.integers(0, 256, m + k).astype(np.int16)
-    assert np.allclose(c.cache_rows(dots, m, values, 2.0), c._cache_rows_numpy(dots, m, values, 2.0),
-                       rtol=1e-12, atol=1e-15)  # fmt: skip
-    assert not c.cache_rows(dots, 0, values[:k], 2.0)[0].any()  # nothing visible to byte 0
+        knn = KNNLM(capacity=m, k=n_keep, temperature=1.5)
+        knn.memory.add(keys, values)
+        p = knn.knn_distribution(queries, step)
+        for j in range(k):
+            cand, nxt = visible(j)
+            d = ((cand - queries[j]) ** 2).sum(axis=1)
+            chosen = sorted(range(d.size), key=lambda i: (d[i], i))[:n_keep]  # ties: lower slot
+            w = np.exp(-(d[chosen] - d[chosen].min()) / 1.5)
+            expected = np.zeros(257)
+            np.add.at(expected, nxt[chosen], w / w.sum())
+            assert p[j] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    cache = ContinuousCache(size=m, theta=0.7)
+    cache.memory.add(keys, values)
+    p = cache.cache_distribution(queries, step)
+    for j in range(k):
+        cand, nxt = visible(j)
+        s = 0.7 * cand @ queries[j].astype(np.float64)
+        w = np.exp(s - s.max())
+        expected = np.zeros(257)
+        np.add.at(expected, nxt, w / w.sum())
+        assert p[j] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert not ContinuousCache().cache_distribution(queries, step)[0].any()  # nothing visible

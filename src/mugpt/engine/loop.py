@@ -34,6 +34,7 @@ from numba import njit
 
 from mugpt.engine.window import gather_step
 from mugpt.mechanisms.adaptive_lr import empty_adapt_state, observe_kernel, scale_kernel
+from mugpt.mechanisms.cache import MemoryBinding, memory_observe, memory_window
 from mugpt.mechanisms.grad_clip import clip_kernel, empty_clip_state
 from mugpt.mechanisms.ngram_mix import empty_mix_state, mix_window
 from mugpt.mechanisms.selective_backprop import empty_select_state, keep_kernel
@@ -50,14 +51,19 @@ from mugpt.model.fast import (
 _JIT = JIT_OPTIONS
 
 #: The mechanisms the compiled loop has kernels for, by kind code (their index).
-KERNELS = ("grad_clip", "selective_backprop", "adaptive_lr", "ngram_mix")
-K_CLIP, K_SELECT, K_ADAPT, K_MIX = range(len(KERNELS))
+KERNELS = ("grad_clip", "selective_backprop", "adaptive_lr", "ngram_mix", "cache", "knn")
+K_CLIP, K_SELECT, K_ADAPT, K_MIX, K_CACHE, K_KNN = range(len(KERNELS))
+#: The field of :class:`Mechanisms` that holds each mechanism's state.
+FIELDS = {"grad_clip": "clip", "selective_backprop": "select", "adaptive_lr": "adapt",
+          "ngram_mix": "mix", "cache": "cache", "knn": "knn"}  # fmt: skip
+#: The fields whose state is bound to the model by :func:`run_steps` before each call.
+BOUND = ("cache", "knn")
 
 # counters vector of the loop (same order as engine.learner.Counters)
 C_STEPS, C_UPDATES, C_SKIPPED, C_NONFINITE, C_REPLAY, C_FORWARD, C_BACKWARD = range(7)
 # info vector: what the last step did
-I_RECORDS, I_WINDOWS, I_GRAD_NORM, I_APPLIED, I_LR_SCALE, I_WINDOW_LOSS = range(6)
-N_INFO = 6
+I_RECORDS, I_WINDOWS, I_GRAD_NORM, I_APPLIED, I_LR_SCALE, I_WINDOW_LOSS, I_REPLAYS = range(7)
+N_INFO = 7
 
 
 class ModelArrays(NamedTuple):
@@ -109,13 +115,20 @@ class Outputs(NamedTuple):
 class Mechanisms(NamedTuple):
     """The mechanisms' compiled states: ``order`` the active kinds (:data:`KERNELS`) in the
     Learner's order, one state per kind (a placeholder when off), and ``rng`` the Learner's
-    generator packed by :func:`mugpt.mechanisms.rng.pack`."""
+    generator packed by :func:`mugpt.mechanisms.rng.pack`.
+
+    The states of the fields in :data:`BOUND` depend on the model's shape and dtype (a
+    memory's keys have the hidden size and the model's dtype), which a mechanism does not
+    know: those mechanisms give an object with ``bind(model, opt)``, and :func:`run_steps`
+    replaces it by the arrays it returns before the compiled loop runs."""
 
     order: np.ndarray
     clip: Any
     select: Any
     adapt: Any
     mix: Any
+    cache: Any
+    knn: Any
     rng: np.ndarray
 
 
@@ -127,8 +140,20 @@ def no_mechanisms() -> Mechanisms:
         empty_select_state(),
         empty_adapt_state(),
         empty_mix_state(),
+        MemoryBinding(None),
+        MemoryBinding(None),
         np.zeros(4, dtype=np.uint64),
     )
+
+
+def in_step_order(events: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The events of the mechanisms' ``compiled_done`` (one list per mechanism, each in step
+    order) merged as the Python hooks emit them: by step; within a step the observations'
+    events first (alarms, window after window), then the "replay" event, which closes the
+    step. Stable, so events of equal rank keep the Learner's order of mechanisms."""
+    merged = [e for part in events for e in part]
+    merged.sort(key=lambda e: (e["step"], e["kind"] == "replay"))
+    return merged
 
 
 # ---------------------------------------------------------------------------- score
@@ -235,8 +260,23 @@ def _update(
 # ---------------------------------------------------------------------------- the loop
 
 
-@njit(**_JIT)
 def run_steps(
+    model: ModelArrays,
+    opt: OptimArrays,
+    stream: StreamArrays,
+    out: Outputs,
+    mechs: Mechanisms,
+    update_every: int,
+    new_only: bool,
+    max_steps: int,
+) -> int:
+    """:func:`compiled_steps` after binding the states of :data:`BOUND` to the model."""
+    bound = {f: getattr(mechs, f).bind(model, opt) for f in BOUND}
+    return int(compiled_steps(model, opt, stream, out, mechs._replace(**bound), update_every, new_only, max_steps))  # fmt: skip
+
+
+@njit(**_JIT)
+def compiled_steps(
     model: Any,
     opt: Any,
     stream: Any,
@@ -285,8 +325,13 @@ def run_steps(
                 for y in range(rows.shape[1]):
                     rows[j, y] = ws.probs[w, slots[j], y]
             for j in range(mechs.order.size):  # adjust
-                if mechs.order[j] == K_MIX:
+                kind = mechs.order[j]
+                if kind == K_MIX:
                     mix_window(mechs.mix, rows, ws.idx[w], slots, targets, k)
+                elif kind == K_CACHE:
+                    memory_window(mechs.cache, rows, ws.hidden[w], slots, targets, k)
+                elif kind == K_KNN:
+                    memory_window(mechs.knn, rows, ws.hidden[w], slots, targets, k)
             for j in range(k):  # score
                 p = max(rows[j, targets[j]], PROB_FLOOR)
                 out.losses[first + j - out.base] = -math.log2(p)
@@ -295,8 +340,13 @@ def run_steps(
                     for y in range(rows.shape[1]):
                         out.scored[first + j - out.base, y] = rows[j, y]
             for j in range(mechs.order.size):  # observe
-                if mechs.order[j] == K_ADAPT:
+                kind = mechs.order[j]
+                if kind == K_ADAPT:
                     observe_kernel(mechs.adapt, out.losses, first - out.base, k, step, first)
+                elif kind == K_CACHE:
+                    memory_observe(mechs.cache, ws.hidden[w], slots, targets, k)
+                elif kind == K_KNN:
+                    memory_observe(mechs.knn, ws.hidden[w], slots, targets, k)
             r0 = r1
         info[I_WINDOW_LOSS] = batch_loss_bits(ws.probs, ws.tgt, ws.wts, n_win)
         _update(model, opt, out, mechs, n_win, total_w)

@@ -15,27 +15,217 @@ empty the model's prediction passes unchanged.
 Deterministic by construction (compression needs bit-identical probabilities on encode and
 decode): no randomness, a preallocated ring buffer with a fixed slot order, float64 scores.
 ``theta`` is the flatness of the cache distribution; ``lam`` (λ) its mixture weight.
+
+One arithmetic on every path. The sums (dot products, squared norms, the softmax's mass, the
+bits saved) are computed by the compiled helpers of this module — :func:`memory_rows`,
+:func:`mix_rows`, :func:`store_pairs` — in a fixed order and in float64, and the Python hooks
+call the very same helpers as the compiled loop (:mod:`mugpt.engine.loop`) does. So both give
+the same bits; a matrix product through BLAS could not promise that (its summation order
+depends on the library, the machine and the shapes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 import numpy as np
+from numba import njit
 from pydantic import Field
 
 from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
 from mugpt.model.constants import JIT_OPTIONS, PROB_FLOOR
 from mugpt.model.constants import VOCAB_SIZE as VOCAB
 
+KIND_CACHE, KIND_KNN = 0.0, 1.0
+"""``cfg[0]`` of a memory's compiled state: which distribution :func:`memory_rows` makes."""
+
+
+# ---------------------------------------------------------------------------- the helpers
+
+
+@njit(**JIT_OPTIONS)
+def pair_dot(a: Any, b: Any) -> float:  # pragma: no cover - compiled
+    """Σ_c a[c]·b[c] in float64, c in order (each product is exact for float32 inputs)."""
+    s = 0.0
+    for c in range(a.size):
+        s += float(a[c]) * float(b[c])
+    return s
+
+
+@njit(**JIT_OPTIONS)
+def square_norms(keys: Any, out: Any) -> None:  # pragma: no cover - compiled
+    """out[i] = |keys[i]|² (:func:`pair_dot`)."""
+    for i in range(keys.shape[0]):
+        out[i] = pair_dot(keys[i], keys[i])
+
+
+@njit(**JIT_OPTIONS)
+def store_pairs(
+    keys: Any, sq: Any, values: Any, ring: Any, hidden: Any, slots: Any, next_bytes: Any, n: int
+) -> None:  # pragma: no cover - compiled
+    """Appends the pairs (hidden[slots[j]], next_bytes[j]), j < n, to the ring buffer
+    (keys, their squared norms sq, values; ring = [filled, head]), oldest overwritten first."""
+    cap = values.size
+    for j in range(n):
+        h = ring[1]
+        row = hidden[slots[j]]
+        for c in range(keys.shape[1]):
+            keys[h, c] = row[c]
+        sq[h] = pair_dot(keys[h], keys[h])
+        values[h] = next_bytes[j]
+        ring[1] = (h + 1) % cap
+        ring[0] = min(ring[0] + 1, cap)
+
+
+@njit(**JIT_OPTIONS)
+def memory_rows(
+    cfg: Any,
+    keys: Any,
+    sq: Any,
+    values: Any,
+    m: int,
+    hidden: Any,
+    slots: Any,
+    next_bytes: Any,
+    k: int,
+    out: Any,
+    dots: Any,
+    near: Any,
+    best: Any,
+) -> None:  # pragma: no cover - compiled
+    """p_memory of the k queries hidden[slots[j]] into out[:k] (rows that see no pair are all
+    zero). Query j sees the m stored pairs (slot order) and the step's pairs i < j, whose keys
+    are the queries themselves and whose next bytes are next_bytes[i].
+
+    ``cfg`` = [kind, lam, theta or temperature, neighbours]. The cache (kind 0) weighs every
+    visible pair by exp(theta·q·key − max); kNN-LM (kind 1) ranks the visible pairs by
+    |key|² − 2·q·key, keeps the ``neighbours`` smallest (ties to the lower index: the older
+    slot, then the step's pairs in order), recomputes their squared distances exactly and
+    weighs them by exp(−(d − min d) / temperature). Scratch: dots (≥ m + k), near and best
+    (≥ neighbours)."""
+    knn = cfg[0] == KIND_KNN
+    n_keep = int(cfg[3])
+    for j in range(k):
+        row = out[j]
+        for y in range(row.size):
+            row[y] = 0.0
+        n = m + j
+        if n == 0:
+            continue
+        q = hidden[slots[j]]
+        if not knn:
+            theta = cfg[2]
+            for i in range(m):
+                dots[i] = theta * pair_dot(q, keys[i])
+            for i in range(j):
+                dots[m + i] = theta * pair_dot(q, hidden[slots[i]])
+            top = -np.inf
+            for i in range(n):
+                top = max(top, dots[i])
+            total = 0.0
+            for i in range(n):
+                w = math.exp(dots[i] - top)
+                row[values[i] if i < m else next_bytes[i - m]] += w
+                total += w
+            for y in range(row.size):
+                row[y] /= total
+            continue
+        count = 0  # a sorted insertion list of (rank, index)
+        for i in range(m):
+            count = _insert(best, near, count, n_keep, sq[i] - 2.0 * pair_dot(q, keys[i]), i)
+        for i in range(j):
+            p = hidden[slots[i]]
+            count = _insert(best, near, count, n_keep, pair_dot(p, p) - 2.0 * pair_dot(q, p), m + i)  # fmt: skip
+        low = np.inf
+        for t in range(count):  # exact squared distances of the neighbours
+            i = near[t]
+            d = _sq_distance(q, keys[i]) if i < m else _sq_distance(q, hidden[slots[i - m]])
+            best[t] = d
+            low = min(low, d)
+        total = 0.0
+        for t in range(count):
+            i = near[t]
+            w = math.exp(-(best[t] - low) / cfg[2])
+            row[values[i] if i < m else next_bytes[i - m]] += w
+            total += w
+        for y in range(row.size):
+            row[y] /= total
+
+
+@njit(**JIT_OPTIONS)
+def _insert(
+    best: Any, near: Any, count: int, n_keep: int, v: float, i: int
+) -> int:  # pragma: no cover - compiled
+    """Inserts (v, i) into the sorted list best/near of ``count`` ≤ n_keep entries (an equal
+    rank goes after the entries already there); returns the new count."""
+    if count == n_keep and not v < best[n_keep - 1]:
+        return count
+    pos = count if count < n_keep else n_keep - 1
+    while pos > 0 and v < best[pos - 1]:
+        if pos < n_keep:
+            best[pos] = best[pos - 1]
+            near[pos] = near[pos - 1]
+        pos -= 1
+    best[pos] = v
+    near[pos] = i
+    return count + 1 if count < n_keep else count
+
+
+@njit(**JIT_OPTIONS)
+def _sq_distance(q: Any, key: Any) -> float:  # pragma: no cover - compiled
+    """Σ_c (key[c] − q[c])² in float64, c in order."""
+    d = 0.0
+    for c in range(q.size):
+        diff = float(key[c]) - float(q[c])
+        d += diff * diff
+    return d
+
+
+@njit(**JIT_OPTIONS)
+def mix_rows(
+    lam: float, rows: Any, p_mem: Any, m: int, next_bytes: Any, k: int, stats: Any
+) -> None:  # pragma: no cover - compiled
+    """rows[j] ← (1 − λ)·rows[j] + λ·p_mem[j] on the rows that see a pair (m + j > 0), and
+    the figures of :class:`MixStats` into ``stats`` = [predictions, mixed, hits, top1,
+    bits_saved]: the true byte next_bytes[j] got a non-zero p_mem (a hit), was p_mem's most
+    likely byte (top1, the first of equal maxima), and the bits the mixing saved on it (the
+    step's sum, in row order, added to the total)."""
+    saved = 0.0
+    stats[0] += k
+    for j in range(k):
+        if m + j == 0:
+            continue
+        t = next_bytes[j]
+        pm = p_mem[j]
+        row = rows[j]
+        stats[1] += 1.0
+        if pm[t] > 0:
+            stats[2] += 1.0
+        top = 0
+        for y in range(1, pm.size):
+            if pm[y] > pm[top]:
+                top = y
+        if top == t:
+            stats[3] += 1.0
+        before = max(row[t], PROB_FLOOR)
+        for y in range(row.size):
+            row[y] = (1.0 - lam) * row[y] + lam * pm[y]
+        after = max(row[t], PROB_FLOOR)
+        saved += math.log2(after) - math.log2(before)
+    stats[4] += saved
+
+
+# ---------------------------------------------------------------------------- the memory
+
 
 class PairMemory:
     """A preallocated ring buffer of (key vector, next symbol) pairs, oldest overwritten first.
 
     Keys keep the floating dtype of the first keys added (the model's: float32 by default)
-    and their squared norms are kept beside them (for L2 distances). Slot order is fixed by
-    the history of writes, so any computation over ``keys[:filled]`` is deterministic.
+    and their squared norms (float64, :func:`pair_dot`) are kept beside them (for L2
+    distances). Slot order is fixed by the history of writes, so any computation over
+    ``keys[:filled]`` is deterministic.
 
     Example:
         >>> mem = PairMemory(capacity=2)
@@ -56,31 +246,33 @@ class PairMemory:
     def _allocate(self, dim: int, dtype: np.dtype) -> None:
         self.dim = dim
         self.keys = np.zeros((self.capacity, dim), dtype=dtype)
-        self.sq_norms = np.zeros(self.capacity, dtype=dtype)
+        self.sq_norms = np.zeros(self.capacity, dtype=np.float64)
         self.values = np.zeros(self.capacity, dtype=np.int16)
 
     @property
     def dtype(self) -> np.dtype:
         return self.keys.dtype
 
+    def ensure(self, dim: int, dtype: Any) -> None:
+        """Allocates the buffer for keys of ``dim`` features of ``dtype``, if not done yet."""
+        if self.dim == 0:
+            kind = np.dtype(dtype)
+            self._allocate(dim, kind if kind in (np.float32, np.float64) else np.dtype(np.float64))
+
     def add(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Appends pairs in order (rows of ``keys`` with ``values``)."""
         n = int(values.size)
         if n == 0:
             return
-        if self.dim == 0:
-            kind = keys.dtype if keys.dtype in (np.float32, np.float64) else np.dtype(np.float64)
-            self._allocate(int(keys.shape[1]), kind)
-        if n > self.capacity:  # only the newest fit
-            keys, values = keys[-self.capacity :], values[-self.capacity :]
-            self.head = (self.head + n - self.capacity) % self.capacity
-            n = self.capacity
-        slots = (self.head + np.arange(n)) % self.capacity
-        self.keys[slots] = keys
-        self.sq_norms[slots] = np.einsum("ij,ij->i", self.keys[slots], self.keys[slots])
-        self.values[slots] = values
-        self.head = int((self.head + n) % self.capacity)
-        self.filled = min(self.filled + n, self.capacity)
+        self.ensure(int(keys.shape[1]), keys.dtype)
+        self.store(as_queries(self, keys), np.arange(n), np.asarray(values, dtype=np.int64))
+
+    def store(self, hidden: np.ndarray, slots: np.ndarray, values: np.ndarray) -> None:
+        """Appends the pairs (hidden[slots[j]], values[j]) (:func:`store_pairs`)."""
+        ring = np.array([self.filled, self.head], dtype=np.int64)
+        store_pairs(self.keys, self.sq_norms, self.values, ring, hidden,
+                    np.ascontiguousarray(slots, dtype=np.int64), values, int(values.size))  # fmt: skip
+        self.filled, self.head = int(ring[0]), int(ring[1])
 
     def chronological(self) -> np.ndarray:
         """Slot indexes from the oldest pair to the newest."""
@@ -115,124 +307,11 @@ class PairMemory:
         self.dim = int(state["dim"])
         self.keys = np.array(state["keys"])
         self.values = np.asarray(state["values"], dtype=np.int16).copy()
-        self.sq_norms = np.einsum("ij,ij->i", self.keys, self.keys) if self.dim else np.zeros(0)
+        self.sq_norms = np.zeros(self.keys.shape[0], dtype=np.float64)
+        if self.dim:
+            square_norms(self.keys, self.sq_norms)
         self.filled = int(state["filled"])
         self.head = int(state["head"])
-
-
-def step_dots(
-    memory: PairMemory, queries: np.ndarray, step_values: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Dot products of each of the step's ``k`` queries with what it may look at: the stored
-    pairs (slot order), then the step's own pairs (whose keys are the queries themselves).
-
-    Returns (dots (k, m + k), values (m + k,)). Query ``j`` may use the first ``m + j``
-    columns only: the step's pair ``i`` is visible to it when ``i < j``, because byte ``i`` was
-    scored before byte ``j`` (:func:`visible_mask`). ``queries`` must have the memory's dtype
-    (see :func:`as_queries`)."""
-    k = queries.shape[0]
-    m = memory.filled
-    dots = np.empty((k, m + k), dtype=queries.dtype)
-    if m:
-        np.matmul(queries, memory.keys[:m].T, out=dots[:, :m])
-    np.matmul(queries, queries.T, out=dots[:, m:])
-    values = np.concatenate([memory.values[:m], step_values.astype(np.int16)])
-    return dots, values
-
-
-def visible_mask(k: int, m: int) -> np.ndarray:
-    """(k, m + k) bool: row ``j`` sees the ``m`` stored pairs and the step's pairs ``i < j``."""
-    return np.arange(m + k)[None, :] < (m + np.arange(k))[:, None]
-
-
-def _cache_rows_numpy(dots: np.ndarray, m: int, values: np.ndarray, theta: float) -> np.ndarray:
-    k = dots.shape[0]
-    scores = np.where(visible_mask(k, m), theta * dots.astype(np.float64), -np.inf)
-    top = scores.max(axis=1, keepdims=True)
-    top[~np.isfinite(top)] = 0.0
-    weights = np.exp(scores - top)  # 0 where not visible
-    mass = weights.sum(axis=1, keepdims=True)
-    np.divide(weights, mass, out=weights, where=mass > 0)
-    return scatter_rows(values, weights)
-
-
-def _cache_rows_loops(dots: np.ndarray, m: int, values: np.ndarray, theta: float) -> np.ndarray:
-    # one fused pass per row (compiled by numba): no (k, m) temporaries
-    k = dots.shape[0]
-    out = np.zeros((k, VOCAB))
-    for j in range(k):
-        n = m + j
-        if n == 0:
-            continue
-        top = -np.inf
-        for i in range(n):
-            top = max(top, theta * float(dots[j, i]))
-        total = 0.0
-        for i in range(n):
-            w = np.exp(theta * float(dots[j, i]) - top)
-            out[j, values[i]] += w
-            total += w
-        for v in range(VOCAB):
-            out[j, v] /= total
-    return out
-
-
-def _topk_numpy(rank: np.ndarray, m: int, n_keep: int) -> np.ndarray:
-    """Row-wise indexes of the ``n_keep`` smallest visible entries, ordered by (value, index);
-    -1 pads rows that see fewer entries."""
-    k = rank.shape[0]
-    masked = np.where(visible_mask(k, m), rank, np.inf)
-    out = np.full((k, n_keep), -1, dtype=np.int64)
-    for j in range(k):
-        row = masked[j, : m + j]
-        take = min(n_keep, row.size)
-        if take == 0:
-            continue
-        if take < row.size:
-            kth = np.partition(row, take - 1)[take - 1]
-            less = np.flatnonzero(row < kth)
-            equal = np.flatnonzero(row == kth)[: take - less.size]
-            idx = np.concatenate([less, equal])
-        else:
-            idx = np.arange(row.size)
-        out[j, :take] = idx[np.lexsort((idx, row[idx]))]
-    return out
-
-
-def _topk_loops(rank: np.ndarray, m: int, n_keep: int) -> np.ndarray:
-    # a sorted insertion list per row (compiled by numba); ties keep the lower index
-    k = rank.shape[0]
-    out = np.full((k, n_keep), -1, dtype=np.int64)
-    best = np.empty(n_keep)
-    for j in range(k):
-        count = 0
-        for i in range(m + j):
-            v = float(rank[j, i])
-            if count == n_keep and not v < best[n_keep - 1]:
-                continue
-            pos = count if count < n_keep else n_keep - 1
-            while pos > 0 and v < best[pos - 1]:
-                if pos < n_keep:
-                    best[pos] = best[pos - 1]
-                    out[j, pos] = out[j, pos - 1]
-                pos -= 1
-            best[pos] = v
-            out[j, pos] = i
-            if count < n_keep:
-                count += 1
-    return out
-
-
-cache_rows: Callable[[np.ndarray, int, np.ndarray, float], np.ndarray]
-topk_rows: Callable[[np.ndarray, int, int], np.ndarray]
-try:  # compiled kernels when numba is present; the NumPy versions select the same pairs
-    import numba
-
-    cache_rows = numba.njit(**JIT_OPTIONS)(_cache_rows_loops)
-    topk_rows = numba.njit(**JIT_OPTIONS)(_topk_loops)
-except ImportError:  # pragma: no cover - numba is a dependency
-    cache_rows = _cache_rows_numpy
-    topk_rows = _topk_numpy
 
 
 def as_queries(memory: PairMemory, hidden: np.ndarray) -> np.ndarray:
@@ -243,19 +322,8 @@ def as_queries(memory: PairMemory, hidden: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(hidden, dtype=dtype)
 
 
-def scatter_rows(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(k, n) weights of pairs with next symbols ``values`` ((n,) shared by every row, or
-    (k, n)) → (k, 257) sums per symbol, summed in column order."""
-    k = weights.shape[0]
-    vals = values.astype(np.int64)
-    if vals.ndim == 1:
-        vals = vals[None, :]
-    flat = (np.arange(k)[:, None] * VOCAB + vals).ravel()
-    return np.bincount(flat, weights=weights.ravel(), minlength=k * VOCAB).reshape(k, VOCAB)
-
-
 class MixStats:
-    """Counts shared by the cache and kNN-LM: hits, mixing, bits saved."""
+    """Counts shared by the cache and kNN-LM: hits, mixing, bits saved (:func:`mix_rows`)."""
 
     def __init__(self) -> None:
         self.predictions = 0
@@ -264,25 +332,16 @@ class MixStats:
         self.top1 = 0  # the memory's most likely byte was the true byte
         self.bits_saved = 0.0  # Σ log2 p_mixed(x) − log2 p_in(x)
 
-    def record(
-        self,
-        true: np.ndarray,
-        p_in: np.ndarray,
-        p_mem: np.ndarray,
-        p_out: np.ndarray,
-        rows: np.ndarray,
-    ) -> None:
-        self.predictions += int(true.size)
-        if rows.size == 0:
-            return
-        t = true[rows]
-        self.mixed += int(rows.size)
-        mem_true = p_mem[rows, t]
-        self.hits += int(np.count_nonzero(mem_true > 0))
-        self.top1 += int(np.count_nonzero(p_mem[rows].argmax(axis=1) == t))
-        before = np.maximum(p_in[rows, t], PROB_FLOOR)
-        after = np.maximum(p_out[rows, t], PROB_FLOOR)
-        self.bits_saved += float(np.sum(np.log2(after) - np.log2(before)))
+    def as_array(self) -> np.ndarray:
+        """[predictions, mixed, hits, top1, bits_saved], the ``stats`` of :func:`mix_rows`."""
+        return np.array(
+            [self.predictions, self.mixed, self.hits, self.top1, self.bits_saved], dtype=np.float64
+        )
+
+    def take(self, stats: np.ndarray) -> None:
+        """Takes back the figures :func:`mix_rows` added to ``stats``."""
+        self.predictions, self.mixed, self.hits, self.top1 = (int(x) for x in stats[:4])
+        self.bits_saved = float(stats[4])
 
     def as_dict(self, lam: float) -> dict[str, Any]:
         n, mixed = self.predictions, self.mixed
@@ -320,10 +379,14 @@ class CacheConfig(MechanismConfig):
 class MemoryMixture(Mechanism):
     """What the memory mechanisms (:class:`ContinuousCache`, ``knn.KNNLM``) share: a bounded
     :class:`PairMemory` of (hidden state, next byte) pairs; each step the prediction becomes
-    (1 − λ)·p_model + λ·p_memory on the rows where the memory has something to say, and the
-    step's pairs are stored once their bytes are scored. A subclass gives
-    ``memory_distribution(queries, step_values)`` and ``capacity_field``, the name of its
-    config's size setting."""
+    (1 − λ)·p_model + λ·p_memory on the rows where the memory has something to say (some
+    pair is visible), and the step's pairs are stored once their bytes are scored. A subclass
+    gives ``kernel_config()``, the ``cfg`` of :func:`memory_rows`, and ``capacity_field``,
+    the name of its config's size setting.
+
+    The hooks and the compiled loop run the same helpers (:func:`memory_rows`,
+    :func:`mix_rows`, :func:`store_pairs`): the compiled form (:meth:`compiled_state`) hands
+    the loop this memory's own arrays."""
 
     capacity_field = "size"
     config: Any
@@ -335,37 +398,82 @@ class MemoryMixture(Mechanism):
         self.last_p_memory: np.ndarray | None = None  # p_memory of the last step's rows
         self._mixed_rows = np.zeros(0, dtype=np.int64)
 
+    def kernel_config(self) -> np.ndarray:
+        """[kind, lam, theta or temperature, neighbours] (:func:`memory_rows`)."""
+        raise TypeError(f"{type(self).__name__} must define kernel_config")
+
+    def _memory_rows(
+        self, hidden: np.ndarray, slots: np.ndarray, next_bytes: np.ndarray
+    ) -> np.ndarray:
+        mem, cfg, k = self.memory, self.kernel_config(), int(slots.size)
+        n_keep = max(1, int(cfg[3]))
+        out = np.zeros((k, VOCAB))
+        memory_rows(cfg, mem.keys, mem.sq_norms, mem.values, mem.filled, hidden, slots,
+                    next_bytes, k, out, np.empty(mem.filled + k), np.empty(n_keep, np.int64),
+                    np.empty(n_keep))  # fmt: skip
+        return out
+
     def memory_distribution(self, queries: np.ndarray, step_values: np.ndarray) -> np.ndarray:
-        """p_memory (k, 257) for ``queries`` (k, C); rows that see no pair are all zero."""
-        raise TypeError(f"{type(self).__name__} must define memory_distribution")
+        """p_memory (k, 257) for ``queries`` (k, C); rows that see no pair are all zero.
+        ``step_values[i]`` is the byte that followed query i (used by the queries after it)."""
+        q = as_queries(self.memory, queries)
+        k = q.shape[0]
+        values = np.zeros(k, dtype=np.int64)
+        n = min(k, int(step_values.size))
+        values[:n] = step_values[:n]
+        return self._memory_rows(q, np.arange(k), values)
+
+    def _mix(
+        self, hidden: np.ndarray, slots: np.ndarray, next_bytes: np.ndarray, probs: np.ndarray,
+        stats: np.ndarray,
+    ) -> np.ndarray:  # fmt: skip
+        k = int(slots.size)
+        p_memory = self._memory_rows(hidden, slots, next_bytes)
+        out = np.array(probs, dtype=np.float64, order="C")  # a copy
+        m = self.memory.filled
+        mix_rows(float(self.config.lam), out, p_memory, m, next_bytes, k, stats)
+        self.last_p_memory = p_memory
+        self._mixed_rows = np.flatnonzero(m + np.arange(k) > 0)
+        return out
 
     def mix(self, queries: np.ndarray, probs: np.ndarray, step_values: np.ndarray) -> np.ndarray:
         """(1 − λ)·probs + λ·p_memory on the rows where the memory has something to say.
         ``step_values[i]`` is the byte that followed query i (used by the queries after it)."""
         q = as_queries(self.memory, queries)
-        values = np.zeros(q.shape[0], dtype=np.int64)
-        values[: step_values.size] = step_values
-        p_memory = self.memory_distribution(q, values)
-        self.last_p_memory = p_memory
-        lam = self.config.lam
-        out = probs.copy()
-        rows = np.flatnonzero(p_memory.sum(axis=1) > 0)
-        out[rows] = (1.0 - lam) * probs[rows] + lam * p_memory[rows]
-        self._mixed_rows = rows
-        return out
+        k = q.shape[0]
+        values = np.zeros(k, dtype=np.int64)
+        n = min(k, int(step_values.size))
+        values[:n] = step_values[:n]
+        return self._mix(q, np.arange(k), values, probs, np.zeros(5))
 
     # ------------------------------------------------------------------ hooks
 
     def adjust_prediction(self, ctx: StepContext, probs: np.ndarray) -> np.ndarray:
-        true = np.asarray(ctx.new_bytes, dtype=np.int64)
-        out = self.mix(ctx.hidden[ctx.new_positions], probs, true)
-        assert self.last_p_memory is not None
-        self.stats.record(true, probs, self.last_p_memory, out, self._mixed_rows)
+        hidden = as_queries(self.memory, ctx.hidden)
+        slots = np.ascontiguousarray(ctx.new_positions, dtype=np.int64)
+        true = np.ascontiguousarray(ctx.new_bytes, dtype=np.int64)
+        stats = self.stats.as_array()
+        out = self._mix(hidden, slots, true, probs, stats)
+        self.stats.take(stats)
         return out
 
     def observe(self, ctx: StepContext, loss_bits: np.ndarray) -> None:
         # the bytes are scored now: their pairs may serve the predictions that follow
-        self.memory.add(ctx.hidden[ctx.new_positions], np.asarray(ctx.new_bytes))
+        self.memory.ensure(int(ctx.hidden.shape[1]), ctx.hidden.dtype)
+        self.memory.store(as_queries(self.memory, ctx.hidden), ctx.new_positions,
+                          np.ascontiguousarray(ctx.new_bytes, dtype=np.int64))  # fmt: skip
+
+    # ------------------------------------------------------------------ the compiled form
+
+    def compiled_state(self, context: int) -> MemoryBinding:
+        """This memory for the compiled loop: bound to the model's hidden size and dtype by
+        :func:`mugpt.engine.loop.run_steps` (:meth:`MemoryBinding.bind`)."""
+        return MemoryBinding(self)
+
+    def compiled_done(self, state: MemoryBinding) -> list[dict[str, Any]]:
+        """Takes back the ring's position and the figures; returns its events (none)."""
+        state.done()
+        return []
 
     # ------------------------------------------------------------------ settings and state
 
@@ -407,11 +515,101 @@ class ContinuousCache(MemoryMixture):
         """p_cache of the last step's rows."""
         return self.last_p_memory
 
+    def kernel_config(self) -> np.ndarray:
+        cfg = self.config
+        return np.array([KIND_CACHE, cfg.lam, cfg.theta, 0.0])
+
     def cache_distribution(self, queries: np.ndarray, step_values: np.ndarray) -> np.ndarray:
         """p_cache (k, 257) for ``queries`` (k, C); rows that see no pair are all zero.
         ``step_values[i]`` is the byte that followed query i (used by queries after it)."""
-        dots, values = step_dots(self.memory, queries, step_values)
-        out: np.ndarray = cache_rows(dots, self.memory.filled, values, float(self.config.theta))
-        return out
+        return self.memory_distribution(queries, step_values)
 
-    memory_distribution = cache_distribution
+
+# ---------------------------------------------------------------------------- compiled form
+
+
+class MemState(NamedTuple):
+    """A :class:`MemoryMixture` as the compiled loop holds it: ``cfg`` (:func:`memory_rows`),
+    the memory's own arrays (keys, squared norms, values; changed in place), ``ring`` =
+    [filled, head], ``stats`` (:func:`mix_rows`) and scratch for one window: ``p_mem``
+    (T, V), ``dots`` (capacity + T), ``near`` and ``best`` (neighbours)."""
+
+    cfg: np.ndarray
+    keys: np.ndarray
+    sq: np.ndarray
+    values: np.ndarray
+    ring: np.ndarray
+    stats: np.ndarray
+    p_mem: np.ndarray
+    dots: np.ndarray
+    near: np.ndarray
+    best: np.ndarray
+
+
+def empty_memory_state(dtype: Any = np.float32) -> MemState:
+    """The placeholder the compiled loop is given when the mechanism is off (keys of the
+    model's ``dtype``: the same numba types as a real state)."""
+    f1, f2 = np.zeros(0), np.zeros((0, 0))
+    return MemState(np.zeros(4), np.zeros((0, 0), dtype=dtype), f1, np.zeros(0, dtype=np.int16),
+                    np.zeros(2, dtype=np.int64), np.zeros(5), f2, f1, np.zeros(0, dtype=np.int64),
+                    f1)  # fmt: skip
+
+
+class MemoryBinding:
+    """What :meth:`MemoryMixture.compiled_state` returns: the memory is sized by the model
+    (its hidden size and dtype), which the loop knows, so :func:`mugpt.engine.loop.run_steps`
+    calls :meth:`bind` with the model before it runs and the mechanism's ``compiled_done``
+    calls :meth:`done` after. ``MemoryBinding(None)`` is the placeholder of a memory that is
+    off."""
+
+    def __init__(self, mech: MemoryMixture | None) -> None:
+        self.mech = mech
+        self.bound: MemState | None = None
+
+    def bind(self, model: Any, opt: Any) -> MemState:
+        """The :class:`MemState` of the mechanism for ``model`` (``loop.ModelArrays``)."""
+        from mugpt.model.fast import D_C, D_T
+
+        dtype = model.ws.hidden.dtype
+        if self.mech is None:
+            return empty_memory_state(dtype)
+        mech, mem = self.mech, self.mech.memory
+        t_len = int(model.dims[D_T])
+        mem.ensure(int(model.dims[D_C]), dtype)
+        cfg = mech.kernel_config()
+        n_keep = max(1, int(cfg[3]))
+        self.bound = MemState(
+            cfg, mem.keys, mem.sq_norms, mem.values,
+            np.array([mem.filled, mem.head], dtype=np.int64), mech.stats.as_array(),
+            np.zeros((t_len, VOCAB)), np.empty(mem.capacity + t_len),
+            np.empty(n_keep, dtype=np.int64), np.empty(n_keep),
+        )  # fmt: skip
+        return self.bound
+
+    def done(self) -> None:
+        """Takes back what the compiled loop changed in the bound state."""
+        if self.mech is None or self.bound is None:
+            return
+        mem = self.mech.memory
+        mem.filled, mem.head = int(self.bound.ring[0]), int(self.bound.ring[1])
+        self.mech.stats.take(self.bound.stats)
+
+
+@njit(**JIT_OPTIONS)
+def memory_window(
+    st: Any, rows: Any, hidden: Any, slots: Any, next_bytes: Any, k: int
+) -> None:  # pragma: no cover - compiled
+    """:meth:`MemoryMixture.adjust_prediction` on one window: rows[:k] (the window's new
+    bytes' predictions) mixed with p_memory of hidden[slots[j]]."""
+    m = st.ring[0]
+    memory_rows(st.cfg, st.keys, st.sq, st.values, m, hidden, slots, next_bytes, k, st.p_mem,
+                st.dots, st.near, st.best)  # fmt: skip
+    mix_rows(st.cfg[1], rows, st.p_mem, m, next_bytes, k, st.stats)
+
+
+@njit(**JIT_OPTIONS)
+def memory_observe(
+    st: Any, hidden: Any, slots: Any, next_bytes: Any, k: int
+) -> None:  # pragma: no cover - compiled
+    """:meth:`MemoryMixture.observe` on one window: stores its k pairs."""
+    store_pairs(st.keys, st.sq, st.values, st.ring, hidden, slots, next_bytes, k)

@@ -9,12 +9,14 @@ nearest keys by squared L2 distance ``d_i`` vote with weights ``softmax(−d_i /
     p(w) = (1 − lam) · p_model(w) + lam · p_knn(w)
 
 The mixed ``p`` is the prediction whose loss is recorded. The datastore is bounded
-(``capacity`` pairs, a ring buffer: the oldest pair goes first) and searched exactly with
-vectorised NumPy. A pair is stored only after its byte was scored; within a step byte ``j``
-also sees the pairs of the step's bytes before it.
+(``capacity`` pairs, a ring buffer: the oldest pair goes first) and searched exactly by the
+compiled helpers of :mod:`mugpt.mechanisms.cache`, which the hooks and the compiled loop
+share (float64 sums in a fixed order, so both paths give the same bits). A pair is stored
+only after its byte was scored; within a step byte ``j`` also sees the pairs of the step's
+bytes before it.
 
 Deterministic (compression relies on it): no randomness, a fixed slot order, neighbours
-ordered by (distance, slot) with ties going to the older slot.
+ranked by (|key|² − 2·q·key, slot) with ties going to the lower slot.
 """
 
 from __future__ import annotations
@@ -23,12 +25,7 @@ import numpy as np
 from pydantic import Field
 
 from mugpt.mechanisms import MechanismConfig, register
-from mugpt.mechanisms.cache import (
-    MemoryMixture,
-    scatter_rows,
-    step_dots,
-    topk_rows,
-)
+from mugpt.mechanisms.cache import KIND_KNN, MemoryMixture
 
 
 class KNNConfig(MechanismConfig):
@@ -69,34 +66,14 @@ class KNNLM(MemoryMixture):
         """p_knn of the last step's rows."""
         return self.last_p_memory
 
+    def kernel_config(self) -> np.ndarray:
+        cfg = self.config
+        return np.array([KIND_KNN, cfg.lam, cfg.temperature, float(cfg.k)])
+
     def knn_distribution(self, queries: np.ndarray, step_values: np.ndarray) -> np.ndarray:
         """p_knn (k, 257) for ``queries`` (k, C); rows that see no pair are all zero.
 
-        The search ranks in the memory's dtype by ``|key|² − 2·q·key`` (one matrix product,
-        then a top-k pass whose ties go to the older slot); the distances of the chosen
-        neighbours are then recomputed exactly in float64."""
-        dots, values = step_dots(self.memory, queries, step_values)
-        m = self.memory.filled
-        rank = dots  # (k, m + k), reused in place
-        rank *= -2.0
-        rank[:, :m] += self.memory.sq_norms[:m]
-        rank[:, m:] += np.einsum("ij,ij->i", queries, queries)
-        nearest = topk_rows(rank, m, self.config.k)  # (k, n_keep), -1 = none
-        found = nearest >= 0
-        stored = found & (nearest < m)
-        chosen = np.zeros((*nearest.shape, queries.shape[1]), dtype=np.float64)
-        if m:
-            chosen[stored] = self.memory.keys[nearest[stored]]
-        in_step = found & ~stored
-        chosen[in_step] = queries[nearest[in_step] - m]
-        diff = chosen - queries[:, None, :].astype(np.float64)
-        d = np.einsum("ijc,ijc->ij", diff, diff)  # (k, n_keep) exact squared L2
-        d[~found] = np.inf
-        best = d.min(axis=1, keepdims=True)
-        best[~np.isfinite(best)] = 0.0
-        weights = np.exp(-(d - best) / self.config.temperature)  # 0 where nothing was found
-        mass = weights.sum(axis=1, keepdims=True)
-        np.divide(weights, mass, out=weights, where=mass > 0)
-        return scatter_rows(np.where(found, values[nearest], 0), weights)
-
-    memory_distribution = knn_distribution
+        The search ranks the visible pairs by ``|key|² − 2·q·key`` in float64, keeps the
+        ``k`` smallest (ties go to the older slot) and recomputes their squared distances
+        exactly (:func:`mugpt.mechanisms.cache.memory_rows`)."""
+        return self.memory_distribution(queries, step_values)
