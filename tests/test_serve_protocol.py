@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -38,8 +38,14 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     os.environ.pop("MUGPT_SERVE_CHECK_MESSAGES", None)
 
 
-def collect(client: TestClient, config: dict[str, Any], want: int = 12) -> list[dict[str, Any]]:
-    """Messages of a new run's socket until ``want`` updates (or a failure) came."""
+def collect(
+    client: TestClient,
+    config: dict[str, Any],
+    want: int = 12,
+    then: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Messages of a new run's socket until ``want`` updates (or a failure) came; ``then``
+    gets the run's id before the run is deleted."""
     body = {"config": {"stream": STREAM, **config}, "max_bytes_per_s": 2000}
     r = client.post("/api/runs", json=body)
     assert r.status_code == 201, r.text
@@ -60,6 +66,8 @@ def collect(client: TestClient, config: dict[str, Any], want: int = 12) -> list[
                 messages.append(msg)
                 if msg["type"] == "reply" and msg.get("request_id") == "p1":
                     break
+        if then is not None:
+            then(run_id)
     finally:
         client.delete(f"/api/runs/{run_id}")
     return messages
@@ -84,7 +92,13 @@ def test_every_message_of_a_seed_run_matches_its_model(client: TestClient) -> No
 
 
 def test_a_strong_run_names_its_experts_and_the_winner(client: TestClient) -> None:
-    messages = collect(client, {"preset": "strong", "model": {"n_layers": 2}}, want=8)
+    reconnected: list[dict[str, Any]] = []
+
+    def reconnect(run_id: str) -> None:
+        with client.websocket_connect(f"{WS}/ws/runs/{run_id}") as ws:
+            reconnected.append(ws.receive_json())
+
+    messages = collect(client, {"preset": "strong", "model": {"n_layers": 2}}, 8, reconnect)
     for msg in messages:
         check_message(msg)
     updates = [UpdateMessage.model_validate(m) for m in messages if m["type"] == "update"]
@@ -98,6 +112,13 @@ def test_a_strong_run_names_its_experts_and_the_winner(client: TestClient) -> No
     assert 0 < (last.mixed or 0) <= 1
     diagram = [m["model_view"] for m in messages if m.get("model_view")]
     assert diagram and len(diagram[-1]["layers"]) == 2  # one block per layer
+    assert len(last.step) >= 1 and last.step[0][0] == last.pos  # the next step's winners
+    # a page that connects later draws the diagram and the experts from its hello at once
+    hello = reconnected[0]
+    check_message(hello)
+    latest = hello["history"]["latest"]
+    ModelView.model_validate(latest["model_view"])
+    assert ExpertsView.model_validate(latest["experts"]).names == last.names
 
 
 def test_the_schema_is_published_with_the_api(client: TestClient) -> None:

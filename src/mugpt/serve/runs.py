@@ -99,6 +99,7 @@ class Run:
         self.files: dict[str, str] = {}
         self._hello: dict[bool, str] = {}
         self._arch: dict[str, Any] | None = None
+        self._live_views: dict[str, Any] = {}  # the last model_view and experts of updates
 
     # ------------------------------------------------------------------ views
 
@@ -150,13 +151,21 @@ class Run:
                     {
                         "type": "hello",
                         "run": self.info().model_dump(),
-                        "history": self.history.snapshot(lite=lite),
+                        "history": self._snapshot(lite),
                         "traceback": None if lite else self.traceback,
                     }
                 )
             )
             self._hello[lite] = cached
         return cached
+
+    def _snapshot(self, lite: bool) -> dict[str, Any]:
+        """The history, with the last diagram numbers and experts in ``latest`` so that a
+        page that connects draws them at once."""
+        snap = self.history.snapshot(lite=lite)
+        if not lite and self._live_views:
+            snap["latest"] = {**snap.get("latest", {}), **self._live_views}
+        return snap
 
     # ------------------------------------------------------------------ pages
 
@@ -194,6 +203,9 @@ class Run:
         kind = message.get("type")
         if kind == "update":
             self.history.apply(message)
+            for key in ("model_view", "experts"):
+                if key in message:
+                    self._live_views[key] = message[key]
             if self.state in LIVE_STATES and message.get("state"):
                 self.state = message["state"]
             if "mechanisms" in message:
@@ -216,6 +228,7 @@ class Run:
             self.broadcast_hello()
         elif kind == "reset":
             self.history.clear()
+            self._live_views.clear()
             self.state = message.get("state", self.state)
             self.broadcast_hello()
         elif kind == "failed":

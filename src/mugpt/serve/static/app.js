@@ -379,6 +379,9 @@
     S.firstUpdate = (S.latest.pos || 0) > 0;
     renderStatusNotice();
     syncMechanisms(run.mechanisms || []);
+    S.winners = new Map();
+    S.winnerOrder = [];
+    if (S.latest.experts) noteExperts(S.latest.experts);
     renderAll();
     writeUrl();
     renderRunsTable();
@@ -1403,7 +1406,11 @@
       const c0 = el("td");
       const sw = el("i");
       sw.style.cssText = `display:inline-block;width:.8rem;height:.8rem;border-radius:2px;margin-right:.3rem;background:${expertColor(i)}`;
-      c0.append(sw, name + (x.seen[i] ? "" : " (context unseen)"));
+      c0.append(sw, name);
+      if (!x.seen[i]) {
+        c0.append(el("small", null, " · unseen"));
+        c0.title = "this context was never seen: the order predicts every byte alike and adds nothing";
+      }
       const p = x.p ? x.p[i] : null;
       const c1 = el("td");
       c1.style.width = "45%";
