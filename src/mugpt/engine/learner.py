@@ -22,7 +22,7 @@ from mugpt.errors import ConfigError
 from mugpt.mechanisms import Mechanism, StepContext
 from mugpt.model import BOS, GPT, ModelConfig, OptimConfig, Optimizer, UpdateInfo
 from mugpt.model.config import _from_dict
-from mugpt.model.constants import PROB_FLOOR
+from mugpt.model.protocol import Model
 
 if TYPE_CHECKING:
     from mugpt.corpus import Stream
@@ -245,16 +245,13 @@ class Learner:
         if len(set(names)) != len(names):
             raise ConfigError(f"each mechanism may appear once; got {names}")
         self.backend = resolve_backend(self.cfg.backend)
-        self._fast: Any = None  # the mugpt.model.fast module on the numba backend
-        self.model: Any
+        self.model: Model
         if self.backend == "numba":
-            from mugpt.model import fast
+            from mugpt.model.fast import FastGPT
 
-            self._fast = fast
-            self.model = fast.FastGPT(self.model_cfg)
+            self.model = FastGPT(self.model_cfg)
         else:
             self.model = GPT(self.model_cfg)
-        self._extra_model: Any = None  # extra windows get their own workspace (numba)
         dtype = self.model.dtype
         self.optimizer = Optimizer(self.optim_cfg, self.model_cfg.n_params, dtype)
         self.grads = self.model.params.like()
@@ -317,8 +314,7 @@ class Learner:
         new_positions = new_slots[targets[new_slots] != BOS]
         assert new_positions.size == k
 
-        if self._fast is not None:
-            self.model.pin(None)  # this step replaces the last one's activations
+        self.model.pin(None)  # this step replaces the last one's activations
         acts = self.model.forward(inputs[None, :])
         self.counters.forward_passes += 1
         ctx = StepContext(
@@ -352,11 +348,7 @@ class Learner:
             only_new = np.zeros_like(weights)
             only_new[new_positions] = 1.0
             weights = only_new
-        if self._fast is not None:
-            ctx.window_loss_bits = float(window_loss_bits(acts.probs[0], targets, weights))
-        else:
-            model_bits = -np.log2(np.maximum(acts.probs[0, np.arange(n), targets], PROB_FLOOR))
-            ctx.window_loss_bits = float((model_bits * weights).sum() / weights.sum())
+        ctx.window_loss_bits = float(window_loss_bits(acts.probs[0], targets, weights))
         grad_norm = self._update(acts, targets[None, :], weights[None, :], active, ctx)
         update = grad_norm is not None
         replays = self._replay(active, ctx)  # 6. extra windows
@@ -367,8 +359,7 @@ class Learner:
             self.events.append({**stamp, **event})
         self.position += k
         self.last_acts = acts
-        if self._fast is not None:  # kept valid for the lab's views until the next step
-            self.model.pin(acts)
+        self.model.pin(acts)  # kept valid for the lab's views until the next step
         self.last = StepOutput(
             position=ctx.position,
             new_bytes=data,
@@ -446,23 +437,16 @@ class Learner:
 
     def _loss_bits(self, probs: np.ndarray, data: np.ndarray) -> np.ndarray:
         """−log2 p(byte) of each scored byte (probs (k, V) float64)."""
-        if self._fast is not None:
-            out = np.empty(data.size, dtype=np.float64)
-            loss_bits_of(probs, np.ascontiguousarray(data, dtype=np.uint8), out)
-            return out
-        picked = probs[np.arange(data.size), data]
-        return -np.log2(np.maximum(picked, PROB_FLOOR))
+        out = np.empty(data.size, dtype=np.float64)
+        loss_bits_of(probs, np.ascontiguousarray(data, dtype=np.uint8), out)
+        return out
 
     def _grad_norm(self, g: np.ndarray) -> float:
-        if self._fast is not None:
-            return float(np.sqrt(self._fast.grad_sq_norm(g, np.empty(64, dtype=g.dtype))))
-        return float(np.sqrt(np.dot(g, g)))
+        return self.model.grad_norm(g)
 
     def _optimizer_step(self, optimizer: Optimizer, lr_scale: float = 1.0) -> UpdateInfo:
-        """``optimizer.step`` on the current gradient (compiled on the numba backend)."""
-        if self._fast is not None:
-            return self._fast.step_optimizer(optimizer, self.model.params.flat, self.grads.flat, lr_scale)  # fmt: skip
-        return optimizer.step(self.model.params.flat, self.grads.flat, lr_scale)
+        """``optimizer.step`` on the current gradient (the model's own kernel)."""
+        return self.model.optimizer_step(optimizer, self.grads.flat, lr_scale)
 
     def _train_extra(self, symbols: np.ndarray, optimizer: Optimizer | None) -> float:
         """One update on an extra window; returns its mean loss in bits before the update."""
@@ -471,11 +455,7 @@ class Learner:
         weights = (targets != BOS).astype(np.float64)
         if not weights.any():
             return float("nan")
-        model = self.model
-        if self._fast is not None:  # keep the main window's activations for the lab's views
-            if self._extra_model is None:
-                self._extra_model = self._fast.FastGPT(self.model_cfg, self.model.params)
-            model = self._extra_model
+        model = self.model.twin()  # the main window's activations stay for the lab's views
         acts = model.forward(inputs[None, :])
         self.counters.forward_passes += 1
         self.grads.flat[:] = 0.0
@@ -693,8 +673,7 @@ class Learner:
                     weights[w, new_positions] = 1.0
                 else:
                     weights[w, : targets.size] = targets != BOS
-            if self._fast is not None:
-                self.model.pin(None)  # this step replaces the last one's activations
+            self.model.pin(None)  # this step replaces the last one's activations
             acts = self.model.forward(idx)
             self.counters.forward_passes += 1
             active = [m for m in self.mechanisms if m.enabled]
@@ -736,8 +715,7 @@ class Learner:
                 self.events.append({"pos": ctx.position, "step": ctx.step, **event})
             self.counters.steps += 1
             self.last_acts = acts
-            if self._fast is not None:  # kept valid for the lab's views until the next step
-                self.model.pin(acts)
+            self.model.pin(acts)  # kept valid for the lab's views until the next step
             self.last = StepOutput(
                 position=ctx.position,
                 new_bytes=rows[-1][3],
@@ -768,7 +746,7 @@ class Learner:
     def _compiled_mechanisms(self) -> list[tuple[Mechanism, Any]] | None:
         """The active mechanisms with their compiled states, when the compiled loop can run
         this Learner (numba backend, every active mechanism with kernels), else None."""
-        if self._fast is None:
+        if self.model.backend != "numba":
             return None
         from mugpt.engine.loop import KERNELS
 
@@ -799,14 +777,16 @@ class Learner:
         progress and takes the mechanisms' events."""
         from mugpt.engine import loop
         from mugpt.mechanisms import rng as packed_rng
+        from mugpt.model.fast import FastGPT, optimizer_hyper
 
-        fast = self._fast
+        fm = self.model
+        assert isinstance(fm, FastGPT), "the compiled loop runs the compiled model"
         begin = self.position
         n = end - begin
         if n <= 0:
             return
         cfg, opt = self.model_cfg, self.optimizer
-        fast.release(self.model)  # the kernels below overwrite the workspace
+        self.model.release()  # the kernels below overwrite the workspace
         n_seg = min(self.cfg.batch_streams, n)
         bounds = begin + (np.arange(n_seg + 1, dtype=np.int64) * n) // n_seg
         seg_pos, seg_end = bounds[:-1].copy(), bounds[1:].copy()
@@ -817,10 +797,10 @@ class Learner:
             hist[0, : self._hist_len] = self._hist[: self._hist_len]
         hist_len = np.zeros(n_seg, dtype=np.int64)
         hist_len[0] = self._hist_len
-        self.model.ensure_batch(n_seg)
-        model = loop.ModelArrays(self.model.params.flat, self.model.offsets, self.model.dims, self.model.ws)  # fmt: skip
+        fm.ensure_batch(n_seg)
+        model = loop.ModelArrays(fm.params.flat, fm.offsets, fm.dims, fm.ws)
         optim = loop.OptimArrays(
-            self.grads.flat, opt.m, opt.v, fast.optimizer_hyper(opt.cfg),
+            self.grads.flat, opt.m, opt.v, optimizer_hyper(opt.cfg),
             np.array([opt.t, opt.nonfinite_steps, opt.clipped_steps], dtype=np.int64),
         )  # fmt: skip
         stream = loop.StreamArrays(data, starts, seg_pos, seg_end, hist, hist_len)
@@ -894,7 +874,9 @@ class Learner:
         """``last``, ``last_acts`` and ``lr_effective`` after a compiled run: its last step
         (the last window's activations, rows and records)."""
         from mugpt.engine import loop
+        from mugpt.model.fast import FastActivations, FastGPT
 
+        assert isinstance(self.model, FastGPT)
         ws, info = self.model.ws, out.info
         n_rec, n_win = int(info[loop.I_RECORDS]), int(info[loop.I_WINDOWS])
         recs = out.rec[:n_rec]
@@ -904,7 +886,7 @@ class Learner:
         n_in = int(min(self._hist_len, self.model_cfg.context + 1) - 1)
         norm = float(info[loop.I_GRAD_NORM])
         self.lr_effective = self.lr * float(info[loop.I_LR_SCALE])
-        self.last_acts = self._fast.FastActivations(
+        self.last_acts = FastActivations(
             idx=ws.idx[window : window + 1, :n_in].copy(),
             probs=ws.probs[window : window + 1, :n_in].copy(),
             hidden=ws.hidden[window : window + 1, :n_in].copy(),

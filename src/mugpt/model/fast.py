@@ -895,12 +895,31 @@ class FastGPT:
         self._forwarded = 0  # windows in the workspace from the last forward
         self._pinned: FastActivations | None = None
         self._hyper: tuple[Any, np.ndarray] | None = None  # (optimiser config, its vector)
+        self._twin: FastGPT | None = None
 
     def pin(self, acts: FastActivations | None) -> None:
         """Keeps ``acts`` valid: the next forward pass copies it out of the workspace before
         overwriting it (a Learner pins its last step's activations for the lab's views, and
         unpins them, with ``None``, when its next step replaces them)."""
         self._pinned = acts
+
+    def release(self) -> None:
+        """Before kernels write the workspace directly (not through ``forward``): copies out
+        the activations pinned there."""
+        if self._pinned is not None:
+            self._pinned.own()
+            self._pinned = None
+
+    def grad_norm(self, grads: np.ndarray) -> float:
+        return math.sqrt(grad_sq_norm(grads, np.empty(64, dtype=grads.dtype)))
+
+    def optimizer_step(self, optimizer: Any, grads: np.ndarray, lr_scale: float) -> UpdateInfo:
+        return step_optimizer(optimizer, self.params.flat, grads, lr_scale)
+
+    def twin(self) -> FastGPT:
+        if self._twin is None:
+            self._twin = FastGPT(self.cfg, self.params)
+        return self._twin
 
     def ensure_batch(self, batch: int) -> None:
         """Grows the workspace to hold ``batch`` windows."""
@@ -937,14 +956,6 @@ class FastGPT:
                 np.ascontiguousarray(weights, dtype=np.float64), total,
             )
         )  # fmt: skip
-
-
-def release(model: FastGPT) -> None:
-    """Before kernels write ``model``'s workspace directly (not through ``forward``): copies
-    out the activations pinned there."""
-    if model._pinned is not None:
-        model._pinned.own()
-        model._pinned = None
 
 
 def numba_available() -> bool:

@@ -9,6 +9,7 @@ import numpy as np
 
 from mugpt.model import layers as L
 from mugpt.model.config import ModelConfig
+from mugpt.model.optim import Optimizer, UpdateInfo
 from mugpt.model.params import ParamBuffer, init_params
 
 
@@ -43,10 +44,29 @@ class GPT:
         True
     """
 
+    backend = "numpy"
+
     def __init__(self, cfg: ModelConfig, params: ParamBuffer | None = None) -> None:
         self.cfg = cfg
         self.params = params if params is not None else init_params(cfg)
         self.dtype = np.dtype(cfg.dtype)
+
+    # the rest of the model protocol (mugpt.model.protocol.Model)
+
+    def pin(self, acts: Activations | None) -> None:
+        """Activations are never overwritten here: nothing to keep."""
+
+    def release(self) -> None:
+        """No shared buffers: nothing to copy out."""
+
+    def grad_norm(self, grads: np.ndarray) -> float:
+        return float(np.sqrt(np.dot(grads, grads)))
+
+    def optimizer_step(self, optimizer: Optimizer, grads: np.ndarray, lr_scale: float) -> UpdateInfo:  # fmt: skip
+        return optimizer.step(self.params.flat, grads, lr_scale)
+
+    def twin(self) -> GPT:
+        return self
 
     def _head(self) -> np.ndarray:
         p = self.params
