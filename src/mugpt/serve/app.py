@@ -160,7 +160,7 @@ async def announce_engine(say: Any = print, period: float = 0.5) -> None:
         state = status["state"]
         if state == "unknown":
             return
-        if state in ("compiling", "starting") and not began and (status["elapsed_s"] or 0) >= 2:
+        if state in ("compiling", "starting") and not began and (status["elapsed_s"] or 0) >= 5:
             began = True
             told = time.monotonic()
             say(

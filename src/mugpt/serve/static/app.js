@@ -1305,7 +1305,7 @@
     }
     const flow = el("div", "flow");
     const layerViews = view ? view.layers : [];
-    const arrow = () => el("span", "arrow", "→");
+    const arrow = () => el("span", "arrow", "↓");
     arch.parts.forEach((part, i) => {
       if (i) flow.append(arrow());
       const box2 = el("div", "part");
@@ -1313,7 +1313,7 @@
       if (part.id.startsWith("block")) {
         box2.classList.add("block");
         box2.setAttribute("data-testid", "diagram-block");
-        box2.append(el("h3", null, `${part.label} · ${fmtInt(part.params)} parameters`));
+        box2.append(el("h3", null, `${part.label} · ${fmtInt(part.params)} parameters · attention and MLP each add to the residual stream`));
         const lv = layerViews.find((l) => l.layer === part.layer);
         const att = el("div", "sub");
         att.append(el("b", null, `attention · ${part.attention.heads} heads × ${part.attention.head_dim}`));
