@@ -205,3 +205,12 @@ def test_a_slow_first_step_is_announced_in_the_terminal(
     assert re.search(rf"run {tmp_path.name}: learning after \d+\.\d s", printed)
     worker.learn_slice()  # announced once, not at every slice
     assert "compiling" not in capsys.readouterr().out
+
+
+def test_a_mixture_over_sub_streams_sends_no_experts(client: TestClient) -> None:
+    config = {"preset": "strong", "learner": {"batch_streams": 2, "substream_bytes": 256}}
+    messages = collect(client, config, want=6)
+    for msg in messages:
+        check_message(msg)
+    assert not any("experts" in m for m in messages), "B windows per step: not drawn"
+    assert any("model_view" in m for m in messages)

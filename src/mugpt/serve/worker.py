@@ -584,8 +584,8 @@ class RunWorker:
         learner = self.learner
         mech = next((m for m in learner.mechanisms if m.name == "ngram_mix" and m.enabled), None)
         state = CountState.of(mech) if mech is not None else None
-        if state is None:
-            return None
+        if state is None or self.cfg.learner.batch_streams > 1:
+            return None  # with sub-streams the next step is B windows: not drawn
         pos = self.pos
         n = min(self.cfg.learner.update_every, self.total - pos, EXPERT_BYTES)
         starts = np.asarray(self.stream.doc_starts)

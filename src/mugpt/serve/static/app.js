@@ -1383,7 +1383,14 @@
     const mixing = S.run && (S.run.mechanisms || []).some((m) => m.name === "ngram_mix" && m.enabled);
     panel.hidden = !x && !mixing;
     const box = $("experts");
-    if (!x) { box.innerHTML = '<p class="hint">Shown after the first steps of a run with ngram_mix on.</p>'; return; }
+    if (!x) {
+      const multi = S.run && S.run.config && S.run.config.learner && S.run.config.learner.batch_streams > 1;
+      box.innerHTML = multi
+        ? '<p class="hint">Not shown for a run that learns several sub-streams at once (B &gt; 1): its next step is B windows.</p>'
+        : '<p class="hint">Shown after the first steps of a run with ngram_mix on.</p>';
+      $("winner-strip").innerHTML = "";
+      return;
+    }
     box.innerHTML = "";
     const head = el("p", "head");
     if (x.byte === null || x.byte === undefined) head.textContent = "The stream has ended.";
