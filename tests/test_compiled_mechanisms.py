@@ -27,6 +27,7 @@ TEXT = A + B + A[:300]  # a shift to noise and back: the detector has something 
 DETECT = {"warmup": 100, "fast_half_life": 16.0, "slow_half_life": 256.0, "threshold": 1.1}
 PERCENTILE = {"mode": "percentile", "history": 50}
 BY_STEPS = {"warmup": 0, "threshold": 1.05, "unit": "steps", "half_life": 5.0}
+OWN = {"capacity": 16, "every": 2, "start_after": 4, "alpha": 0.0, "own_optimizer": True}
 CASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "grad_clip-norm": [("grad_clip", {"max_norm": 0.05})],
     "grad_clip-value": [("grad_clip", {"mode": "value", "clip_value": 0.002})],
@@ -37,6 +38,8 @@ CASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "ngram_mix": [("ngram_mix", {"max_order": 4, "table_bits": 12})],
     "cache": [("cache", {"size": 64, "theta": 1.0, "lam": 0.3})],
     "knn": [("knn", {"capacity": 100, "k": 4, "lam": 0.3})],
+    "replay": [("replay", {"capacity": 32, "k": 2, "every": 3, "start_after": 8, "alpha": 1.0})],
+    "replay-own": [("replay", OWN)],
     "all four": [
         ("adaptive_lr", DETECT),
         ("ngram_mix", {"max_order": 3, "table_bits": 12}),
@@ -44,6 +47,15 @@ CASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("grad_clip", {"max_norm": 0.1}),
     ],
     "all six": [
+        ("knn", {"capacity": 50, "k": 3, "temperature": 2.0, "lam": 0.2}),
+        ("adaptive_lr", DETECT),
+        ("ngram_mix", {"max_order": 3, "table_bits": 12}),
+        ("cache", {"size": 32, "theta": 2.0, "lam": 0.1}),
+        ("selective_backprop", {"mode": "percentile", "beta": 1.0, "history": 64}),
+        ("grad_clip", {"max_norm": 0.1}),
+    ],
+    "all seven": [
+        ("replay", {"capacity": 24, "k": 2, "every": 2, "start_after": 6}),
         ("knn", {"capacity": 50, "k": 3, "temperature": 2.0, "lam": 0.2}),
         ("adaptive_lr", DETECT),
         ("ngram_mix", {"max_order": 3, "table_bits": 12}),
@@ -87,6 +99,7 @@ def _assert_same(a: Learner, b: Learner) -> None:
     assert a.last is not None and b.last is not None
     assert np.array_equal(a.last.probs, b.last.probs)
     assert a.last.grad_norm == b.last.grad_norm and a.lr_effective == b.lr_effective
+    assert a.last.replays == b.last.replays
 
 
 def _assert_same_state(a: dict[str, Any], b: dict[str, Any], where: str) -> None:
@@ -119,10 +132,15 @@ def test_the_cases_exercise_what_they_claim() -> None:
     seen: dict[str, dict[str, Any]] = {}
     for name in ("grad_clip-norm", "grad_clip-value", "selective_backprop-threshold",
                  "selective_backprop-percentile", "adaptive_lr", "ngram_mix", "cache",
-                 "knn"):  # fmt: skip
+                 "knn", "replay", "replay-own"):  # fmt: skip
         learner = _learner(CASES[name], 1, 1, OptimConfig(lr=0.01))
         learner.run(stream)
-        seen[name] = learner.mechanisms[0].counters()
+        seen[name] = {**learner.mechanisms[0].counters(), **learner.counters.to_dict()}
+        if name == "replay-own":
+            own = learner.mechanisms[0].extra_optimizer()
+            assert own is not None and own.t == learner.counters.replay_updates
+        if name.startswith("replay"):
+            assert sum(e["count"] for e in learner.events if e["kind"] == "replay") == seen[name]["replays"]  # fmt: skip
     assert seen["grad_clip-norm"]["clipped"] > 100 and seen["grad_clip-value"]["clipped"] > 100
     assert 0 < seen["selective_backprop-threshold"]["skipped"] < len(TEXT)
     assert 0 < seen["selective_backprop-percentile"]["skipped"] < len(TEXT)
@@ -133,24 +151,27 @@ def test_the_cases_exercise_what_they_claim() -> None:
         assert seen[memory]["mixed_share"] == (len(TEXT) - 1) / len(TEXT)
         assert seen[memory]["hit_rate"] > 0.2 and seen[memory]["top1_rate"] > 0.1
     assert seen["cache"]["bits_saved_per_byte"] > 0
+    for replay in ("replay", "replay-own"):  # replayed often, from a full reservoir
+        assert seen[replay]["replays"] > 300 and seen[replay]["replay_updates"] > 300
+        assert seen[replay]["windows_seen"] == len(TEXT) > 10 * seen[replay]["stored"]
 
 
 def test_a_run_in_pieces_equals_one_run_with_every_compiled_mechanism() -> None:
     """Calls that stop between steps hand the state over exactly (chunks, checkpoints);
     a cap inside a step stops at the step boundary before it."""
     stream = Stream.from_bytes(TEXT)
-    whole = _learner(CASES["all six"], 3, 1, OptimConfig(lr=0.01))
+    whole = _learner(CASES["all seven"], 3, 1, OptimConfig(lr=0.01))
     whole.run(stream)
-    parts = _learner(CASES["all six"], 3, 1, OptimConfig(lr=0.01))
+    parts = _learner(CASES["all seven"], 3, 1, OptimConfig(lr=0.01))
     for cap in (300, 305, 905, len(TEXT)):
         parts.run(stream, max_bytes=cap)
     _assert_same(whole, parts)
 
 
-def test_river_detectors_and_python_only_mechanisms_take_the_python_path() -> None:
+def test_river_detectors_take_the_python_path_and_every_other_mechanism_compiles() -> None:
+    from mugpt.mechanisms import REGISTRY
+
+    assert set(KERNELS) == set(REGISTRY)
     pytest.importorskip("river")
     learner = _learner([("adaptive_lr", {"detector": "adwin"})], 1, 1, OptimConfig())
     assert learner._compiled_mechanisms() is None
-    learner = _learner([("replay", {})], 1, 1, OptimConfig())
-    assert learner._compiled_mechanisms() is None
-    assert "replay" not in KERNELS

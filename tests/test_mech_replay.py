@@ -126,3 +126,18 @@ def test_capacity_change_keeps_stored_windows_and_bounds() -> None:
     r.configure(capacity=6)
     assert r.filled == 3 and r._buf.shape == (6, 4)
     assert r.offer(window_id(99), 1.0, rng) == 3  # grows into the free slots
+
+
+def test_draws_are_the_generators_doubles_mapped_by_the_shared_helpers() -> None:
+    """Each draw is one ``rng.random()``: a slot by priority is the first entry of the
+    normalised running sum above it; Algorithm R's index is floor(u·seen)."""
+    r = Replay(capacity=4, alpha=1.0)
+    rng = np.random.default_rng(9)
+    for i, loss in enumerate([1.0, 2.0, 3.0, 4.0]):
+        r.offer(window_id(i), loss, rng)
+    u = np.random.default_rng(11).random(6)
+    drawn = r.sample(np.random.default_rng(11), 6)
+    cdf = np.cumsum([1.0, 2.0, 3.0, 4.0]) / 10.0
+    assert drawn.tolist() == [int(np.searchsorted(cdf, x, side="right")) for x in u]
+    j = int(np.random.default_rng(12).random() * 5)  # the fifth window offered
+    assert r.offer(window_id(9), 1.0, np.random.default_rng(12)) == (j if j < 4 else -1)

@@ -10,7 +10,9 @@ Each step of :func:`run_steps` goes through the parts in DESIGN order:
 5. **observe** — the mechanisms that watch the losses (shift detectors);
 6. **decide** — the mechanisms that may skip the update (selective backprop);
 7. **update** — the lr scale of the mechanisms, the backward pass, the gradient transforms
-   (clipping), one optimiser step (:func:`mugpt.model.fast.optimizer_step`).
+   (clipping), one optimiser step (:func:`mugpt.model.fast.optimizer_step`);
+8. **replay** — extra windows trained after the update, each with a forward, a backward
+   and an optimiser step of its own (:func:`mugpt.mechanisms.replay.replay_step`).
 
 A mechanism takes part by bringing its state as arrays (a ``NamedTuple`` its module defines,
 e.g. :class:`mugpt.mechanisms.grad_clip.ClipState`) and compiled kernels for the hooks it uses
@@ -37,6 +39,7 @@ from mugpt.mechanisms.adaptive_lr import empty_adapt_state, observe_kernel, scal
 from mugpt.mechanisms.cache import MemoryBinding, memory_observe, memory_window
 from mugpt.mechanisms.grad_clip import clip_kernel, empty_clip_state
 from mugpt.mechanisms.ngram_mix import empty_mix_state, mix_window
+from mugpt.mechanisms.replay import ReplayBinding, replay_step
 from mugpt.mechanisms.selective_backprop import empty_select_state, keep_kernel
 from mugpt.model.constants import JIT_OPTIONS, PROB_FLOOR
 from mugpt.model.fast import (
@@ -51,13 +54,13 @@ from mugpt.model.fast import (
 _JIT = JIT_OPTIONS
 
 #: The mechanisms the compiled loop has kernels for, by kind code (their index).
-KERNELS = ("grad_clip", "selective_backprop", "adaptive_lr", "ngram_mix", "cache", "knn")
-K_CLIP, K_SELECT, K_ADAPT, K_MIX, K_CACHE, K_KNN = range(len(KERNELS))
+KERNELS = ("grad_clip", "selective_backprop", "adaptive_lr", "ngram_mix", "cache", "knn", "replay")  # fmt: skip
+K_CLIP, K_SELECT, K_ADAPT, K_MIX, K_CACHE, K_KNN, K_REPLAY = range(len(KERNELS))
 #: The field of :class:`Mechanisms` that holds each mechanism's state.
 FIELDS = {"grad_clip": "clip", "selective_backprop": "select", "adaptive_lr": "adapt",
-          "ngram_mix": "mix", "cache": "cache", "knn": "knn"}  # fmt: skip
+          "ngram_mix": "mix", "cache": "cache", "knn": "knn", "replay": "replay"}  # fmt: skip
 #: The fields whose state is bound to the model by :func:`run_steps` before each call.
-BOUND = ("cache", "knn")
+BOUND = ("cache", "knn", "replay")
 
 # counters vector of the loop (same order as engine.learner.Counters)
 C_STEPS, C_UPDATES, C_SKIPPED, C_NONFINITE, C_REPLAY, C_FORWARD, C_BACKWARD = range(7)
@@ -129,6 +132,7 @@ class Mechanisms(NamedTuple):
     mix: Any
     cache: Any
     knn: Any
+    replay: Any
     rng: np.ndarray
 
 
@@ -142,6 +146,7 @@ def no_mechanisms() -> Mechanisms:
         empty_mix_state(),
         MemoryBinding(None),
         MemoryBinding(None),
+        ReplayBinding(None),
         np.zeros(4, dtype=np.uint64),
     )
 
@@ -303,6 +308,8 @@ def compiled_steps(
     while steps < max_steps:
         if mechs.adapt.alarms.shape[0] > 0 and mechs.adapt.n_alarms[0] + room > mechs.adapt.alarms.shape[0]:  # fmt: skip
             break
+        if mechs.replay.events.shape[0] > 0 and mechs.replay.n_events[0] >= mechs.replay.events.shape[0]:  # fmt: skip
+            break
         step = counters[C_STEPS]
         n_win, n_rec, total_w = gather_step(
             ws, stream.data, stream.starts, stream.seg_pos, stream.seg_end, stream.hist,
@@ -313,12 +320,14 @@ def compiled_steps(
         forward_batch(model.flat, model.offs, model.dims, ws, n_win)
         counters[C_FORWARD] += 1
         r0 = 0
+        last_first = 0  # the first byte of the last window (its events' position)
         for w in range(n_win):
             r1 = r0
             while r1 < n_rec and rec[r1, 0] == w:
                 r1 += 1
             k = r1 - r0
             first = rec[r0, 2]
+            last_first = first
             for j in range(k):  # the model's rows of the window's new bytes
                 slots[j] = rec[r0 + j, 1]
                 targets[j] = stream.data[rec[r0 + j, 2]]
@@ -350,6 +359,21 @@ def compiled_steps(
             r0 = r1
         info[I_WINDOW_LOSS] = batch_loss_bits(ws.probs, ws.tgt, ws.wts, n_win)
         _update(model, opt, out, mechs, n_win, total_w)
+        info[I_REPLAYS] = 0
+        for j in range(mechs.order.size):  # replay: extra windows after the update
+            if mechs.order[j] == K_REPLAY:
+                n_in = rec[n_rec - 1, 1] + 1  # the last window's inputs (its newest byte last)
+                info[I_REPLAYS] += replay_step(
+                    mechs.replay, model, opt, mechs.rng, step, n_win - 1, n_in, last_first,
+                    info[I_WINDOW_LOSS],
+                )  # fmt: skip
+                tally = mechs.replay.tally
+                counters[C_FORWARD] += tally[0]
+                counters[C_BACKWARD] += tally[1]
+                counters[C_REPLAY] += tally[2]
+                counters[C_NONFINITE] += tally[3]
+                for i in range(tally.size):
+                    tally[i] = 0
         counters[C_STEPS] += 1
         steps += 1
         info[I_RECORDS] = n_rec

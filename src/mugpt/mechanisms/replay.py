@@ -16,17 +16,38 @@ is its loss when it was stored, refreshed with the loss measured each time it is
 Replay trains on bytes other than the current window, so a run with it is **not
 strict-online** (``strict_online = False``); its bpb is still prequential — every byte is
 scored before any update uses it — but tables mark it.
+
+Random draws. Every draw is one double ``u = ctx.rng.random()`` of the Learner's generator,
+and what a draw decides is derived from it by the compiled helpers below, which the hooks
+and the compiled loop (:mod:`mugpt.engine.loop`, :func:`replay_step`) share, so both make the
+same choices: a uniform index below ``n`` is ``floor(u·n)`` (:func:`uniform_index`); a slot
+drawn by priority is the first ``i`` with ``c_i / c_{n−1} > u``, where ``c`` is the running
+sum of the priorities in slot order (:func:`priority_cdf`, :func:`pick`). A step that replays
+draws its ``k`` slots first, then (once the reservoir is full) the draw of Algorithm R.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 import numpy as np
+from numba import njit
 from pydantic import Field
 
 from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
-from mugpt.model import Optimizer
+from mugpt.mechanisms.rng import next_double
+from mugpt.model import OptimConfig, Optimizer
+from mugpt.model.constants import BOS, JIT_OPTIONS
+from mugpt.model.fast import (
+    D_T,
+    backward_batch,
+    cast_like,
+    forward_batch,
+    grad_sq_norm,
+    optimizer_step,
+    window_nll,
+)
 
 LOSS_FLOOR = 1e-3
 """Smallest loss (bits) used as a priority, so a solved window keeps a small chance."""
@@ -106,7 +127,7 @@ class Replay(Mechanism):
             slot = self.filled
             self.filled += 1
         else:
-            j = int(rng.integers(0, self.seen))
+            j = uniform_index(rng.random(), self.seen)
             if j >= cap:
                 return -1
             slot = j
@@ -122,8 +143,11 @@ class Replay(Mechanism):
         return weights / weights.sum()
 
     def sample(self, rng: np.random.Generator, k: int) -> np.ndarray:
-        """``k`` slots drawn with replacement by priority."""
-        return rng.choice(self.filled, size=k, replace=True, p=self.priorities())
+        """``k`` slots drawn with replacement by priority: one ``rng.random()`` each, looked
+        up in the running sum of the priorities (:func:`priority_cdf`, :func:`pick`)."""
+        cdf = np.empty(max(self.filled, 1))
+        priority_cdf(self._loss, self.filled, float(self.config.alpha), cdf)
+        return np.array([pick(cdf, self.filled, rng.random()) for _ in range(k)], dtype=np.int64)
 
     def window(self, slot: int) -> np.ndarray:
         return self._buf[slot, : self._len[slot]].astype(np.int64)
@@ -169,6 +193,20 @@ class Replay(Mechanism):
                 self._opt.load_state_dict(self._opt_state)
                 self._opt_state = None
         self._opt.cfg = main.cfg  # follow the main learning rate (set_lr)
+
+    # ------------------------------------------------------------------ the compiled form
+
+    def compiled_state(self, context: int) -> ReplayBinding:
+        """This mechanism for the compiled loop (:func:`replay_step`): its reservoir and
+        counters, a workspace for the extra windows and its own optimiser's moments, which
+        depend on the model, so :func:`mugpt.engine.loop.run_steps` binds them to it
+        (:meth:`ReplayBinding.bind`)."""
+        return ReplayBinding(self)
+
+    def compiled_done(self, state: ReplayBinding) -> list[dict[str, Any]]:
+        """Takes back what the compiled loop changed; returns its "replay" events, one per
+        step that replayed, stamped with the step and position as the Learner stamps them."""
+        return state.done()
 
     # ------------------------------------------------------------------ settings and state
 
@@ -226,3 +264,293 @@ class Replay(Mechanism):
         self._opt_state = state.get("optimizer")
         self._pending = []
         self.on_configure()
+
+
+# ---------------------------------------------------------------------------- shared helpers
+
+_LN2 = float(np.log(2.0))
+#: "replay" events the compiled loop can hold before it hands them over (one per step).
+EVENT_ROWS = 4096
+
+
+@njit(**JIT_OPTIONS)
+def uniform_index(u: float, n: int) -> int:  # pragma: no cover - compiled
+    """floor(u·n) for a draw u in [0, 1): a uniform index below n."""
+    return min(int(u * n), n - 1)
+
+
+@njit(**JIT_OPTIONS)
+def priority_cdf(loss: Any, n: int, alpha: float, out: Any) -> None:  # pragma: no cover
+    """out[:n] = the running sum of max(loss, LOSS_FLOOR)^alpha over slots 0..n−1, in slot
+    order, divided by its last element (so out[n − 1] == 1)."""
+    total = 0.0
+    for i in range(n):
+        total += max(loss[i], LOSS_FLOOR) ** alpha
+        out[i] = total
+    for i in range(n):
+        out[i] /= total
+
+
+@njit(**JIT_OPTIONS)
+def pick(cdf: Any, n: int, u: float) -> int:  # pragma: no cover - compiled
+    """The first i < n with cdf[i] > u (a binary search; cdf non-decreasing, cdf[n−1] = 1)."""
+    lo, hi = 0, n - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cdf[mid] > u:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+# ---------------------------------------------------------------------------- compiled form
+
+
+class ReplayState(NamedTuple):
+    """:class:`Replay` as the compiled loop holds it. ``cfg`` = [k, every, alpha,
+    start_after, own_optimizer]; the reservoir's own arrays ``buf``, ``lens``, ``loss``
+    (changed in place); ``counts`` = [filled, seen, replays, replay_bits_n], ``bits`` =
+    [replay_bits_sum]; ``ws`` a one-window workspace for the extra windows; the own
+    optimiser's moments ``m``, ``v``, its state ``ostate`` = [t, nonfinite, clipped] and
+    ``used[0]`` (it made a step); ``events`` rows of [step, position, count],
+    ``n_events[0]`` of them filled; scratch: ``cdf``, ``picked``, ``losses`` and ``cur``
+    (the step's window); ``tally`` = [forward, backward, updates, nonfinite] of the extra
+    windows, which the loop adds to its counters."""
+
+    cfg: np.ndarray
+    buf: np.ndarray
+    lens: np.ndarray
+    loss: np.ndarray
+    counts: np.ndarray
+    bits: np.ndarray
+    ws: Any
+    m: np.ndarray
+    v: np.ndarray
+    ostate: np.ndarray
+    used: np.ndarray
+    events: np.ndarray
+    n_events: np.ndarray
+    cdf: np.ndarray
+    picked: np.ndarray
+    losses: np.ndarray
+    cur: np.ndarray
+    tally: np.ndarray
+
+
+def empty_replay_state(ws: Any, dtype: Any = np.float32) -> ReplayState:
+    """The placeholder the compiled loop is given when the mechanism is off: the numba types
+    of a real state for a model of ``dtype`` whose workspace is ``ws``."""
+    i64 = np.zeros(0, dtype=np.int64)
+    return ReplayState(
+        np.zeros(5), np.zeros((0, 0), dtype=np.int16), np.zeros(0, dtype=np.int32), np.zeros(0),
+        np.zeros(4, dtype=np.int64), np.zeros(1), ws, np.zeros(0, dtype=dtype),
+        np.zeros(0, dtype=dtype), np.zeros(3, dtype=np.int64), np.zeros(1, dtype=np.int64),
+        np.zeros((0, 3), dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(0), i64,
+        np.zeros(0), i64, np.zeros(4, dtype=np.int64),
+    )  # fmt: skip
+
+
+def _optim_config(hyper: np.ndarray) -> OptimConfig:
+    """The optimiser settings the vector of ``mugpt.model.fast.optimizer_hyper`` holds."""
+    lr, b1, b2, eps, wd, mom, clip, adam = (float(x) for x in hyper[:8])
+    return OptimConfig(name="adam" if adam else "sgd", lr=lr, beta1=b1, beta2=b2, eps=eps,
+                       weight_decay=wd, momentum=mom, grad_clip=clip)  # fmt: skip
+
+
+class ReplayBinding:
+    """What :meth:`Replay.compiled_state` returns. The extra windows need a workspace of the
+    model's shape and the own optimiser moments of its size and dtype, which only the loop
+    knows: :func:`mugpt.engine.loop.run_steps` calls :meth:`bind` with the model and the
+    optimiser before it runs, and :meth:`Replay.compiled_done` calls :meth:`done` after.
+    ``ReplayBinding(None)`` is the placeholder of a replay that is off."""
+
+    def __init__(self, mech: Replay | None) -> None:
+        self.mech = mech
+        self.bound: ReplayState | None = None
+        self._ws: Any = None
+        self._hyper = np.zeros(8)
+
+    def _workspace(self, model: Any) -> Any:
+        from mugpt.model import ModelConfig
+        from mugpt.model.fast import make_workspace
+
+        if self._ws is None or self._ws.probs.shape[1:] != model.ws.probs.shape[1:] or self._ws.probs.dtype != model.ws.probs.dtype:  # fmt: skip
+            d = [int(x) for x in model.dims[:6]]
+            cfg = ModelConfig(n_layers=d[0], d_model=d[1], n_heads=d[2], d_ff=d[3], context=d[4],
+                              vocab_size=d[5], dtype=str(model.ws.probs.dtype))  # fmt: skip
+            self._ws = make_workspace(cfg, 1)
+        return self._ws
+
+    def bind(self, model: Any, opt: Any) -> ReplayState:
+        """The :class:`ReplayState` of the mechanism for ``model`` and the main optimiser
+        ``opt`` (``loop.ModelArrays``, ``loop.OptimArrays``)."""
+        if self.mech is None:
+            return empty_replay_state(model.ws, opt.m.dtype)
+        mech, cfg = self.mech, self.mech.config
+        width = int(model.dims[D_T]) + 1
+        if mech._width == 0:
+            mech._allocate(width)
+        m, v = np.zeros(0, dtype=opt.m.dtype), np.zeros(0, dtype=opt.v.dtype)
+        ostate = np.zeros(3, dtype=np.int64)
+        if cfg.own_optimizer:
+            if mech._opt is not None:
+                own = mech._opt
+                m, v = own.m, own.v
+                ostate[:] = [own.t, own.nonfinite_steps, own.clipped_steps]
+            elif mech._opt_state is not None:  # loaded before the optimiser existed
+                saved = mech._opt_state
+                m = np.array(saved["m"], dtype=opt.m.dtype)
+                v = np.array(saved["v"], dtype=opt.v.dtype)
+                ostate[:] = [saved["t"], saved["nonfinite_steps"], saved["clipped_steps"]]
+            else:
+                m, v = np.zeros_like(opt.m), np.zeros_like(opt.v)
+        self._hyper = np.array(opt.hyper, dtype=np.float64)
+        k, cap = cfg.k, mech._buf.shape[0]
+        self.bound = ReplayState(
+            np.array([k, cfg.every, cfg.alpha, cfg.start_after, float(cfg.own_optimizer)]),
+            mech._buf, mech._len, mech._loss,
+            np.array([mech.filled, mech.seen, mech.replays, mech.replay_bits_n], dtype=np.int64),
+            np.array([mech.replay_bits_sum]), self._workspace(model), m, v, ostate,
+            np.zeros(1, dtype=np.int64), np.zeros((EVENT_ROWS, 3), dtype=np.int64),
+            np.zeros(1, dtype=np.int64), np.zeros(max(cap, 1)), np.zeros(k, dtype=np.int64),
+            np.zeros(k), np.zeros(mech._width, dtype=np.int64), np.zeros(4, dtype=np.int64),
+        )  # fmt: skip
+        return self.bound
+
+    def done(self) -> list[dict[str, Any]]:
+        """Takes back what the compiled loop changed; returns the "replay" events."""
+        st, mech = self.bound, self.mech
+        if mech is None or st is None:
+            return []
+        mech.filled, mech.seen, mech.replays, mech.replay_bits_n = (int(x) for x in st.counts)
+        mech.replay_bits_sum = float(st.bits[0])
+        mech._pending = []
+        if st.used[0]:  # the own optimiser made steps: it exists from now on
+            if mech._opt is None:
+                mech._opt = Optimizer(_optim_config(self._hyper), st.m.size, st.m.dtype)
+                mech._opt.m, mech._opt.v = st.m, st.v
+                mech._opt_state = None
+            mech._opt.cfg = _optim_config(self._hyper)  # follows the main one, as the hook does
+            mech._opt.t, mech._opt.nonfinite_steps, mech._opt.clipped_steps = (int(x) for x in st.ostate)  # fmt: skip
+            st.used[0] = 0
+        events = [
+            {"pos": int(pos), "step": int(step), "kind": "replay", "count": int(count)}
+            for step, pos, count in st.events[: int(st.n_events[0])].tolist()
+        ]
+        st.n_events[0] = 0
+        return events
+
+
+@njit(**JIT_OPTIONS)
+def _train_window(st: Any, model: Any, opt: Any, slot: int) -> float:  # pragma: no cover
+    """``Learner._train_extra`` on the stored window in ``slot``: forward and backward on the
+    replay workspace, one step of the shared or own optimiser. Returns the window's mean loss
+    (bits) before the step, NaN when it has no byte to learn; counts the passes and the
+    update in ``st.tally`` = [forward, backward, updates, nonfinite]."""
+    ws, sym = st.ws, st.buf[slot]
+    n = st.lens[slot] - 1
+    t_len = model.dims[D_T]
+    total = 0.0
+    for t in range(t_len):
+        if t < n:
+            ws.idx[0, t] = sym[t]
+            ws.tgt[0, t] = sym[t + 1]
+            if sym[t + 1] != BOS:
+                total += 1.0
+        else:
+            ws.idx[0, t] = 0
+            ws.tgt[0, t] = 0
+    if total == 0:
+        return np.nan
+    forward_batch(model.flat, model.offs, model.dims, ws, 1)
+    st.tally[0] += 1
+    for t in range(t_len):
+        w = 1.0 if t < n and ws.tgt[0, t] != BOS else 0.0
+        ws.wts[0, t] = cast_like(ws.wts, w / total) if t < n else cast_like(ws.wts, 0.0)
+    grads = opt.grads
+    for i in range(grads.size):
+        grads[i] = 0
+    backward_batch(model.flat, model.offs, model.dims, ws, grads, 1)
+    st.tally[1] += 1
+    nats = window_nll(ws, 1)
+    norm = math.sqrt(grad_sq_norm(grads, ws.lanes))
+    if st.cfg[4] != 0.0:
+        applied = optimizer_step(model.flat, grads, st.m, st.v, opt.hyper, st.ostate, 1.0, norm)
+        st.used[0] = 1
+    else:
+        applied = optimizer_step(model.flat, grads, opt.m, opt.v, opt.hyper, opt.ostate, 1.0, norm)  # fmt: skip
+    if applied > 0:
+        st.tally[2] += 1
+    else:
+        st.tally[3] += 1
+    return nats / _LN2
+
+
+@njit(**JIT_OPTIONS)
+def _offer(st: Any, n: int, loss_bits: float, rng: Any) -> int:  # pragma: no cover - compiled
+    """:meth:`Replay.offer` of the window st.cur[:n] (Algorithm R, the draw from ``rng``)."""
+    counts = st.counts
+    counts[1] += 1
+    cap = st.buf.shape[0]
+    if counts[0] < cap:
+        slot = counts[0]
+        counts[0] += 1
+    else:
+        j = uniform_index(next_double(rng), counts[1])
+        if j >= cap:
+            return -1
+        slot = j
+    for t in range(n):
+        st.buf[slot, t] = st.cur[t]
+    st.lens[slot] = n
+    st.loss[slot] = loss_bits
+    return slot
+
+
+@njit(**JIT_OPTIONS)
+def replay_step(
+    st: Any,
+    model: Any,
+    opt: Any,
+    rng: Any,
+    step: int,
+    window: int,
+    n_in: int,
+    pos: int,
+    window_loss: float,
+) -> int:  # pragma: no cover - compiled
+    """Part 8 of a step, the hooks ``extra_windows``, the Learner's extra updates and
+    ``replayed`` in one: when due, draws k slots by priority and trains on each stored window;
+    offers the step's window (inputs ``model.ws.idx[window, :n_in]`` and its last target)
+    with loss ``window_loss``; refreshes the replayed windows' priorities; records the event
+    [step, pos, count]. Returns how many windows it trained on."""
+    cfg, counts = st.cfg, st.counts
+    ws = model.ws
+    for t in range(n_in):
+        st.cur[t] = ws.idx[window, t]
+    st.cur[n_in] = ws.tgt[window, n_in - 1]
+    k = int(cfg[0])
+    due = counts[0] >= cfg[3] and step % int(cfg[1]) == 0
+    if due:
+        n = counts[0]
+        priority_cdf(st.loss, n, cfg[2], st.cdf)
+        for r in range(k):
+            st.picked[r] = pick(st.cdf, n, next_double(rng))
+        for r in range(k):  # the windows as stored before this step's offer
+            st.losses[r] = _train_window(st, model, opt, st.picked[r])
+    slot = _offer(st, n_in + 1, window_loss, rng)
+    if not due:
+        return 0
+    for r in range(k):
+        bits = st.losses[r]
+        if math.isfinite(bits):
+            st.bits[0] += bits
+            counts[3] += 1
+            if st.picked[r] != slot:  # a slot just overwritten holds another window now
+                st.loss[st.picked[r]] = bits
+    counts[2] += k
+    row = st.events[st.n_events[0]]
+    row[0], row[1], row[2] = step, pos, k
+    st.n_events[0] += 1
+    return k
