@@ -202,6 +202,20 @@ def test_cli_command_repeats_the_configuration() -> None:
     assert again.mechanisms == [{"name": "grad_clip", "max_norm": 0.25}]
 
 
+def test_cli_command_of_a_preset_names_it_and_repeats_the_run() -> None:
+    import shlex
+
+    cfg = RunConfig.from_dict({"preset": "strong", "model": {"n_layers": 2}, "seed": 5})
+    text = cli_command(cfg)
+    assert text.startswith("mugpt run --preset strong ")
+    parser = argparse.ArgumentParser()
+    add_run_config_args(parser)
+    again = run_config_from_args(parser.parse_args(shlex.split(text)[2:]))
+    assert again.model == cfg.model and again.optim == cfg.optim and again.learner == cfg.learner
+    assert [m["name"] for m in again.mechanisms] == ["ngram_mix"]
+    assert again.build_mechanisms()[0].config == cfg.build_mechanisms()[0].config
+
+
 def test_settings_come_from_flags_and_environment() -> None:
     s = ServeSettings.from_env({"MUGPT_SERVE_MAX_RUNS": "2"}, max_params=5000)
     assert (s.max_runs, s.max_params) == (2, 5000)

@@ -667,29 +667,37 @@ def default_label(number: int, cfg: RunConfig) -> str:
 
 
 def cli_command(cfg: RunConfig) -> str:
-    """The ``mugpt run`` command line that repeats ``cfg`` (non-default flags only).
+    """The ``mugpt run`` command line that repeats ``cfg``: its preset (unless ``seed``) and
+    the flags whose values differ from the preset's.
 
     >>> cli_command(RunConfig.from_dict({"model": {"d_model": 32}, "seed": 3}))
     'mugpt run --d-model 32 --seed 3'
     """
     from mugpt.cli.common import _LEARNER_FLAGS, _MODEL_FLAGS, _OPTIM_FLAGS
-    from mugpt.engine.learner import LearnerConfig
-    from mugpt.model import ModelConfig, OptimConfig
 
     parts = ["mugpt", "run"]
+    preset = getattr(cfg, "preset", "seed") or "seed"
+    try:
+        base = RunConfig.from_dict({"preset": preset})
+    except MugptError:
+        preset, base = "seed", RunConfig()
+    if preset != "seed":
+        parts += ["--preset", preset]
     if cfg.stream:
         parts += ["--stream", cfg.stream]
     sections = (
-        (_MODEL_FLAGS, cfg.model, ModelConfig()),
-        (_OPTIM_FLAGS, cfg.optim, OptimConfig()),
-        (_LEARNER_FLAGS, cfg.learner, LearnerConfig()),
+        (_MODEL_FLAGS, cfg.model, base.model),
+        (_OPTIM_FLAGS, cfg.optim, base.optim),
+        (_LEARNER_FLAGS, cfg.learner, base.learner),
     )
     for flags, values, defaults in sections:
         for flag, key, _typ, _help in flags:
             value = getattr(values, key)
+            if key == "seed":
+                continue  # --seed sets it, below
             if value != getattr(defaults, key):
                 parts += [flag, _text(value)]
-    if cfg.model.tied_head:
+    if cfg.model.tied_head and not base.model.tied_head:
         parts.append("--tied-head")
     for entry in cfg.mechanisms:
         if not entry.get("enabled", True):
