@@ -35,12 +35,12 @@ import numpy as np
 from numba import njit
 
 from mugpt.engine.window import gather_step
-from mugpt.mechanisms.adaptive_lr import empty_adapt_state, observe_kernel, scale_kernel
-from mugpt.mechanisms.cache import MemoryBinding, memory_observe, memory_window
-from mugpt.mechanisms.grad_clip import clip_kernel, empty_clip_state
-from mugpt.mechanisms.ngram_mix import empty_mix_state, mix_window
-from mugpt.mechanisms.replay import ReplayBinding, replay_step
-from mugpt.mechanisms.selective_backprop import empty_select_state, keep_kernel
+from mugpt.mechanisms.adaptive_lr import observe_kernel, scale_kernel
+from mugpt.mechanisms.cache import memory_observe, memory_window
+from mugpt.mechanisms.grad_clip import clip_kernel
+from mugpt.mechanisms.ngram_mix import mix_window
+from mugpt.mechanisms.replay import replay_step
+from mugpt.mechanisms.selective_backprop import keep_kernel
 from mugpt.model.constants import JIT_OPTIONS, PROB_FLOOR
 from mugpt.model.fast import (
     D_T,
@@ -117,8 +117,14 @@ class Outputs(NamedTuple):
 
 class Mechanisms(NamedTuple):
     """The mechanisms' compiled states: ``order`` the active kinds (:data:`KERNELS`) in the
-    Learner's order, one state per kind (a placeholder when off), and ``rng`` the Learner's
+    Learner's order, one state per kind (``None`` when off), and ``rng`` the Learner's
     generator packed by :func:`mugpt.mechanisms.rng.pack`.
+
+    An off mechanism's ``None`` reaches its kernel's call site (``_mix``, ``_keep``, ...) as an
+    argument, where numba drops the call at compile time: the loop is compiled for the
+    combination of mechanisms a run uses, with only their kernels (the plain loop, which
+    the lab's first run needs, compiles in a fraction of the time of all seven), and each
+    combination is compiled once and cached.
 
     The states of the fields in :data:`BOUND` depend on the model's shape and dtype (a
     memory's keys have the hidden size and the model's dtype), which a mechanism does not
@@ -139,16 +145,9 @@ class Mechanisms(NamedTuple):
 def no_mechanisms() -> Mechanisms:
     """The states of a loop with every mechanism off."""
     return Mechanisms(
-        np.zeros(0, dtype=np.int64),
-        empty_clip_state(),
-        empty_select_state(),
-        empty_adapt_state(),
-        empty_mix_state(),
-        MemoryBinding(None),
-        MemoryBinding(None),
-        ReplayBinding(None),
+        np.zeros(0, dtype=np.int64), None, None, None, None, None, None, None,
         np.zeros(4, dtype=np.uint64),
-    )
+    )  # fmt: skip
 
 
 def in_step_order(events: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -233,9 +232,7 @@ def _update(
     """Parts 6-7: decide, then (unless declined) scale, backward, transform, optimiser step."""
     counters, info = out.counters, out.info
     for j in range(mechs.order.size):  # decide (the first mechanism that declines decides)
-        if mechs.order[j] == K_SELECT and not keep_kernel(
-            mechs.select, info[I_WINDOW_LOSS], mechs.rng
-        ):
+        if mechs.order[j] == K_SELECT and not _keep(mechs.select, info[I_WINDOW_LOSS], mechs.rng):
             counters[C_SKIPPED] += 1
             info[I_GRAD_NORM] = np.nan
             info[I_APPLIED] = 0
@@ -244,12 +241,12 @@ def _update(
     scale = 1.0
     for j in range(mechs.order.size):
         if mechs.order[j] == K_ADAPT:
-            scale *= scale_kernel(mechs.adapt)
+            scale *= _scale(mechs.adapt)
     norm = backward_windows(model, opt, counters, n_win, total_w)
     changed = False
     for j in range(mechs.order.size):  # every transform sees the norm before any clipping
         if mechs.order[j] == K_CLIP:
-            changed = clip_kernel(mechs.clip, opt.grads, norm) or changed
+            changed = _clip(mechs.clip, opt.grads, norm) or changed
     if changed:
         norm = math.sqrt(grad_sq_norm(opt.grads, model.ws.lanes))
     applied = optimizer_step(model.flat, opt.grads, opt.m, opt.v, opt.hyper, opt.ostate, scale, norm)  # fmt: skip
@@ -260,6 +257,105 @@ def _update(
     info[I_GRAD_NORM] = norm
     info[I_APPLIED] = applied
     info[I_LR_SCALE] = scale
+
+
+# ---------------------------------------------------------------------------- call sites
+# Each takes one mechanism's state as an argument: numba removes the ``if state is not None``
+# branch when the state is None (the mechanism is off), so its kernel is not compiled in.
+
+
+@njit(**_JIT)
+def _keep(select: Any, loss: float, rng: Any) -> bool:  # pragma: no cover - compiled
+    if select is not None:
+        return keep_kernel(select, loss, rng)
+    return True
+
+
+@njit(**_JIT)
+def _scale(adapt: Any) -> float:  # pragma: no cover - compiled
+    if adapt is not None:
+        return scale_kernel(adapt)
+    return 1.0
+
+
+@njit(**_JIT)
+def _clip(clip: Any, grads: Any, norm: float) -> bool:  # pragma: no cover - compiled
+    if clip is not None:
+        return clip_kernel(clip, grads, norm)
+    return False
+
+
+@njit(**_JIT)
+def _observe(
+    adapt: Any, losses: Any, first: int, k: int, step: int, pos: int
+) -> None:  # pragma: no cover
+    if adapt is not None:
+        observe_kernel(adapt, losses, first, k, step, pos)
+
+
+@njit(**_JIT)
+def _alarms_full(adapt: Any, room: int) -> bool:  # pragma: no cover - compiled
+    """The detector's alarm rows could overflow in one more step."""
+    if adapt is not None:
+        return adapt.n_alarms[0] + room > adapt.alarms.shape[0]
+    return False
+
+
+@njit(**_JIT)
+def _mix(
+    mix: Any, rows: Any, idx: Any, slots: Any, targets: Any, k: int
+) -> None:  # pragma: no cover
+    if mix is not None:
+        mix_window(mix, rows, idx, slots, targets, k)
+
+
+@njit(**_JIT)
+def _memory(
+    mem: Any, rows: Any, hidden: Any, slots: Any, targets: Any, k: int
+) -> None:  # pragma: no cover
+    if mem is not None:
+        memory_window(mem, rows, hidden, slots, targets, k)
+
+
+@njit(**_JIT)
+def _store(mem: Any, hidden: Any, slots: Any, targets: Any, k: int) -> None:  # pragma: no cover
+    if mem is not None:
+        memory_observe(mem, hidden, slots, targets, k)
+
+
+@njit(**_JIT)
+def _replays_full(replay: Any) -> bool:  # pragma: no cover - compiled
+    """The replay events buffer is full."""
+    if replay is not None:
+        return replay.n_events[0] >= replay.events.shape[0]
+    return False
+
+
+@njit(**_JIT)
+def _replay(
+    replay: Any,
+    model: Any,
+    opt: Any,
+    rng: Any,
+    counters: Any,
+    step: int,
+    window: int,
+    n_in: int,
+    first: int,
+    window_loss: float,
+) -> int:  # pragma: no cover - compiled
+    """The replay part of a step; returns the extra windows trained, counts their passes."""
+    if replay is None:
+        return 0
+    made = replay_step(replay, model, opt, rng, step, window, n_in, first, window_loss)
+    tally = replay.tally
+    counters[C_FORWARD] += tally[0]
+    counters[C_BACKWARD] += tally[1]
+    counters[C_REPLAY] += tally[2]
+    counters[C_NONFINITE] += tally[3]
+    for i in range(tally.size):
+        tally[i] = 0
+    return made
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -276,7 +372,7 @@ def run_steps(
     max_steps: int,
 ) -> int:
     """:func:`compiled_steps` after binding the states of :data:`BOUND` to the model."""
-    bound = {f: getattr(mechs, f).bind(model, opt) for f in BOUND}
+    bound = {f: getattr(mechs, f).bind(model, opt) for f in BOUND if getattr(mechs, f) is not None}
     return int(compiled_steps(model, opt, stream, out, mechs._replace(**bound), update_every, new_only, max_steps))  # fmt: skip
 
 
@@ -306,9 +402,7 @@ def compiled_steps(
     room = stream.seg_pos.size * t_len  # the most bytes (and so events) one step can add
     steps = 0
     while steps < max_steps:
-        if mechs.adapt.alarms.shape[0] > 0 and mechs.adapt.n_alarms[0] + room > mechs.adapt.alarms.shape[0]:  # fmt: skip
-            break
-        if mechs.replay.events.shape[0] > 0 and mechs.replay.n_events[0] >= mechs.replay.events.shape[0]:  # fmt: skip
+        if _alarms_full(mechs.adapt, room) or _replays_full(mechs.replay):
             break
         step = counters[C_STEPS]
         n_win, n_rec, total_w = gather_step(
@@ -336,11 +430,11 @@ def compiled_steps(
             for j in range(mechs.order.size):  # adjust
                 kind = mechs.order[j]
                 if kind == K_MIX:
-                    mix_window(mechs.mix, rows, ws.idx[w], slots, targets, k)
+                    _mix(mechs.mix, rows, ws.idx[w], slots, targets, k)
                 elif kind == K_CACHE:
-                    memory_window(mechs.cache, rows, ws.hidden[w], slots, targets, k)
+                    _memory(mechs.cache, rows, ws.hidden[w], slots, targets, k)
                 elif kind == K_KNN:
-                    memory_window(mechs.knn, rows, ws.hidden[w], slots, targets, k)
+                    _memory(mechs.knn, rows, ws.hidden[w], slots, targets, k)
             for j in range(k):  # score
                 p = max(rows[j, targets[j]], PROB_FLOOR)
                 out.losses[first + j - out.base] = -math.log2(p)
@@ -351,11 +445,11 @@ def compiled_steps(
             for j in range(mechs.order.size):  # observe
                 kind = mechs.order[j]
                 if kind == K_ADAPT:
-                    observe_kernel(mechs.adapt, out.losses, first - out.base, k, step, first)
+                    _observe(mechs.adapt, out.losses, first - out.base, k, step, first)
                 elif kind == K_CACHE:
-                    memory_observe(mechs.cache, ws.hidden[w], slots, targets, k)
+                    _store(mechs.cache, ws.hidden[w], slots, targets, k)
                 elif kind == K_KNN:
-                    memory_observe(mechs.knn, ws.hidden[w], slots, targets, k)
+                    _store(mechs.knn, ws.hidden[w], slots, targets, k)
             r0 = r1
         info[I_WINDOW_LOSS] = batch_loss_bits(ws.probs, ws.tgt, ws.wts, n_win)
         _update(model, opt, out, mechs, n_win, total_w)
@@ -363,17 +457,10 @@ def compiled_steps(
         for j in range(mechs.order.size):  # replay: extra windows after the update
             if mechs.order[j] == K_REPLAY:
                 n_in = rec[n_rec - 1, 1] + 1  # the last window's inputs (its newest byte last)
-                info[I_REPLAYS] += replay_step(
-                    mechs.replay, model, opt, mechs.rng, step, n_win - 1, n_in, last_first,
-                    info[I_WINDOW_LOSS],
+                info[I_REPLAYS] += _replay(
+                    mechs.replay, model, opt, mechs.rng, counters, step, n_win - 1, n_in,
+                    last_first, info[I_WINDOW_LOSS],
                 )  # fmt: skip
-                tally = mechs.replay.tally
-                counters[C_FORWARD] += tally[0]
-                counters[C_BACKWARD] += tally[1]
-                counters[C_REPLAY] += tally[2]
-                counters[C_NONFINITE] += tally[3]
-                for i in range(tally.size):
-                    tally[i] = 0
         counters[C_STEPS] += 1
         steps += 1
         info[I_RECORDS] = n_rec
