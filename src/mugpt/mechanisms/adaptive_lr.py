@@ -290,11 +290,6 @@ class AdaptState(NamedTuple):
     n_alarms: np.ndarray
 
 
-def empty_adapt_state() -> AdaptState:
-    """The placeholder the compiled loop is given when the mechanism is off."""
-    return AdaptState(np.zeros(9), np.zeros(7), np.zeros((0, 5)), np.zeros(1, dtype=np.int64))
-
-
 @njit(**JIT_OPTIONS)
 def observe_kernel(
     state: Any, losses: Any, first: int, n: int, step: int, pos: int

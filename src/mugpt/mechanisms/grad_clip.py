@@ -134,11 +134,6 @@ class ClipState(NamedTuple):
     stats: np.ndarray
 
 
-def empty_clip_state() -> ClipState:
-    """The placeholder the compiled loop is given when the mechanism is off."""
-    return ClipState(np.zeros(3), np.zeros(3))
-
-
 @njit(**JIT_OPTIONS)
 def clip_kernel(state: Any, grads: Any, norm: float) -> bool:  # pragma: no cover - compiled
     """:meth:`GradClip.transform_grads` on the flat gradient (``norm``: its L2 norm before any

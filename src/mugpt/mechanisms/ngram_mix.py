@@ -628,17 +628,6 @@ class MixState(NamedTuple):
     mixed: np.ndarray
 
 
-def empty_mix_state() -> MixState:
-    """The placeholder the compiled loop is given when the mechanism is off."""
-    f1, f2, f3 = np.zeros(0), np.zeros((0, 0)), np.zeros((0, 0, 0))
-    i1, i2, i3 = (np.zeros((0,) * d, dtype=np.int64) for d in (1, 2, 3))
-    views = slot_views(np.zeros((1, 16), dtype=np.uint8), 1)  # the same strided layouts
-    return MixState._make(
-        [0, 1.0, 0, 0.0, f1, f1, f1, f2, f2, f1, i1, i1, *views, f1, f2, f2, f3, i3, f3, i2, f2,
-         f2, i1, np.zeros((0, 0), dtype=np.uint64), f1, i1]
-    )  # fmt: skip
-
-
 def slot_views(slots: np.ndarray, m: int) -> tuple[np.ndarray, ...]:
     """(check, listed, total, bytes, counts) of the hashed records in ``slots`` (uint8 rows
     of check uint32 | total uint16 | listed uint8 | pad | bytes[m] | counts[m])."""

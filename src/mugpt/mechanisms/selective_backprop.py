@@ -181,11 +181,6 @@ class SelectState(NamedTuple):
     stats: np.ndarray
 
 
-def empty_select_state() -> SelectState:
-    """The placeholder the compiled loop is given when the mechanism is off."""
-    return SelectState(np.zeros(3), np.zeros(1), np.zeros(2, dtype=np.int64), np.zeros(3))
-
-
 @njit(**JIT_OPTIONS)
 def keep_kernel(state: Any, loss: float, rng: Any) -> bool:  # pragma: no cover - compiled
     """:meth:`SelectiveBackprop.should_update` for a window loss of ``loss`` bits; the
