@@ -31,7 +31,7 @@ from mugpt.serve.history import RunHistory, history_from_run_dir, lite_update
 from mugpt.serve.limits import LimitError, ServeSettings, check_params
 from mugpt.serve.protocol import RunInfo, clean, dumps
 from mugpt.serve.roots import DataRoots
-from mugpt.serve.worker import WARM_STAGES, WARM_STATUS_ENV, worker_main
+from mugpt.serve.worker import WARM_OWNER_ENV, WARM_STAGES, WARM_STATUS_ENV, worker_main
 
 CLIENT_QUEUE = 256
 """Messages a page may fall behind by before it is sent the whole picture again."""
@@ -565,6 +565,7 @@ def warm_status_path() -> Path | None:
             tempfile.gettempdir(), f"mugpt-warm-{os.getpid()}-{secrets.token_hex(4)}.json"
         )
         os.environ[WARM_STATUS_ENV] = path
+        os.environ[WARM_OWNER_ENV] = str(os.getpid())
         atexit.register(_remove_quietly, path)
     return Path(path)
 

@@ -84,6 +84,8 @@ def worker_main(commands: Connection, out: Connection, spec: dict[str, Any]) -> 
 
 WARM_STATUS_ENV = "MUGPT_SERVE_WARM_STATUS"
 """Names the file where :func:`warm_up` reports its progress (the server reads it)."""
+WARM_OWNER_ENV = "MUGPT_SERVE_WARM_OWNER"
+"""The server's process id: no report is written once it has gone."""
 WARM_STAGES = (
     "loading the engine",
     "compiling the learning loop",
@@ -98,6 +100,14 @@ def _report_warm(state: str, step: int, started: float) -> None:
     path = os.environ.get(WARM_STATUS_ENV)
     if not path:
         return
+    owner = os.environ.get(WARM_OWNER_ENV, "")
+    if owner.isdigit():
+        try:
+            os.kill(int(owner), 0)
+        except ProcessLookupError:
+            return  # the server has gone (and removed the file): leave nothing behind
+        except OSError:
+            pass  # alive, or not ours to signal
     import json
 
     stage = WARM_STAGES[step] if step < len(WARM_STAGES) else "ready"
