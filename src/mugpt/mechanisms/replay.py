@@ -280,15 +280,37 @@ def uniform_index(u: float, n: int) -> int:  # pragma: no cover - compiled
 
 
 @njit(**JIT_OPTIONS)
-def priority_cdf(loss: Any, n: int, alpha: float, out: Any) -> None:  # pragma: no cover
-    """out[:n] = the running sum of max(loss, LOSS_FLOOR)^alpha over slots 0..n−1, in slot
-    order, divided by its last element (so out[n − 1] == 1)."""
+def priority_weight(loss: float, alpha: float) -> float:  # pragma: no cover - compiled
+    """A stored window's sampling weight, max(loss, LOSS_FLOOR)^alpha."""
+    return max(loss, LOSS_FLOOR) ** alpha
+
+
+@njit(**JIT_OPTIONS)
+def weights_cdf(weights: Any, n: int, out: Any) -> None:  # pragma: no cover - compiled
+    """out[:n] = the running sum of weights[:n], in slot order, divided by its last element
+    (so out[n − 1] == 1)."""
     total = 0.0
     for i in range(n):
-        total += max(loss[i], LOSS_FLOOR) ** alpha
+        total += weights[i]
         out[i] = total
     for i in range(n):
         out[i] /= total
+
+
+@njit(**JIT_OPTIONS)
+def priority_cdf(loss: Any, n: int, alpha: float, out: Any) -> None:  # pragma: no cover
+    """:func:`weights_cdf` of the weights :func:`priority_weight` of loss[:n]. (The compiled
+    loop keeps the weights and refreshes the one of a slot whose loss changes: the same
+    values.)"""
+    priority_weights(loss, n, alpha, out)
+    weights_cdf(out, n, out)
+
+
+@njit(**JIT_OPTIONS)
+def priority_weights(loss: Any, n: int, alpha: float, out: Any) -> None:  # pragma: no cover
+    """out[:n] = :func:`priority_weight` of loss[:n]."""
+    for i in range(n):
+        out[i] = priority_weight(loss[i], alpha)
 
 
 @njit(**JIT_OPTIONS)
@@ -316,7 +338,8 @@ class ReplayState(NamedTuple):
     ``used[0]`` (it made a step); ``events`` rows of [step, position, count],
     ``n_events[0]`` of them filled; scratch: ``cdf``, ``picked``, ``losses`` and ``cur``
     (the step's window); ``tally`` = [forward, backward, updates, nonfinite] of the extra
-    windows, which the loop adds to its counters."""
+    windows, which the loop adds to its counters; ``prio`` the slots' weights
+    (:func:`priority_weight`)."""
 
     cfg: np.ndarray
     buf: np.ndarray
@@ -336,6 +359,7 @@ class ReplayState(NamedTuple):
     losses: np.ndarray
     cur: np.ndarray
     tally: np.ndarray
+    prio: np.ndarray
 
 
 def empty_replay_state(ws: Any, dtype: Any = np.float32) -> ReplayState:
@@ -347,7 +371,7 @@ def empty_replay_state(ws: Any, dtype: Any = np.float32) -> ReplayState:
         np.zeros(4, dtype=np.int64), np.zeros(1), ws, np.zeros(0, dtype=dtype),
         np.zeros(0, dtype=dtype), np.zeros(3, dtype=np.int64), np.zeros(1, dtype=np.int64),
         np.zeros((0, 3), dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(0), i64,
-        np.zeros(0), i64, np.zeros(4, dtype=np.int64),
+        np.zeros(0), i64, np.zeros(4, dtype=np.int64), np.zeros(0),
     )  # fmt: skip
 
 
@@ -415,7 +439,9 @@ class ReplayBinding:
             np.zeros(1, dtype=np.int64), np.zeros((EVENT_ROWS, 3), dtype=np.int64),
             np.zeros(1, dtype=np.int64), np.zeros(max(cap, 1)), np.zeros(k, dtype=np.int64),
             np.zeros(k), np.zeros(mech._width, dtype=np.int64), np.zeros(4, dtype=np.int64),
+            np.zeros(cap),
         )  # fmt: skip
+        priority_weights(mech._loss, mech.filled, float(cfg.alpha), self.bound.prio)
         return self.bound
 
     def done(self) -> list[dict[str, Any]]:
@@ -505,6 +531,7 @@ def _offer(st: Any, n: int, loss_bits: float, rng: Any) -> int:  # pragma: no co
         st.buf[slot, t] = st.cur[t]
     st.lens[slot] = n
     st.loss[slot] = loss_bits
+    st.prio[slot] = priority_weight(loss_bits, st.cfg[2])
     return slot
 
 
@@ -534,7 +561,7 @@ def replay_step(
     due = counts[0] >= cfg[3] and step % int(cfg[1]) == 0
     if due:
         n = counts[0]
-        priority_cdf(st.loss, n, cfg[2], st.cdf)
+        weights_cdf(st.prio, n, st.cdf)
         for r in range(k):
             st.picked[r] = pick(st.cdf, n, next_double(rng))
         for r in range(k):  # the windows as stored before this step's offer
@@ -549,6 +576,7 @@ def replay_step(
             counts[3] += 1
             if st.picked[r] != slot:  # a slot just overwritten holds another window now
                 st.loss[st.picked[r]] = bits
+                st.prio[st.picked[r]] = priority_weight(bits, cfg[2])
     counts[2] += k
     row = st.events[st.n_events[0]]
     row[0], row[1], row[2] = step, pos, k
