@@ -578,10 +578,10 @@ def decode(
                         "bytes (the header's length is more than its payload holds); the file "
                         "is corrupt"
                     )
-                if mixer is not None and j < size - 1:
+                if mixer is not None and inc is not None and j < size - 1:
                     targets[j] = symbol
                     mixer.learn(targets, inc.window[0], inc.window[2], j)
-            if mixer is not None:
+            if mixer is not None and inc is not None:
                 mixer.end(inc.window[0], inc.window[2])
             if inc is not None:
                 acts = inc.finish()

@@ -650,28 +650,16 @@ def mix_window(
     byte after a provisional update by the bytes before it, then undoes them; ``observe``
     makes them): within a step no byte is predicted with knowledge of itself either way."""
     for j in range(k):
-        _predict(
-            rows, inputs, slots, st.max_order, st.prior, st.l0, st.n0, st.l1, st.n1, st.offs,
-            st.obits, st.chk, st.nsym, st.tot, st.sym, st.cnt, st.ltab, st.weights, st.out,
-            st.dense, st.sparse_sym, st.sparse_val, st.sparse_n, st.base, st.expect, st.wset,
-            st.hashes, st.scratch, j, j + 1,
-        )  # fmt: skip
-        _update(
-            targets, inputs, slots, st.max_order, st.prior, st.limit, st.lr, st.c0, st.l0,
-            st.n0, st.c1, st.l1, st.n1, st.offs, st.obits, st.chk, st.nsym, st.tot, st.sym,
-            st.cnt, st.weights, st.dense, st.sparse_sym, st.sparse_val, st.sparse_n, st.base,
-            st.expect, st.wset, st.hashes, j, j + 1,
-        )  # fmt: skip
-    for j in range(k):
-        for y in range(rows.shape[1]):
-            rows[j, y] = st.out[j, y]
+        mix_row(st, rows, inputs, slots, j)
+        _learn(st, targets, inputs, slots, j)
     st.mixed[0] += k
 
 
 @njit(**_JIT)
-def decode_row(st: Any, rows: Any, inputs: Any, slots: Any, j: int) -> None:  # pragma: no cover
-    """Row j of a step being decoded: rows[j] (the model's) becomes the mixed row, from the
-    state as the provisional updates of rows 0 … j − 1 left it (:func:`decode_learn`)."""
+def mix_row(st: Any, rows: Any, inputs: Any, slots: Any, j: int) -> None:  # pragma: no cover
+    """Row j: rows[j] (the model's) becomes the mixed row, from the state as the updates of
+    rows 0 … j − 1 left it (made for good by :func:`mix_window`, provisionally by
+    :func:`decode_learn` while decoding)."""
     _predict(
         rows, inputs, slots, st.max_order, st.prior, st.l0, st.n0, st.l1, st.n1, st.offs,
         st.obits, st.chk, st.nsym, st.tot, st.sym, st.cnt, st.ltab, st.weights, st.out,
@@ -692,6 +680,12 @@ def decode_learn(
         st.obits, st.chk, st.nsym, st.tot, st.sym, st.cnt, st.weights, st.wset, st.hashes,
         undo_f, undo_i, undo_b,
     )  # fmt: skip
+    _learn(st, targets, inputs, slots, j)
+
+
+@njit(**_JIT)
+def _learn(st: Any, targets: Any, inputs: Any, slots: Any, j: int) -> None:  # pragma: no cover
+    """The counts and weights learn byte j (after its row was mixed)."""
     _update(
         targets, inputs, slots, st.max_order, st.prior, st.limit, st.lr, st.c0, st.l0, st.n0,
         st.c1, st.l1, st.n1, st.offs, st.obits, st.chk, st.nsym, st.tot, st.sym, st.cnt,
@@ -734,7 +728,7 @@ class StepDecoder:
         self.learned = 0
 
     def row(self, rows: np.ndarray, inputs: np.ndarray, slots: np.ndarray, j: int) -> None:
-        decode_row(self.state, rows, inputs, slots, j)
+        mix_row(self.state, rows, inputs, slots, j)
 
     def learn(self, targets: np.ndarray, inputs: np.ndarray, slots: np.ndarray, j: int) -> None:
         decode_learn(self.state, targets, inputs, slots, j, *self.undo)
