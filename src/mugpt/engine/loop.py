@@ -17,9 +17,9 @@ Each step of :func:`run_steps` goes through the parts in DESIGN order:
 A mechanism takes part by bringing its state as arrays (a ``NamedTuple`` its module defines,
 e.g. :class:`mugpt.mechanisms.grad_clip.ClipState`) and compiled kernels for the hooks it uses
 (e.g. :func:`mugpt.mechanisms.grad_clip.clip_kernel`); :data:`KERNELS` names the mechanisms
-the loop knows, and :class:`Mechanisms` holds one state per kind (an empty placeholder when
-off) with ``order``, the active kinds in the Learner's order. So every combination of
-mechanisms runs in the one compiled function, compiled once. A mechanism's Python hooks stay
+the loop knows, and :class:`Mechanisms` holds one state per kind (``None`` when off) with
+``order``, the active kinds in the Learner's order. So every combination of mechanisms runs
+in the one compiled function, compiled once per combination. A mechanism's Python hooks stay
 its readable reference; tests prove both give the same bits.
 
 The kernel's arguments come in typed structures (:class:`ModelArrays`, :class:`OptimArrays`,

@@ -577,23 +577,13 @@ class MemState(NamedTuple):
     best: np.ndarray
 
 
-def empty_memory_state(dtype: Any = np.float32) -> MemState:
-    """The placeholder the compiled loop is given when the mechanism is off (keys of the
-    model's ``dtype``: the same numba types as a real state)."""
-    f1, f2 = np.zeros(0), np.zeros((0, 0))
-    return MemState(np.zeros(4), np.zeros((0, 0), dtype=dtype), f1, np.zeros(0, dtype=np.int16),
-                    np.zeros(2, dtype=np.int64), np.zeros(5), f2, f1, np.zeros(0, dtype=np.int64),
-                    f1)  # fmt: skip
-
-
 class MemoryBinding:
     """What :meth:`MemoryMixture.compiled_state` returns: the memory is sized by the model
     (its hidden size and dtype), which the loop knows, so :func:`mugpt.engine.loop.run_steps`
     calls :meth:`bind` with the model before it runs and the mechanism's ``compiled_done``
-    calls :meth:`done` after. ``MemoryBinding(None)`` is the placeholder of a memory that is
-    off."""
+    calls :meth:`done` after."""
 
-    def __init__(self, mech: MemoryMixture | None) -> None:
+    def __init__(self, mech: MemoryMixture) -> None:
         self.mech = mech
         self.bound: MemState | None = None
 
@@ -602,8 +592,6 @@ class MemoryBinding:
         from mugpt.model.fast import D_C, D_T
 
         dtype = model.ws.hidden.dtype
-        if self.mech is None:
-            return empty_memory_state(dtype)
         mech, mem = self.mech, self.mech.memory
         t_len = int(model.dims[D_T])
         mem.ensure(int(model.dims[D_C]), dtype)
@@ -619,7 +607,7 @@ class MemoryBinding:
 
     def done(self) -> None:
         """Takes back what the compiled loop changed in the bound state."""
-        if self.mech is None or self.bound is None:
+        if self.bound is None:
             return
         mem = self.mech.memory
         mem.filled, mem.head = int(self.bound.ring[0]), int(self.bound.ring[1])

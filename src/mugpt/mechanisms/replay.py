@@ -362,19 +362,6 @@ class ReplayState(NamedTuple):
     prio: np.ndarray
 
 
-def empty_replay_state(ws: Any, dtype: Any = np.float32) -> ReplayState:
-    """The placeholder the compiled loop is given when the mechanism is off: the numba types
-    of a real state for a model of ``dtype`` whose workspace is ``ws``."""
-    i64 = np.zeros(0, dtype=np.int64)
-    return ReplayState(
-        np.zeros(5), np.zeros((0, 0), dtype=np.int16), np.zeros(0, dtype=np.int32), np.zeros(0),
-        np.zeros(4, dtype=np.int64), np.zeros(1), ws, np.zeros(0, dtype=dtype),
-        np.zeros(0, dtype=dtype), np.zeros(3, dtype=np.int64), np.zeros(1, dtype=np.int64),
-        np.zeros((0, 3), dtype=np.int64), np.zeros(1, dtype=np.int64), np.zeros(0), i64,
-        np.zeros(0), i64, np.zeros(4, dtype=np.int64), np.zeros(0),
-    )  # fmt: skip
-
-
 def _optim_config(hyper: np.ndarray) -> OptimConfig:
     """The optimiser settings the vector of ``mugpt.model.fast.optimizer_hyper`` holds."""
     lr, b1, b2, eps, wd, mom, clip, adam = (float(x) for x in hyper[:8])
@@ -386,10 +373,9 @@ class ReplayBinding:
     """What :meth:`Replay.compiled_state` returns. The extra windows need a workspace of the
     model's shape and the own optimiser moments of its size and dtype, which only the loop
     knows: :func:`mugpt.engine.loop.run_steps` calls :meth:`bind` with the model and the
-    optimiser before it runs, and :meth:`Replay.compiled_done` calls :meth:`done` after.
-    ``ReplayBinding(None)`` is the placeholder of a replay that is off."""
+    optimiser before it runs, and :meth:`Replay.compiled_done` calls :meth:`done` after."""
 
-    def __init__(self, mech: Replay | None) -> None:
+    def __init__(self, mech: Replay) -> None:
         self.mech = mech
         self.bound: ReplayState | None = None
         self._ws: Any = None
@@ -409,8 +395,6 @@ class ReplayBinding:
     def bind(self, model: Any, opt: Any) -> ReplayState:
         """The :class:`ReplayState` of the mechanism for ``model`` and the main optimiser
         ``opt`` (``loop.ModelArrays``, ``loop.OptimArrays``)."""
-        if self.mech is None:
-            return empty_replay_state(model.ws, opt.m.dtype)
         mech, cfg = self.mech, self.mech.config
         width = int(model.dims[D_T]) + 1
         if mech._width == 0:
@@ -447,7 +431,7 @@ class ReplayBinding:
     def done(self) -> list[dict[str, Any]]:
         """Takes back what the compiled loop changed; returns the "replay" events."""
         st, mech = self.bound, self.mech
-        if mech is None or st is None:
+        if st is None:
             return []
         mech.filled, mech.seen, mech.replays, mech.replay_bits_n = (int(x) for x in st.counts)
         mech.replay_bits_sum = float(st.bits[0])
