@@ -40,13 +40,15 @@ def test_config_specs_take_overrides_and_reject_unknown_names() -> None:
         parse_config_spec("seed:lr=3")
 
 
+@pytest.mark.parametrize("preset", ["seed", "seed-adam"])
 @pytest.mark.parametrize("k", [1, 5])
-def test_torch_reference_computes_the_same_losses(k: int) -> None:
+def test_torch_reference_computes_the_same_losses(k: int, preset: str) -> None:
     pytest.importorskip("torch", reason="the PyTorch reference needs torch")
     from mugpt.bench.torch_ref import TorchLearner
 
     data = b"the cat sat on the mat. the dog sat on the log. " * 3
-    cfg = parse_config_spec(f"seed:learner.update_every={k},model.dtype=float64,model.context=16")
+    cfg = parse_config_spec(f"{preset}:learner.update_every={k},model.dtype=float64,model.context=16")  # fmt: skip
+    assert cfg.optim.name == {"seed": "sgd", "seed-adam": "adam"}[preset]
     torch_losses = TorchLearner(cfg).run(data, np.array([0, 40]))
     learner = Learner(cfg.model, cfg.optim, [], cfg.learner)
     stream = Stream(data, Stream.from_bytes(data).phases, np.array([0, 40]))

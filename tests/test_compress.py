@@ -24,7 +24,6 @@ from mugpt.compress import (
 from mugpt.compress.coder import PLACEHOLDER, coding_probs, predict_in_step, step_sizes
 from mugpt.compress.container import pack, unpack
 from mugpt.engine.config import RunConfig
-from mugpt.engine.learner import Learner
 from mugpt.mechanisms import available
 
 HAS_CACHE = "cache" in available()
@@ -136,8 +135,9 @@ def test_payload_is_the_prequential_code_length_within_a_few_bytes() -> None:
     assert report.payload_bytes >= report.coded_bits / 8 - 2
     assert report.coded_bits <= report.prequential_bits + 1.0
     assert report.compressed_bytes == report.header_bytes + report.payload_bytes == len(blob)
-    # the Learner's own record of the same run, outside the codec
-    learner = Learner()
+    # the Learner's own record of the same run (encode's default: the seed preset), outside
+    # the codec
+    learner = RunConfig().build_learner()
     for b in data:
         learner.step(bytes([b]))
     assert report.prequential_bits == pytest.approx(float(learner.losses.sum()), rel=1e-9)

@@ -20,10 +20,10 @@ _MODEL_FLAGS: list[tuple[str, str, type, str]] = [
     ("--dtype", "dtype", str, "float32 | float64 (seed: float32)"),
 ]
 _OPTIM_FLAGS: list[tuple[str, str, type, str]] = [
-    ("--optimizer", "name", str, "adam | sgd (seed: adam)"),
-    ("--lr", "lr", float, "learning rate (seed: 0.01)"),
-    ("--beta1", "beta1", float, "Adam β1 (seed: 0.9)"),
-    ("--beta2", "beta2", float, "Adam β2 (seed: 0.999)"),
+    ("--optimizer", "name", str, "adam | sgd (seed: sgd, seed-adam: adam)"),
+    ("--lr", "lr", float, "learning rate (seed: 0.02, seed-adam: 0.0003)"),
+    ("--beta1", "beta1", float, "Adam β1 (seed-adam: 0.9)"),
+    ("--beta2", "beta2", float, "Adam β2 (seed-adam: 0.999)"),
     ("--weight-decay", "weight_decay", float, "decoupled weight decay (seed: 0)"),
     ("--momentum", "momentum", float, "SGD momentum (seed: 0)"),
     ("--grad-clip", "grad_clip", float, "global-norm clip, 0 = off (seed: 1.0)"),

@@ -19,21 +19,49 @@ from mugpt.model import ModelConfig, OptimConfig
 
 SECTIONS = ("model", "optim", "learner", "mechanisms", "stream", "seed", "preset")
 
+#: The learning rate with the lowest mean bpb over three seeds on the tuning set (the first
+#: 100 kB of the default stream), per optimiser and k, seed model, window loss over the full
+#: causal block, global-norm clipping at 1.0 (``benchmarks/lr_scan.py``,
+#: docs/results/lr-scan.md). The presets take the k = 1 entries; a baseline at another k
+#: should take its own.
+SEED_LR_BY_K: dict[str, dict[int, float]] = {
+    "sgd": {1: 0.02, 4: 0.1, 16: 0.3, 32: 0.3},
+    "adam": {1: 0.0003, 4: 0.001, 16: 0.003, 32: 0.01},
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # the original μGPT: strict per-byte learning with the seed model
-    "seed": {},
+    # the original μGPT: strict per-byte learning with the seed model, trained by plain SGD
+    # with global-norm gradient clipping as the original was; lr from the scan at k = 1
+    "seed": {
+        "optim": {"name": "sgd", "lr": SEED_LR_BY_K["sgd"][1], "momentum": 0.0, "grad_clip": 1.0},
+    },
+    # the same model and protocol trained by Adam, at its own best lr from the same scan
+    "seed-adam": {
+        "optim": {
+            "name": "adam",
+            "lr": SEED_LR_BY_K["adam"][1],
+            "beta1": 0.9,
+            "beta2": 0.999,
+            "grad_clip": 1.0,
+        },
+    },
     # the strongest configuration found at ≥ 40,000 bytes/s on one thread (docs/bench.md):
     # a wider model trained NNCP-style (Adam β1 = 0, β2 = 0.9999, clipping, no warm-up), 24
     # bytes per step, mixed PAQ-style with count models of orders 0-10 (mechanisms/ngram_mix)
     "strong": {
         "model": {"d_model": 32, "n_heads": 4, "d_ff": 128},
-        "optim": {"lr": 0.003, "beta1": 0.0, "beta2": 0.9999, "grad_clip": 1.0},
+        "optim": {"name": "adam", "lr": 0.003, "beta1": 0.0, "beta2": 0.9999, "grad_clip": 1.0},
         "learner": {"update_every": 24},
         "mechanisms": [{"name": "ngram_mix", "max_order": 10, "table_bits": 18, "prior": 0.005}],
     },
 }
-"""Named configurations. ``seed`` is the original μGPT; ``strong`` the best prequential bpb
-found at ≥ 40,000 bytes/s (see docs/bench.md)."""
+"""Named configurations. ``seed`` is the original μGPT (SGD with clipping); ``seed-adam`` the
+same model under Adam; ``strong`` the best prequential bpb found at ≥ 40,000 bytes/s (see
+docs/bench.md)."""
+
+
+def _seed_optim() -> OptimConfig:
+    return OptimConfig.from_dict(PRESETS["seed"]["optim"])
 
 
 @dataclass
@@ -48,10 +76,22 @@ class RunConfig:
         Traceback (most recent call last):
         ...
         mugpt.errors.ConfigError: unknown config section(s) ['modle']; allowed: ['model', 'optim', 'learner', 'mechanisms', 'stream', 'seed', 'preset']
+
+    The ``seed`` preset (the default) is the original μGPT, trained by SGD with clipping;
+    ``seed-adam`` is the same model and protocol under Adam:
+
+        >>> seed = RunConfig.from_dict({})
+        >>> seed.optim.name, seed.optim.lr, seed.optim.grad_clip, seed.learner.update_every
+        ('sgd', 0.02, 1.0, 1)
+        >>> seed == RunConfig()
+        True
+        >>> adam = RunConfig.from_dict({"preset": "seed-adam"})
+        >>> adam.optim.name, adam.optim.lr, adam.model == seed.model
+        ('adam', 0.0003, True)
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimConfig = field(default_factory=_seed_optim)  # the seed preset's, as ``preset``
     learner: Any = None  # LearnerConfig (imported lazily to keep this module light)
     mechanisms: list[dict[str, Any]] = field(default_factory=list)  # [{"name": ..., **params}]
     stream: str = ""  # a stream spec; "" is the built-in default stream
