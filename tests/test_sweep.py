@@ -391,7 +391,8 @@ def test_execute_run_reads_back_a_finished_run_and_restarts_on_a_foreign_checkpo
     again = execute_run(cfg.to_dict(), tmp_path / "r", max_bytes=300, baselines=False)
     assert again["bpb"] == first["bpb"] and again["curve"] == first["curve"]
     # a checkpoint of another run in the folder is not continued
-    other = cfg.with_overrides({"optim.lr": 0.02})
+    other = cfg.with_overrides({"optim.lr": 2 * cfg.optim.lr})
+    assert other.digest() != cfg.digest()
     fresh = execute_run(other.to_dict(), tmp_path / "r", max_bytes=300, baselines=False)
     assert fresh["resumed_from"] == 0 and fresh["run_id"] == run_key(other, 300)
 
