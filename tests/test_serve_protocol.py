@@ -25,7 +25,7 @@ TOKEN = "test-token"
 BASE = "http://127.0.0.1:8000"
 WS = "ws://127.0.0.1:8000"
 STREAM = "a=counting:3k,b=random:1k"
-WAIT = 240.0  # an upper bound only: a cold compile cache takes a minute or more
+WAIT = 600.0  # an upper bound only: a cold compile on a loaded machine took over 4 minutes
 
 
 @pytest.fixture(scope="module")
@@ -139,13 +139,20 @@ def test_the_status_says_what_the_engine_is_doing_before_any_run(client: TestCli
     status = client.get("/api/status").json()
     assert status["engine"]["state"] in ("starting", "compiling", "ready", "failed", "unknown")
     assert status["message"]
-    deadline = time.monotonic() + WAIT
-    while status["engine"]["state"] in ("starting", "compiling"):
+    # while it compiles, the status says so and its clock runs; how long a cold compile takes
+    # depends on the machine and its load, so the test stops watching after a while
+    deadline = time.monotonic() + 60.0
+    first_elapsed = None
+    while status["engine"]["state"] in ("starting", "compiling") and time.monotonic() < deadline:
         assert status["engine"]["elapsed_s"] is not None
         assert "engine" in status["message"]
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+        first_elapsed = (
+            first_elapsed if first_elapsed is not None else status["engine"]["elapsed_s"]
+        )
+        time.sleep(0.5)
         status = client.get("/api/status").json()
+    if status["engine"]["state"] in ("starting", "compiling"):
+        assert first_elapsed is not None and status["engine"]["elapsed_s"] > first_elapsed
     if status["engine"]["state"] == "ready":
         assert status["engine"]["step"] == status["engine"]["steps"]
         assert status["engine"]["seconds"] >= 0
