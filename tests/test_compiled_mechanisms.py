@@ -40,20 +40,6 @@ CASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "knn": [("knn", {"capacity": 100, "k": 4, "lam": 0.3})],
     "replay": [("replay", {"capacity": 32, "k": 2, "every": 3, "start_after": 8, "alpha": 1.0})],
     "replay-own": [("replay", OWN)],
-    "all four": [
-        ("adaptive_lr", DETECT),
-        ("ngram_mix", {"max_order": 3, "table_bits": 12}),
-        ("selective_backprop", {"mode": "percentile", "beta": 1.0, "history": 64}),
-        ("grad_clip", {"max_norm": 0.1}),
-    ],
-    "all six": [
-        ("knn", {"capacity": 50, "k": 3, "temperature": 2.0, "lam": 0.2}),
-        ("adaptive_lr", DETECT),
-        ("ngram_mix", {"max_order": 3, "table_bits": 12}),
-        ("cache", {"size": 32, "theta": 2.0, "lam": 0.1}),
-        ("selective_backprop", {"mode": "percentile", "beta": 1.0, "history": 64}),
-        ("grad_clip", {"max_norm": 0.1}),
-    ],
     "all seven": [
         ("replay", {"capacity": 24, "k": 2, "every": 2, "start_after": 6}),
         ("knn", {"capacity": 50, "k": 3, "temperature": 2.0, "lam": 0.2}),
