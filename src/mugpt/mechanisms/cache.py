@@ -447,12 +447,8 @@ class MemoryMixture(Mechanism):
     def memory_distribution(self, queries: np.ndarray, step_values: np.ndarray) -> np.ndarray:
         """p_memory (k, 257) for ``queries`` (k, C); rows that see no pair are all zero.
         ``step_values[i]`` is the byte that followed query i (used by the queries after it)."""
-        q = as_queries(self.memory, queries)
-        k = q.shape[0]
-        values = np.zeros(k, dtype=np.int64)
-        n = min(k, int(step_values.size))
-        values[:n] = step_values[:n]
-        return self._memory_rows(q, np.arange(k), values)
+        q, values = self._step_queries(queries, step_values)
+        return self._memory_rows(q, np.arange(q.shape[0]), values)
 
     def _mix(
         self, hidden: np.ndarray, slots: np.ndarray, next_bytes: np.ndarray, probs: np.ndarray,
@@ -470,12 +466,18 @@ class MemoryMixture(Mechanism):
     def mix(self, queries: np.ndarray, probs: np.ndarray, step_values: np.ndarray) -> np.ndarray:
         """(1 − λ)·probs + λ·p_memory on the rows where the memory has something to say.
         ``step_values[i]`` is the byte that followed query i (used by the queries after it)."""
+        q, values = self._step_queries(queries, step_values)
+        return self._mix(q, np.arange(q.shape[0]), values, probs, np.zeros(5))
+
+    def _step_queries(
+        self, queries: np.ndarray, step_values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The queries in the memory's dtype and the byte after each (0 past the known ones)."""
         q = as_queries(self.memory, queries)
-        k = q.shape[0]
-        values = np.zeros(k, dtype=np.int64)
-        n = min(k, int(step_values.size))
+        values = np.zeros(q.shape[0], dtype=np.int64)
+        n = min(q.shape[0], int(step_values.size))
         values[:n] = step_values[:n]
-        return self._mix(q, np.arange(k), values, probs, np.zeros(5))
+        return q, values
 
     # ------------------------------------------------------------------ hooks
 
