@@ -24,12 +24,17 @@ from mugpt.bench import measure
 from mugpt.bench.flops import flops_per_byte
 from mugpt.engine.baselines import BASELINES
 from mugpt.engine.checkpoint import atomic_write_bytes
-from mugpt.engine.config import PRESETS, RunConfig
+from mugpt.engine.config import PRESETS, SEED_LR_BY_K, RunConfig
 from mugpt.errors import ConfigError
 
 BENCH_CONFIGS: dict[str, dict[str, Any]] = {
     "seed": {"preset": "seed"},
-    "seed-k32": {"preset": "seed", "learner": {"update_every": 32}},
+    # the seed preset's lr is the scan's k = 1 value; at k = 32 it takes the scan's own
+    "seed-k32": {
+        "preset": "seed",
+        "optim": {"lr": SEED_LR_BY_K["sgd"][32]},
+        "learner": {"update_every": 32},
+    },
     "seed-B16": {"preset": "seed", "learner": {"batch_streams": 16}},
     "strong": {"preset": "strong"},
 }
