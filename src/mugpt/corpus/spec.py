@@ -27,7 +27,13 @@ from pathlib import Path
 
 from mugpt.corpus.sources import DirSource, FileSource, Source, StdinSource, TextSource
 from mugpt.corpus.stdlib import StdlibCodeSource, StdlibProseSource
-from mugpt.corpus.synthetic import CountingSource, RandomSource, RepeatSource, StoriesSource
+from mugpt.corpus.synthetic import (
+    CountingSource,
+    LinguaSource,
+    RandomSource,
+    RepeatSource,
+    StoriesSource,
+)
 from mugpt.corpus.tinystories import SPLITS, TinyStoriesSource
 from mugpt.errors import StreamError
 
@@ -140,6 +146,9 @@ SOURCE_KINDS: dict[str, SourceKind] = {
         ),
         SourceKind("counting", "counting", "numbers counting up, one per line", needs_budget=True),
         SourceKind("stories", "stories", "generated short English-like stories", needs_budget=True),
+        SourceKind(
+            "lingua", "lingua", "text in a made-up language (Zipf words)", needs_budget=True
+        ),
         SourceKind(
             "tinystories",
             "tinystories:valid",
@@ -299,7 +308,7 @@ def parse_phase(text: str, where: str, base_dir: Path | None = None) -> PhaseSpe
     if budget is None and kind.needs_budget:
         raise StreamError(
             f"source '{source}' {where} needs a budget ({source} is "
-            f"{'endless' if source in {'random', 'repeat', 'counting', 'stories'} else 'large'}); "
+            f"{'endless' if source in {'random', 'repeat', 'counting', 'stories', 'lingua'} else 'large'}); "
             f"write e.g. '{source}:50k'"
         )
     if budget == 0:
@@ -359,6 +368,7 @@ def make_source(source: str, seed: int) -> Source:
         "repeat": lambda: RepeatSource(seed),
         "counting": lambda: CountingSource(seed),
         "stories": lambda: StoriesSource(seed),
+        "lingua": lambda: LinguaSource(seed),
         "tinystories": lambda: TinyStoriesSource(arg or "valid"),
     }
     if name not in factories:

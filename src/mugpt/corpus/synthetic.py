@@ -216,3 +216,74 @@ class StoriesSource(GeneratedSource):
         rng = _python_rng(self.seed, "stories")
         while True:
             yield make_story(rng).encode("ascii"), True
+
+
+# ---- a made-up language ------------------------------------------------------------------
+
+_LINGUA_ONSETS = ["k", "t", "s", "n", "m", "r", "l", "v", "z", "h", "j", "tš", "kv", "sk", "p"]
+_LINGUA_VOWELS = ["a", "e", "i", "o", "u", "ä", "ö", "y", "aa", "ei"]
+_LINGUA_CODAS = ["", "", "", "n", "s", "k", "r", "t"]
+#: words in the language's vocabulary (drawn once, the same for every stream seed)
+LINGUA_WORDS = 3000
+
+
+def lingua_vocabulary() -> list[str]:
+    """The words of the ``lingua`` language, most frequent first.
+
+    A word is one to four consonant-vowel syllables (some closed by a consonant) over an
+    inventory unlike English: ``ä``, ``ö`` and ``š`` (two UTF-8 bytes each), doubled vowels,
+    no ``c``, ``q``, ``w`` or ``x``. The vocabulary comes from a generator with a fixed seed,
+    so every stream seed speaks the same language.
+
+    >>> words = lingua_vocabulary()
+    >>> len(words), len(set(words)) == len(words)
+    (3000, True)
+    """
+    rng = random.Random(20240613)
+    words: list[str] = []
+    seen: set[str] = set()
+    while len(words) < LINGUA_WORDS:
+        n_syllables = rng.choices([1, 2, 3, 4], weights=[3, 5, 3, 1])[0]
+        word = "".join(
+            rng.choice(_LINGUA_ONSETS) + rng.choice(_LINGUA_VOWELS) + rng.choice(_LINGUA_CODAS)
+            for _ in range(n_syllables)
+        )
+        if word not in seen:
+            seen.add(word)
+            words.append(word)
+    words.sort(key=len)  # short words are the frequent ones, as in natural languages (Zipf)
+    return words
+
+
+class LinguaSource(GeneratedSource):
+    """``lingua`` — text in a made-up language: another language for the learner, offline.
+
+    Words are drawn from :func:`lingua_vocabulary` with Zipf's law (the word of rank ``r``
+    has weight ``1 / r``; G. K. Zipf, *Human Behavior and the Principle of Least Effort*,
+    1949), sentences of 4-16 words start with a capital and end with ``.``, ``?`` or ``!``,
+    with a comma now and then; a paragraph of 2-6 sentences is one document. It stands in for
+    a phase in another natural language: the letters, their frequencies and the words all
+    change, the shape of sentences does not. Not a natural language: no grammar ties the
+    words together, so only word statistics are there to learn.
+
+    >>> text = LinguaSource(seed=0).read(300)[0].decode("utf-8", "ignore")
+    >>> text[0].isupper(), " " in text
+    (True, True)
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__("lingua", seed)
+
+    def _chunks(self) -> Iterator[Chunk]:
+        rng = _python_rng(self.seed, "lingua")
+        words = lingua_vocabulary()
+        cum_weights = list(np.cumsum([1.0 / rank for rank in range(1, len(words) + 1)]))
+        while True:
+            sentences = []
+            for _ in range(rng.randint(2, 6)):
+                chosen = rng.choices(words, cum_weights=cum_weights, k=rng.randint(4, 16))
+                if len(chosen) > 6 and rng.random() < 0.4:
+                    chosen[rng.randint(2, len(chosen) - 3)] += ","
+                end = rng.choices([".", "?", "!"], weights=[8, 1, 1])[0]
+                sentences.append(" ".join(chosen).capitalize() + end)
+            yield (" ".join(sentences) + "\n").encode("utf-8"), True
