@@ -33,6 +33,7 @@ CASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "grad_clip-value": [("grad_clip", {"mode": "value", "clip_value": 0.002})],
     "selective_backprop-threshold": [("selective_backprop", {"tau": 4.0})],
     "selective_backprop-percentile": [("selective_backprop", PERCENTILE)],
+    "selective_backprop-random": [("selective_backprop", {"mode": "random", "skip_rate": 0.3})],
     "adaptive_lr": [("adaptive_lr", DETECT)],
     "adaptive_lr-steps": [("adaptive_lr", BY_STEPS)],
     "ngram_mix": [("ngram_mix", {"max_order": 4, "table_bits": 12})],
@@ -40,6 +41,7 @@ CASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "knn": [("knn", {"capacity": 100, "k": 4, "lam": 0.3})],
     "replay": [("replay", {"capacity": 32, "k": 2, "every": 3, "start_after": 8, "alpha": 1.0})],
     "replay-own": [("replay", OWN)],
+    "replay-current": [("replay", {**OWN, "source": "current", "own_optimizer": False})],
     "all seven": [
         ("replay", {"capacity": 24, "k": 2, "every": 2, "start_after": 6}),
         ("knn", {"capacity": 50, "k": 3, "temperature": 2.0, "lam": 0.2}),
@@ -117,8 +119,8 @@ def test_the_cases_exercise_what_they_claim() -> None:
     stream = Stream.from_bytes(TEXT)
     seen: dict[str, dict[str, Any]] = {}
     for name in ("grad_clip-norm", "grad_clip-value", "selective_backprop-threshold",
-                 "selective_backprop-percentile", "adaptive_lr", "ngram_mix", "cache",
-                 "knn", "replay", "replay-own"):  # fmt: skip
+                 "selective_backprop-percentile", "selective_backprop-random", "adaptive_lr",
+                 "ngram_mix", "cache", "knn", "replay", "replay-own", "replay-current"):  # fmt: skip
         learner = _learner(CASES[name], 1, 1, OptimConfig(lr=0.01))
         learner.run(stream)
         seen[name] = {**learner.mechanisms[0].counters(), **learner.counters.to_dict()}
@@ -130,6 +132,9 @@ def test_the_cases_exercise_what_they_claim() -> None:
     assert seen["grad_clip-norm"]["clipped"] > 100 and seen["grad_clip-value"]["clipped"] > 100
     assert 0 < seen["selective_backprop-threshold"]["skipped"] < len(TEXT)
     assert 0 < seen["selective_backprop-percentile"]["skipped"] < len(TEXT)
+    # random skipping at 0.3: the share is binomial around it (n = 1324, sd ≈ 0.013)
+    assert abs(seen["selective_backprop-random"]["skip_share"] - 0.3) < 0.05
+    assert seen["selective_backprop-random"]["mean_keep_probability"] == pytest.approx(0.7)
     assert seen["adaptive_lr"]["alarms"] >= 1
     assert seen["ngram_mix"]["mixed_bytes"] == len(TEXT)
     for memory in ("cache", "knn"):  # every byte after the first is mixed, often a hit
@@ -140,6 +145,10 @@ def test_the_cases_exercise_what_they_claim() -> None:
     for replay in ("replay", "replay-own"):  # replayed often, from a full reservoir
         assert seen[replay]["replays"] > 300 and seen[replay]["replay_updates"] > 300
         assert seen[replay]["windows_seen"] == len(TEXT) > 10 * seen[replay]["stored"]
+    # the control makes as many extra updates as replay on the same schedule, stores nothing
+    assert seen["replay-current"]["replays"] == seen["replay-own"]["replays"]
+    assert seen["replay-current"]["stored"] == 0
+    assert seen["replay-current"]["windows_seen"] == len(TEXT)
 
 
 def test_a_run_in_pieces_equals_one_run_with_every_compiled_mechanism() -> None:

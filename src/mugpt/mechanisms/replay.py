@@ -13,6 +13,14 @@ The buffer holds the symbols themselves (the window the Learner trained on: up t
 ``context + 1`` symbols, BOS included), so the stream need not be kept. A window's priority
 is its loss when it was stored, refreshed with the loss measured each time it is replayed.
 
+The control (``source = "current"``). Replay adds updates as well as revisiting the past, so
+a gain from it can come from either. With ``source = "current"`` the mechanism keeps the same
+schedule (``k`` extra updates every ``every`` steps, from the step at which the reservoir
+would hold ``start_after`` windows) but each extra update trains on the step's own window,
+the one the main update just used, and nothing is stored; no random draw is made. The
+difference between the two arms is then what revisiting stored windows adds beyond the extra
+updates (the comparison is in docs/results/replay-control.md).
+
 Replay trains on bytes other than the current window, so a run with it is **not
 strict-online** (``strict_online = False``); its bpb is still prequential — every byte is
 scored before any update uses it — but tables mark it.
@@ -29,7 +37,7 @@ draws its ``k`` slots first, then (once the reservoir is full) the draw of Algor
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numba import njit
@@ -67,6 +75,9 @@ class ReplayConfig(MechanismConfig):
     alpha: float = Field(0.5, ge=0.0, le=10.0, description="priority ∝ loss^alpha (0: uniform)")
     start_after: int = Field(64, ge=1, le=1_000_000, description="replay once this many stored")
     own_optimizer: bool = Field(False, description="a separate optimiser state for replay")
+    source: Literal["buffer", "current"] = Field(
+        "buffer", description="buffer: stored windows; current: the step's own window (control)"
+    )
 
 
 @register
@@ -158,6 +169,8 @@ class Replay(Mechanism):
         cfg = self.config
         windows: list[np.ndarray] = []
         self._pending = []
+        if cfg.source == "current":
+            return self._current_windows(ctx)
         if self.filled >= cfg.start_after and ctx.step % cfg.every == 0:
             slots = self.sample(ctx.rng, cfg.k)
             self._pending = [int(s) for s in slots]
@@ -170,6 +183,22 @@ class Replay(Mechanism):
         if windows and cfg.own_optimizer:
             self._ensure_optimizer(ctx)
         return windows
+
+    def _current_windows(self, ctx: StepContext) -> list[np.ndarray]:
+        """The control's extra windows: ``k`` copies of the step's window when replay would be
+        due (the reservoir would hold min(seen, capacity) windows), none stored."""
+        cfg = self.config
+        if self._width == 0:  # the reservoir stays empty; sized as the compiled loop sizes it
+            self._allocate(ctx.context + 1)
+        would_hold = min(self.seen, cfg.capacity)
+        self.seen += 1
+        if would_hold < cfg.start_after or ctx.step % cfg.every != 0:
+            return []
+        current = np.concatenate([ctx.inputs, ctx.targets[-1:]])
+        self._pending = [-1] * cfg.k  # no slot: the losses are tallied, no priority changes
+        if cfg.own_optimizer:
+            self._ensure_optimizer(ctx)
+        return [current.copy() for _ in range(cfg.k)]
 
     def replayed(self, ctx: StepContext, losses_bits: list[float]) -> None:
         for slot, bits in zip(self._pending, losses_bits):
@@ -331,7 +360,7 @@ def pick(cdf: Any, n: int, u: float) -> int:  # pragma: no cover - compiled
 
 class ReplayState(NamedTuple):
     """:class:`Replay` as the compiled loop holds it. ``cfg`` = [k, every, alpha,
-    start_after, own_optimizer]; the reservoir's own arrays ``buf``, ``lens``, ``loss``
+    start_after, own_optimizer, source (0 buffer, 1 current)]; the reservoir's own arrays ``buf``, ``lens``, ``loss``
     (changed in place); ``counts`` = [filled, seen, replays, replay_bits_n], ``bits`` =
     [replay_bits_sum]; ``ws`` a one-window workspace for the extra windows; the own
     optimiser's moments ``m``, ``v``, its state ``ostate`` = [t, nonfinite, clipped] and
@@ -416,7 +445,8 @@ class ReplayBinding:
         self._hyper = np.array(opt.hyper, dtype=np.float64)
         k, cap = cfg.k, mech._buf.shape[0]
         self.bound = ReplayState(
-            np.array([k, cfg.every, cfg.alpha, cfg.start_after, float(cfg.own_optimizer)]),
+            np.array([k, cfg.every, cfg.alpha, cfg.start_after, float(cfg.own_optimizer),
+                      float(cfg.source == "current")]),
             mech._buf, mech._len, mech._loss,
             np.array([mech.filled, mech.seen, mech.replays, mech.replay_bits_n], dtype=np.int64),
             np.array([mech.replay_bits_sum]), self._workspace(model), m, v, ostate,
@@ -453,13 +483,14 @@ class ReplayBinding:
 
 
 @njit(**JIT_OPTIONS)
-def _train_window(st: Any, model: Any, opt: Any, slot: int) -> float:  # pragma: no cover
-    """``Learner._train_extra`` on the stored window in ``slot``: forward and backward on the
-    replay workspace, one step of the shared or own optimiser. Returns the window's mean loss
-    (bits) before the step, NaN when it has no byte to learn; counts the passes and the
-    update in ``st.tally`` = [forward, backward, updates, nonfinite]."""
-    ws, sym = st.ws, st.buf[slot]
-    n = st.lens[slot] - 1
+def _train_window(st: Any, model: Any, opt: Any, sym: Any, n_sym: int) -> float:  # pragma: no cover
+    """``Learner._train_extra`` on the window sym[:n_sym] (a stored one or the step's own):
+    forward and backward on the replay workspace, one step of the shared or own optimiser.
+    Returns the window's mean loss (bits) before the step, NaN when it has no byte to learn;
+    counts the passes and the update in ``st.tally`` = [forward, backward, updates,
+    nonfinite]."""
+    ws = st.ws
+    n = n_sym - 1
     t_len = model.dims[D_T]
     total = 0.0
     for t in range(t_len):
@@ -542,6 +573,21 @@ def replay_step(
         st.cur[t] = ws.idx[window, t]
     st.cur[n_in] = ws.tgt[window, n_in - 1]
     k = int(cfg[0])
+    if cfg[5] != 0.0:  # the control: the step's own window, nothing stored, no draw
+        would_hold = min(counts[1], st.buf.shape[0])
+        counts[1] += 1
+        if would_hold < cfg[3] or step % int(cfg[1]) != 0:
+            return 0
+        for r in range(k):
+            st.losses[r] = _train_window(st, model, opt, st.cur, n_in + 1)
+            if math.isfinite(st.losses[r]):
+                st.bits[0] += st.losses[r]
+                counts[3] += 1
+        counts[2] += k
+        row = st.events[st.n_events[0]]
+        row[0], row[1], row[2] = step, pos, k
+        st.n_events[0] += 1
+        return k
     due = counts[0] >= cfg[3] and step % int(cfg[1]) == 0
     if due:
         n = counts[0]
@@ -549,7 +595,8 @@ def replay_step(
         for r in range(k):
             st.picked[r] = pick(st.cdf, n, next_double(rng))
         for r in range(k):  # the windows as stored before this step's offer
-            st.losses[r] = _train_window(st, model, opt, st.picked[r])
+            slot_r = st.picked[r]
+            st.losses[r] = _train_window(st, model, opt, st.buf[slot_r], st.lens[slot_r])
     slot = _offer(st, n_in + 1, window_loss, rng)
     if not due:
         return 0

@@ -7,13 +7,18 @@ keeps an example with probability ``CDF_R(L)^β``, the percentile of its loss ``
 the prequential prediction, so every skipped update saves one backward pass and one optimiser
 step.
 
-Two modes:
+Three modes:
 
 - ``threshold`` (the original μGPT rule): skip the update exactly when the window loss is
   below ``tau`` bits.
 - ``percentile`` (Jiang et al.): keep with probability ``pct(L)^beta``, where ``pct(L)`` is the
   share of the last ``history`` window losses, this one included, that are ``<= L``. The draw
   uses the Learner's seeded generator (``ctx.rng``), so runs repeat bit for bit.
+
+- ``random`` (the control): skip with probability ``skip_rate`` whatever the loss, one draw
+  of the same generator per decision. Set to the share another mode skipped, it tells what
+  choosing *which* updates to skip is worth beyond skipping that many (the trade-off curve
+  is in docs/results/selective-backprop.md).
 
 The loss compared is ``ctx.window_loss_bits``: the mean loss, in bits, of the positions the
 update would train on.
@@ -31,6 +36,9 @@ from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
 from mugpt.mechanisms.rng import next_double
 from mugpt.model.constants import JIT_OPTIONS
 
+MODES = ("threshold", "percentile", "random")
+"""The modes in the order of their code in :class:`SelectState` ``cfg[0]``."""
+
 
 class SelectiveBackpropConfig(MechanismConfig):
     """Settings of :class:`SelectiveBackprop`.
@@ -40,14 +48,18 @@ class SelectiveBackpropConfig(MechanismConfig):
         3.0
     """
 
-    mode: Literal["threshold", "percentile"] = Field(
-        "threshold", description="threshold: skip when loss < tau; percentile: Jiang et al."
+    mode: Literal["threshold", "percentile", "random"] = Field(
+        "threshold",
+        description="threshold: skip when loss < tau; percentile: Jiang et al.; random: control",
     )
     tau: float = Field(
         2.5, ge=0.0, le=40.0, description="threshold mode: skip below this many bits"
     )
     beta: float = Field(3.0, ge=0.0, le=100.0, description="percentile mode: selectivity β")
     history: int = Field(1024, ge=1, le=1_000_000, description="percentile mode: losses remembered")
+    skip_rate: float = Field(
+        0.5, ge=0.0, le=1.0, description="random mode: probability of skipping an update"
+    )
 
 
 @register
@@ -95,6 +107,10 @@ class SelectiveBackprop(Mechanism):
         if self.config.mode == "threshold":
             keep = loss >= self.config.tau
             self.keep_prob_sum += float(keep)
+        elif self.config.mode == "random":
+            prob = 1.0 - self.config.skip_rate
+            keep = bool(ctx.rng.random() < prob)
+            self.keep_prob_sum += prob
         else:
             prob = self.keep_probability(loss)
             keep = bool(ctx.rng.random() < prob)
@@ -124,7 +140,9 @@ class SelectiveBackprop(Mechanism):
         """The compiled loop's copy of this mechanism (:func:`keep_kernel`)."""
         cfg = self.config
         return SelectState(
-            cfg=np.array([0.0 if cfg.mode == "threshold" else 1.0, cfg.tau, cfg.beta]),
+            cfg=np.array(
+                [MODES.index(cfg.mode), cfg.tau, cfg.beta, cfg.skip_rate], dtype=np.float64
+            ),
             hist=self._hist,  # shared: the kernel writes the ring buffer in place
             ring=np.array([self._filled, self._head], dtype=np.int64),
             stats=np.array([self.decisions, self.skipped, self.keep_prob_sum], dtype=np.float64),
@@ -171,8 +189,8 @@ class SelectiveBackprop(Mechanism):
 
 
 class SelectState(NamedTuple):
-    """:class:`SelectiveBackprop` as arrays: ``cfg`` = [mode (0 threshold, 1 percentile), tau,
-    beta]; ``hist`` the ring of window losses; ``ring`` = [filled, head]; ``stats`` =
+    """:class:`SelectiveBackprop` as arrays: ``cfg`` = [mode (0 threshold, 1 percentile,
+    2 random: :data:`MODES`), tau, beta, skip_rate]; ``hist`` the ring of window losses; ``ring`` = [filled, head]; ``stats`` =
     [decisions, skipped, keep_prob_sum]."""
 
     cfg: np.ndarray
@@ -189,6 +207,10 @@ def keep_kernel(state: Any, loss: float, rng: Any) -> bool:  # pragma: no cover 
     if state.cfg[0] == 0.0:
         keep = loss >= state.cfg[1]
         stats[2] += 1.0 if keep else 0.0
+    elif state.cfg[0] == 2.0:
+        prob = 1.0 - state.cfg[3]
+        keep = next_double(rng) < prob
+        stats[2] += prob
     else:
         hist, ring = state.hist, state.ring
         hist[ring[1]] = loss
