@@ -87,8 +87,10 @@ def _summary(n: int, walls: list[float], cpus: list[float], rss0: float) -> dict
     }
 
 
-def measure_mugpt(config: dict[str, Any], data: bytes, doc_starts: np.ndarray, repeats: int) -> dict[str, Any]:  # fmt: skip
-    """Times ``repeats`` fresh Learners of ``config`` over ``data``."""
+def measure_mugpt(config: dict[str, Any], data: bytes, doc_starts: np.ndarray, repeats: int, experts: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Times ``repeats`` fresh Learners of ``config`` over ``data``. With ``experts``, one more
+    run, not timed, attributes a mixture to its experts (``out["experts"]``, when the
+    configuration has one)."""
     from mugpt.corpus import Phase, Stream
     from mugpt.engine.config import RunConfig
 
@@ -101,6 +103,14 @@ def measure_mugpt(config: dict[str, Any], data: bytes, doc_starts: np.ndarray, r
     out = _summary(len(data), walls, cpus, rss0)
     out["bpb"] = float(result.bpb)
     out["backend"] = warm.backend
+    if experts:
+        from mugpt.engine.summary import expert_rows, track_experts
+
+        learner = run_config.build_learner()
+        if track_experts(learner.mechanisms):
+            traced = learner.run(stream)
+            assert traced.bpb == result.bpb, "attribution must not change the bits"
+            out["experts"] = expert_rows(traced.mechanisms)
     return out
 
 

@@ -67,6 +67,7 @@ class BenchRow:
     peak_fraction: float | None = None  # gflops / the machine's measured peak (CPU time)
     speedup_vs_torch: float | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    experts: list[dict[str, Any]] | None = None  # a mixture's attribution (untimed extra run)
 
 
 @dataclass
@@ -197,8 +198,11 @@ def run_bench(
     peak: bool = True,
     source: str = "",
     progress: Progress | None = None,
+    experts: bool = True,
 ) -> BenchReport:
-    """Times every workload on ``data`` (each in a fresh single-thread child process)."""
+    """Times every workload on ``data`` (each in a fresh single-thread child process); with
+    ``experts``, a configuration with a mixture makes one more run, not timed, that
+    attributes it to its experts (``BenchRow.experts``)."""
     if repeats < 1:
         raise ConfigError(f"repeats={repeats} must be >= 1 (3 gives a median of three)")
     if len(data) < 64:
@@ -216,8 +220,9 @@ def run_bench(
     torch_on = torch and _torch_available()
     for name, cfg in parsed:
         say(f"mugpt {name}")
-        r = measure.in_child(measure.measure_mugpt, cfg.to_dict(), data, starts, repeats)
+        r = measure.in_child(measure.measure_mugpt, cfg.to_dict(), data, starts, repeats, experts)
         row = _model_row(name, "mugpt", cfg, r, peak_gflops)
+        row.experts = r.get("experts")
         rows.append(row)
         eligible = not cfg.mechanisms and cfg.learner.batch_streams == 1
         if torch_on and eligible:
@@ -266,6 +271,39 @@ def _model_row(
         config=cfg.to_dict(),
         **_common(r),
     )
+
+
+def experts_table(rows: list[dict[str, Any]], title: str = "") -> Any:
+    """A table of a mixture's experts: mean weight and the bits the mixture saved by each."""
+    from rich.table import Table
+
+    table = Table(
+        title=title
+        or "experts of the mixture (saved: the mixture's bits without the expert, other "
+        "weights as they were, minus its bits)"
+    )
+    for col in ("expert", "mean weight", "saved bpb", "saved bits"):
+        table.add_column(col, justify="left" if col == "expert" else "right")
+    for r in rows:
+        weight, per_byte = r.get("mean_weight"), r.get("bpb_saved")
+        table.add_row(
+            r["expert"],
+            "—" if weight is None else f"{weight:.3f}",
+            "—" if per_byte is None else f"{per_byte:+.4f}",
+            f"{r['bits_saved']:,.0f}",
+        )
+    return table
+
+
+def render_experts(report: BenchReport) -> list[Any]:
+    """One table per configuration with a mixture: its experts' mean weights and the bits
+    the mixture saved by each (see ``NgramMix.track_experts``)."""
+    return [
+        experts_table(row.experts, f"experts of {row.name}'s mixture (bpb saved: the "
+                      "mixture without the expert, other weights as they were, minus it)")
+        for row in report.rows
+        if row.experts
+    ]  # fmt: skip
 
 
 def render_table(report: BenchReport) -> Any:

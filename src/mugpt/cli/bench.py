@@ -56,6 +56,9 @@ def register(sub: Any) -> None:
                    help="also time the PyTorch eager reference (needs torch)")  # fmt: skip
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="also time gzip, bzip2, xz, zstd and PPMd")  # fmt: skip
+    p.add_argument("--experts", action=argparse.BooleanOptionalAction, default=True,
+                   help="for a configuration with a mixture (ngram_mix), one more untimed run "
+                   "that shows each expert's mean weight and the bits the mixture saved by it")  # fmt: skip
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--quiet", action="store_true", help="print only the table")
     p.set_defaults(func=main)
@@ -84,6 +87,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from mugpt.bench import render_table, run_bench
+    from mugpt.bench.run import render_experts
 
     console = Console() if sys.stdout.isatty() else Console(width=140)
     data, starts, source = _data(args)
@@ -91,9 +95,11 @@ def main(args: argparse.Namespace) -> int:
     say = None if args.quiet else (lambda msg: console.print(f"[dim]… {msg}[/dim]"))
     report = run_bench(
         data, starts, configs=configs, repeats=args.repeats, torch=args.torch,
-        baselines=args.baselines, source=source, progress=say,
+        baselines=args.baselines, source=source, progress=say, experts=args.experts,
     )  # fmt: skip
     console.print(render_table(report))
+    for table in render_experts(report):
+        console.print(table)
     if args.json:
         report.write_json(args.json)
         if not args.quiet:

@@ -110,6 +110,15 @@ def add_run_config_args(parser: argparse.ArgumentParser, mechanisms: bool = True
         lg.add_argument(
             flag, dest=_dest(flag), type=typ, default=None, help=text, metavar=_metavar(typ)
         )
+    lg.add_argument(
+        "--freeze-network",
+        dest="cfg_freeze_network",
+        action="store_true",
+        default=None,
+        help="the network's weights never change (no backward pass, no optimiser step, no "
+        "replay); mechanisms such as ngram_mix still learn. bpb(frozen) - bpb(normal) is "
+        "what the network's learning is worth",
+    )
     if mechanisms:
         from mugpt.mechanisms import available
 
@@ -139,6 +148,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
                 values.setdefault(section, {})[key] = value
     if getattr(args, "cfg_tied_head", None):
         values.setdefault("model", {})["tied_head"] = True
+    if getattr(args, "cfg_freeze_network", None):
+        values.setdefault("learner", {})["freeze_network"] = True
     mechs = getattr(args, "mech", None) or []
     if mechs:
         from mugpt.mechanisms import available, parse_mech_spec
@@ -184,4 +195,8 @@ def resume_conflicts(args: argparse.Namespace, saved: dict[str, Any]) -> list[st
                 conflicts.append(f"{flag} {value} (the checkpoint has {old})")
     if getattr(args, "cfg_tied_head", None) and not saved.get("model", {}).get("tied_head"):
         conflicts.append("--tied-head (the checkpoint has an untied head)")
+    if getattr(args, "cfg_freeze_network", None) and not saved.get("learner", {}).get(
+        "freeze_network"
+    ):
+        conflicts.append("--freeze-network (the checkpoint's network learns)")
     return conflicts

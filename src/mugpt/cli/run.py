@@ -32,6 +32,8 @@ examples:
   cat notes.txt | mugpt run - --d-model 32 --layers 2 --lr 3e-3
   mugpt run --mech replay:capacity=256 --mech cache --max-bytes 100k
   mugpt run --resume runs/book/checkpoint.npz book.txt --out runs/book-more
+  mugpt run book.txt --preset strong --experts       what each expert of the mixture saves
+  mugpt run book.txt --preset strong --freeze-network  the count models alone (no learning)
 
 stream spec: comma-separated phases LABEL=SOURCE:BUDGET (budget in bytes, k/M suffixes);
 sources: file:PATH, dir:PATH, text:..., stdin, stdlib-prose, stdlib-code, random, repeat,
@@ -72,6 +74,13 @@ def register(sub: Any) -> None:
         metavar="FORMATS",
         default="",
         help="also export the per-byte log: jsonl, parquet, tensorboard (comma list)",
+    )
+    o.add_argument(
+        "--experts",
+        action="store_true",
+        help="attribute a mixture (ngram_mix) to its experts: per expert its mean weight and "
+        "the bits the mixture saved by it (a counterfactual mixture without it, computed "
+        "alongside); in summary.json and the table. Same bits, slower",
     )
     o.add_argument("--quiet", action="store_true", help="no progress bar or table")
     o.add_argument(
@@ -246,6 +255,10 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
     for key, value in (summary.get("baselines") or {}).items():
         totals.add_row(names.get(key, key), fmt(value))
     console.print(totals)
+    if summary.get("experts"):
+        from mugpt.bench.run import experts_table
+
+        console.print(experts_table(summary["experts"]))
     mech_text = (
         ", ".join(
             m["name"] + ("" if m.get("strict_online", True) else " (not strict-online)")
@@ -262,7 +275,7 @@ def print_summary(summary: dict[str, Any], out: Path | None) -> None:
         f"{summary['bytes']:,} bytes · {summary['bytes_per_s']:,.0f} B/s · "
         f"{summary['updates']:,} updates · {summary.get('params', 0):,} params · "
         f"k = {summary.get('update_every')} · {streams}window loss {summary.get('window_loss')} · "
-        f"mechanisms: {mech_text}"
+        f"mechanisms: {mech_text}" + (" · network frozen" if summary.get("freeze_network") else "")
     )
     if out is not None:
         console.print(f"run directory: [bold]{out}[/]")
@@ -357,6 +370,14 @@ def main(args: argparse.Namespace) -> int:
         _console().print(f"[yellow]warning:[/] {w.message}")
     if learner is None:
         learner = cfg.build_learner()
+    if args.experts:
+        from mugpt.engine.summary import track_experts
+
+        if not track_experts(learner.mechanisms):
+            raise ConfigError(
+                "--experts attributes a mixture to its experts, and this run has none; add "
+                "--mech ngram_mix or use --preset strong"
+            )
     if learner.position > len(stream):
         raise StreamError(
             f"the checkpoint is at byte {learner.position:,} but the stream has only "

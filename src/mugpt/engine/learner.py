@@ -238,7 +238,10 @@ class Learner(StreamRuns):
     ) -> float | None:
         """Steps 3-5 of a step: unless a mechanism declines, one update on the windows
         (targets and weights (B, n)) at the mechanisms' lr scale. Returns the optimiser's
-        gradient norm, or None when the update was declined."""
+        gradient norm, or None when the update was declined or the network is frozen."""
+        if self.cfg.freeze_network:
+            self.lr_effective = 0.0
+            return None
         if not all(mech.should_update(ctx) for mech in active):
             self.counters.skipped += 1
             self.lr_effective = 0.0
@@ -251,8 +254,11 @@ class Learner(StreamRuns):
         return grad_norm
 
     def _replay(self, active: list[Mechanism], ctx: StepContext) -> int:
-        """Step 6: the mechanisms' extra windows, one update each; returns how many."""
+        """Step 6: the mechanisms' extra windows, one update each; returns how many (none
+        while the network is frozen: they would train it)."""
         replays = 0
+        if self.cfg.freeze_network:
+            return replays
         for mech in active:
             windows = mech.extra_windows(ctx)
             opt = mech.extra_optimizer()

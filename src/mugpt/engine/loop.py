@@ -14,6 +14,10 @@ Each step of :func:`run_steps` goes through the parts in DESIGN order:
 8. **replay** — extra windows trained after the update, each with a forward, a backward
    and an optimiser step of its own (:func:`mugpt.mechanisms.replay.replay_step`).
 
+With the network frozen (``LearnerConfig.freeze_network``, ``info[I_FROZEN]`` set by the
+caller) parts 6-8 are left out: the weights never change and no backward pass runs; the
+mechanisms of parts 3 and 5 still learn.
+
 A mechanism takes part by bringing its state as arrays (a ``NamedTuple`` its module defines,
 e.g. :class:`mugpt.mechanisms.grad_clip.ClipState`) and compiled kernels for the hooks it uses
 (e.g. :func:`mugpt.mechanisms.grad_clip.clip_kernel`); :data:`KERNELS` names the mechanisms
@@ -64,9 +68,11 @@ BOUND = ("cache", "knn", "replay")
 
 # counters vector of the loop (same order as engine.learner.Counters)
 C_STEPS, C_UPDATES, C_SKIPPED, C_NONFINITE, C_REPLAY, C_FORWARD, C_BACKWARD = range(7)
-# info vector: what the last step did
+# info vector: what the last step did, and (I_FROZEN, set by the caller, never changed by
+# the loop) whether the network is frozen
 I_RECORDS, I_WINDOWS, I_GRAD_NORM, I_APPLIED, I_LR_SCALE, I_WINDOW_LOSS, I_REPLAYS = range(7)
-N_INFO = 7
+I_FROZEN = 7
+N_INFO = 8
 
 
 class ModelArrays(NamedTuple):
@@ -229,8 +235,14 @@ def backward_windows(
 def _update(
     model: Any, opt: Any, out: Any, mechs: Any, n_win: int, total_w: float
 ) -> None:  # pragma: no cover - compiled
-    """Parts 6-7: decide, then (unless declined) scale, backward, transform, optimiser step."""
+    """Parts 6-7: decide, then (unless declined) scale, backward, transform, optimiser step;
+    nothing while the network is frozen."""
     counters, info = out.counters, out.info
+    if info[I_FROZEN] != 0:
+        info[I_GRAD_NORM] = np.nan
+        info[I_APPLIED] = 0
+        info[I_LR_SCALE] = 0.0
+        return
     for j in range(mechs.order.size):  # decide (the first mechanism that declines decides)
         if mechs.order[j] == K_SELECT and not _keep(mechs.select, info[I_WINDOW_LOSS], mechs.rng):
             counters[C_SKIPPED] += 1
@@ -455,7 +467,7 @@ def compiled_steps(
         _update(model, opt, out, mechs, n_win, total_w)
         info[I_REPLAYS] = 0
         for j in range(mechs.order.size):  # replay: extra windows after the update
-            if mechs.order[j] == K_REPLAY:
+            if mechs.order[j] == K_REPLAY and info[I_FROZEN] == 0:
                 n_in = rec[n_rec - 1, 1] + 1  # the last window's inputs (its newest byte last)
                 info[I_REPLAYS] += _replay(
                     mechs.replay, model, opt, mechs.rng, counters, step, n_win - 1, n_in,

@@ -38,7 +38,10 @@ class LearnerConfig:
     ``substream_bytes`` (S): with B > 1, 0 splits each call's bytes once; S > 0 reads the
     stream in blocks of B·S bytes aligned to stream position 0, each split into B sub-streams
     of S bytes, so a run made in calls that end on block boundaries (the lab's time slices,
-    a sweep's checkpoints) equals a run made in one call.
+    a sweep's checkpoints) equals a run made in one call. ``freeze_network``: the network's
+    weights never change (no backward pass, no optimiser step, no replay); the mechanisms
+    that predict (``ngram_mix``'s counts and mixer, the memories) still learn, so
+    bpb(frozen) − bpb(normal) is what the network's learning is worth to a run.
 
     Example:
         >>> LearnerConfig(update_every=0)
@@ -57,6 +60,7 @@ class LearnerConfig:
     backend: str = "auto"
     batch_streams: int = 1
     substream_bytes: int = 0
+    freeze_network: bool = False
 
     def __post_init__(self) -> None:
         k = self.update_every
@@ -78,6 +82,8 @@ class LearnerConfig:
             raise ConfigError(
                 f"substream_bytes={s!r} must be an integer >= 0 (0 = split each call once)"
             )
+        if not isinstance(self.freeze_network, bool):
+            raise ConfigError(f"freeze_network={self.freeze_network!r} must be true or false")
 
     @property
     def block_bytes(self) -> int:

@@ -426,7 +426,7 @@ class StreamRuns:
             counters=np.array(counts, dtype=np.int64),
             rec=np.zeros((n_seg * cfg.context, 3), dtype=np.int64),
             rows=np.zeros((cfg.context, cfg.vocab_size)),
-            info=np.zeros(loop.N_INFO),
+            info=np.zeros(loop.N_INFO),  # info[I_FROZEN] set below
             scored=np.zeros((0, cfg.vocab_size)) if scored is None else scored,
         )
         states = loop.no_mechanisms()._asdict()
@@ -436,6 +436,7 @@ class StreamRuns:
         states["order"] = np.array([loop.KERNELS.index(m.name) for m, _ in parts], dtype=np.int64)
         states["rng"] = packed_rng.pack(self.rng)
         mechs = loop.Mechanisms(**states)
+        out.info[loop.I_FROZEN] = float(self.cfg.freeze_network)
         chunk = 16  # steps per compiled call; grows to about one progress interval
         done_upto = 0  # B = 1: losses[:done_upto] already handed to the loss log
         last_report = time.perf_counter()

@@ -25,6 +25,34 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def track_experts(mechanisms: list[Any]) -> bool:
+    """Turns on the attribution to experts of every mechanism that has one (``ngram_mix``);
+    returns whether any has. The run's bits do not change; it costs time (``mugpt run
+    --experts``)."""
+    found = False
+    for mech in mechanisms:
+        if hasattr(mech, "track_experts"):
+            mech.track_experts()
+            found = True
+    return found
+
+
+def expert_rows(mechanisms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The mixture's attribution to its experts (``ngram_mix`` with
+    :meth:`~mugpt.mechanisms.ngram_mix.NgramMix.track_experts` on), from the mechanisms'
+    descriptions: per expert its ``mean_weight`` and the bits the mixture saved by it; empty
+    when no mechanism tracked its experts.
+
+    >>> expert_rows([{"name": "ngram_mix", "counters": {"mixed_bytes": 3}}])
+    []
+    """
+    for mech in mechanisms:
+        rows = (mech.get("counters") or {}).get("experts")
+        if rows:
+            return [dict(r, mechanism=mech["name"]) for r in rows]
+    return []
+
+
 def build_summary(
     result: RunResult,
     run_config: Any = None,
@@ -67,6 +95,7 @@ def build_summary(
             update_every=run_config.learner.update_every,
             window_loss=run_config.learner.window_loss,
             batch_streams=run_config.learner.batch_streams,
+            freeze_network=run_config.learner.freeze_network,
             substream_bytes=run_config.learner.substream_bytes,
             model={
                 "n_layers": model.n_layers,
@@ -77,6 +106,9 @@ def build_summary(
             },
         )
     summary["mechanisms"] = result.mechanisms
+    experts = expert_rows(result.mechanisms)
+    if experts:
+        summary["experts"] = experts
     summary["strict_online"] = all(m.get("strict_online", True) for m in result.mechanisms)
     phases: list[dict[str, Any]] = []
     boundaries: list[int] = []

@@ -526,6 +526,67 @@ def _restore(
 
 
 @njit(**_JIT)
+def _attribute(
+    x: int,
+    row: Any,
+    dense: Any,
+    sparse_sym: Any,
+    sparse_val: Any,
+    sparse_n: Any,
+    base: Any,
+    w: Any,
+    attr: Any,
+    scratch: Any,
+) -> None:  # pragma: no cover - compiled
+    """Adds one mixed byte ``x`` to the experts' attribution ``attr`` (E, 3): per expert i the
+    weight it was mixed with (column 0), the bits the mixture would have lost on x without it,
+    with every other weight as it was (column 1), and a count of bytes (column 2).
+
+    Leaving expert i out divides out its factor exp(w_i · ln p_i(y)) and renormalises, so
+    ``−log2 p_without(x) − (−log2 p(x)) = (w_i · ln p_i(x) + ln Σ_y p(y) · exp(−w_i ·
+    ln p_i(y))) / ln 2``; a constant shift of ln p_i cancels, so a hashed order uses its
+    values relative to its base and only its listed bytes enter the sum. ``row`` is the mixed
+    row (its first 256 entries), ``dense`` (3, 256) the dense experts' log-probabilities,
+    ``sparse_*``/``base`` the hashed orders' of this row (as :func:`_predict` keeps them), and
+    ``w`` the weights the row was mixed with."""
+    n_exp = w.size
+    a = scratch[BYTES : 2 * BYTES]
+    e = scratch[2 * BYTES : 3 * BYTES]
+    for i in range(3):  # the model, order 0, order 1: every byte has its own value
+        wi = w[i]
+        lp = dense[i]
+        m = -wi * lp[0]
+        for y in range(BYTES):
+            a[y] = -wi * lp[y]
+            m = max(m, a[y])
+        for y in range(BYTES):
+            a[y] = a[y] - m
+        _exp_into(a, e, scratch)
+        total = 0.0
+        for y in range(BYTES):
+            total += row[y] * e[y]
+        attr[i, 0] += wi
+        attr[i, 1] += (wi * lp[x] + m + math.log(total)) / _LN2
+        attr[i, 2] += 1.0
+    for t in range(n_exp - 3):  # hashed orders: only the listed bytes differ from the base
+        wi = w[t + 3]
+        listed = 0.0
+        total = 0.0
+        dx = 0.0
+        for s in range(sparse_n[t]):
+            y = sparse_sym[t, s]
+            d = sparse_val[t, s] - base[t]
+            listed += row[y]
+            total += row[y] * math.exp(-wi * d)
+            if y == x:
+                dx = d
+        total += max(1.0 - listed, 0.0)
+        attr[t + 3, 0] += wi
+        attr[t + 3, 1] += (wi * dx + math.log(total)) / _LN2
+        attr[t + 3, 2] += 1.0
+
+
+@njit(**_JIT)
 def _predict_in_order(
     probs: Any,
     inputs: Any,
@@ -563,9 +624,12 @@ def _predict_in_order(
     undo_f: Any,
     undo_i: Any,
     undo_b: Any,
+    attr: Any,
 ) -> None:  # pragma: no cover - compiled
     """Row j predicted after the update of rows 0 … j − 1 (their bytes precede byte j), then
-    every update undone: the state is left as it was, ``observe`` redoes the updates."""
+    every update undone: the state is left as it was, ``observe`` redoes the updates. When
+    ``attr`` has rows, each row is attributed to the experts (:func:`_attribute`) with the
+    weights it was mixed with."""
     k = slots.size
     for j in range(k):
         _predict(
@@ -573,6 +637,11 @@ def _predict_in_order(
             tot, sym, cnt, ltab, weights, out, dense, sparse_sym, sparse_val, sparse_n, base,
             expect, wset, hashes, scratch, j, j + 1,
         )  # fmt: skip
+        if attr.shape[0] > 0:
+            _attribute(
+                targets[j], out[j], dense[j], sparse_sym[j], sparse_val[j], sparse_n[j],
+                base[j], weights[wset[j]], attr, scratch,
+            )  # fmt: skip
         if j == k - 1:
             break
         _snapshot(
@@ -593,8 +662,9 @@ def _predict_in_order(
 
 class MixState(NamedTuple):
     """:class:`NgramMix` as the compiled loop holds it: its settings, its tables (shared with
-    the Python object, changed in place), scratch for up to one window of rows, and
-    ``mixed[0]``, the bytes mixed."""
+    the Python object, changed in place), scratch for up to one window of rows,
+    ``mixed[0]``, the bytes mixed, and ``attr``, the experts' attribution (no rows while
+    :meth:`NgramMix.track_experts` is off)."""
 
     max_order: int
     prior: float
@@ -626,6 +696,7 @@ class MixState(NamedTuple):
     hashes: np.ndarray
     scratch: np.ndarray
     mixed: np.ndarray
+    attr: np.ndarray
 
 
 def slot_views(slots: np.ndarray, m: int) -> tuple[np.ndarray, ...]:
@@ -651,6 +722,11 @@ def mix_window(
     makes them): within a step no byte is predicted with knowledge of itself either way."""
     for j in range(k):
         mix_row(st, rows, inputs, slots, j)
+        if st.attr.shape[0] > 0:  # before the weights learn byte j
+            _attribute(
+                targets[j], st.out[j], st.dense[j], st.sparse_sym[j], st.sparse_val[j],
+                st.sparse_n[j], st.base[j], st.weights[st.wset[j]], st.attr, st.scratch,
+            )  # fmt: skip
         _learn(st, targets, inputs, slots, j)
     st.mixed[0] += k
 
@@ -754,6 +830,7 @@ class NgramMix(Mechanism):
         super().__init__(config, **params)
         self._allocate()
         self.mixed_bytes = 0
+        self.attribution = np.zeros((0, 3))  # (experts, 3) while track_experts is on
 
     @property
     def cfg(self) -> NgramMixConfig:
@@ -819,7 +896,57 @@ class NgramMix(Mechanism):
             self._allocate()  # the tables' shape changed: start them afresh
 
     def counters(self) -> dict[str, Any]:
-        return {"mixed_bytes": self.mixed_bytes}
+        out: dict[str, Any] = {"mixed_bytes": self.mixed_bytes}
+        if self.attribution.shape[0] > 0:
+            out["experts"] = self.expert_attribution()
+        return out
+
+    # ------------------------------------------------------------ attribution
+
+    @property
+    def expert_names(self) -> list[str]:
+        """The mixer's experts in weight order: the network, then orders 0 … max_order."""
+        return ["network"] + [f"order {o}" for o in range(self.cfg.max_order + 1)]
+
+    def track_experts(self, on: bool = True) -> None:
+        """Starts (afresh) or stops attributing the mixture to its experts. While on, every
+        mixed byte adds, per expert, the weight it was mixed with and the bits the mixture
+        would have lost without that expert: the same mixture with that one factor left
+        out and every other weight as it was, computed alongside. The counts and weights do
+        not learn from the counterfactual mixture, so this is each expert's share at the
+        weights of the run, not the bits of a run that never had it. The bits of the run are
+        unchanged; the compiled loop and the Python hooks give the same figures. Takes
+        effect at the next ``Learner.run``.
+
+        Example:
+            >>> from mugpt.corpus import Stream
+            >>> from mugpt.engine import Learner, LearnerConfig
+            >>> mix = NgramMix(max_order=3)
+            >>> mix.track_experts()
+            >>> _ = Learner(mechanisms=[mix], learner_cfg=LearnerConfig(update_every=8)).run(
+            ...     Stream.from_bytes(b"abracadabra " * 40))
+            >>> rows = mix.expert_attribution()
+            >>> [r["expert"] for r in rows], rows[0]["bytes"]
+            (['network', 'order 0', 'order 1', 'order 2', 'order 3'], 480)
+            >>> rows[3]["bits_saved"] > 0  # order 2 knows this text after one repeat
+            True
+        """
+        n_exp = self.cfg.max_order + 2
+        self.attribution = np.zeros((n_exp, 3) if on else (0, 3))
+
+    def expert_attribution(self) -> list[dict[str, Any]]:
+        """Per expert (in :attr:`expert_names` order): ``bytes`` attributed, ``mean_weight``,
+        ``bits_saved`` (in all) and ``bpb_saved`` (per byte); empty while off."""
+        rows = []
+        for name, (weight, saved, n) in zip(self.expert_names, self.attribution, strict=False):
+            rows.append({
+                "expert": name,
+                "bytes": int(n),
+                "mean_weight": float(weight / n) if n else None,
+                "bits_saved": float(saved),
+                "bpb_saved": float(saved / n) if n else None,
+            })  # fmt: skip
+        return rows
 
     # ------------------------------------------------------------ the compiled form
 
@@ -832,8 +959,15 @@ class NgramMix(Mechanism):
             [cfg.max_order, float(cfg.prior), int(cfg.count_limit), float(cfg.lr), self.c0,
              self.l0, self.n0, self.c1, self.l1, self.n1, *self._tables(), self.ltab,
              self.weights, np.zeros((context, V)), *self._scratch(context), np.empty(5 * BYTES),
-             np.zeros(1, dtype=np.int64)]
+             np.zeros(1, dtype=np.int64), self._attribution_rows()]
         )  # fmt: skip
+
+    def _attribution_rows(self) -> np.ndarray:
+        """The attribution array the kernels add to (this object's own, changed in place);
+        with another expert count after a reconfiguration, tracking starts afresh."""
+        if self.attribution.shape[0] not in (0, self.cfg.max_order + 2):
+            self.track_experts()
+        return self.attribution
 
     def compiled_done(self, state: MixState) -> list[dict[str, Any]]:
         """Counts the bytes the compiled loop mixed; returns its events (none)."""
@@ -857,7 +991,7 @@ class NgramMix(Mechanism):
             self.l0, self.n0, self.c1, self.l1, self.n1, *self._tables(), self.ltab,
             self.weights, out, *keep, np.empty(5 * BYTES),
             np.empty((k, n_exp + 4 * BYTES + 2)), np.empty((k, orders, 4), dtype=np.int64),
-            np.empty((k, orders, 2 * cfg.slot_size), dtype=np.uint8),
+            np.empty((k, orders, 2 * cfg.slot_size), dtype=np.uint8), self._attribution_rows(),
         )  # fmt: skip
         self._pending = (ctx.step, ctx.position, inputs, slots, keep)
         return out
