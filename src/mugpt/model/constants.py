@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator, KeysView, Mapping
 from typing import Any
 
 VOCAB_SIZE = 257
@@ -21,7 +22,34 @@ PROB_FLOOR = 2.0**-40
 """Smallest probability scored: keeps a loss finite (at most 40 bits) even if a float underflows."""
 RMS_EPS = 1e-5
 """Added to the mean square inside every RMSNorm."""
-JIT_OPTIONS: dict[str, Any] = {"cache": True, "error_model": "numpy", "nogil": True}
-"""``numba.njit`` options of every compiled kernel: cached on disk, NumPy's division
-semantics (inf/nan, no exception checks), the GIL released. No ``fastmath``: sums keep the
-order the source gives them, so results are the same bits on every call path."""
+
+
+class _JitOptions(Mapping[str, Any]):
+    """The options below, as a read-only mapping that, the first time a kernel is decorated
+    with them (``njit(**JIT_OPTIONS)`` reads its keys), registers the package-wide cache
+    stamps of :mod:`mugpt.model.jitcache` — so they are in place before any kernel exists,
+    and importing the package without compiling anything does not import numba."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+
+    def __getitem__(self, key: str) -> Any:
+        return self._options[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._options)
+
+    def __len__(self) -> int:
+        return len(self._options)
+
+    def keys(self) -> KeysView[str]:
+        from mugpt.model import jitcache  # noqa: F401  (registers on first import)
+
+        return self._options.keys()
+
+
+JIT_OPTIONS: Mapping[str, Any] = _JitOptions(cache=True, error_model="numpy", nogil=True)
+"""``numba.njit`` options of every compiled kernel: cached on disk (keyed by every kernel
+file of the package, :mod:`mugpt.model.jitcache`), NumPy's division semantics (inf/nan, no
+exception checks), the GIL released. No ``fastmath``: sums keep the order the source gives
+them, so results are the same bits on every call path."""
