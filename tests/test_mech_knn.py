@@ -125,3 +125,24 @@ def test_the_compiled_search_equals_its_definition() -> None:
         np.add.at(expected, nxt, w / w.sum())
         assert p[j] == pytest.approx(expected, rel=1e-12, abs=1e-15)
     assert not ContinuousCache().cache_distribution(queries, step)[0].any()  # nothing visible
+
+
+@pytest.mark.parametrize("dim", [3, 16, 17])
+def test_key_dots_are_in_order_float64_sums_of_exact_products(dim: int) -> None:
+    """The search's dot products, computed by feature over blocks of keys, are the plain
+    definition's bits: Σ_c q[c]·key[c] in float64 with c in order, over more keys than one
+    block holds; with ``rank`` they are |key|² − 2·q·key."""
+    from mugpt.mechanisms.cache import KEY_BLOCK, key_dots
+
+    rng = np.random.default_rng(dim)
+    m = KEY_BLOCK * 2 + 37
+    keys_t = np.ascontiguousarray(rng.standard_normal((dim, m + 5)).astype(np.float32))
+    q = rng.standard_normal(dim).astype(np.float32)
+    expected = np.zeros(m)
+    for c in range(dim):  # one feature at a time: the order the definition gives
+        expected = expected + np.float64(q[c]) * keys_t[c, :m].astype(np.float64)
+    out, sq = np.full(m + 5, -7.0), rng.standard_normal(m + 5)
+    key_dots(q, keys_t, m, out, sq, False)
+    assert np.array_equal(out[:m], expected) and (out[m:] == -7.0).all()
+    key_dots(q, keys_t, m, out, sq, True)
+    assert np.array_equal(out[:m], sq[:m] - 2.0 * expected)

@@ -40,65 +40,86 @@ from mugpt.model.constants import VOCAB_SIZE as VOCAB
 KIND_CACHE, KIND_KNN = 0.0, 1.0
 """``cfg[0]`` of a memory's compiled state: which distribution :func:`memory_rows` makes."""
 
+KEY_BLOCK = 512
+"""Keys searched together by :func:`key_dots` (their partial sums, 4 kB, stay in L1)."""
+
 
 # ---------------------------------------------------------------------------- the helpers
 
 
 @njit(**JIT_OPTIONS)
 def pair_dot(a: Any, b: Any) -> float:  # pragma: no cover - compiled
-    """Σ_c a[c]·b[c] in float64, c in order (each product is exact for float32 inputs)."""
+    """Σ_c a[c]·b[c] in float64, c in order (each product of float32 inputs is exact; numba's
+    ``float()`` of a float32 stays float32, hence ``np.float64``)."""
     s = 0.0
     for c in range(a.size):
-        s += float(a[c]) * float(b[c])
+        s += np.float64(a[c]) * np.float64(b[c])
     return s
 
 
 @njit(**JIT_OPTIONS)
-def key_dots(q: Any, keys: Any, m: int, out: Any) -> None:  # pragma: no cover - compiled
-    """out[i] = pair_dot(q, keys[i]) for i < m, the same bits, eight keys at a time (eight
-    independent sums, each still over c in order, which the processor overlaps)."""
+def key_dots(
+    q: Any, keys_t: Any, m: int, out: Any, sq: Any, rank: bool
+) -> None:  # pragma: no cover - compiled
+    """out[i] = pair_dot(q, keys_t[:, i]) for i < m, or with ``rank`` the kNN rank
+    sq[i] − 2·out[i] (|key|² − 2·q·key, the squared distance less |q|²), the same bits: each
+    sum still runs over
+    c in order, but the keys are stored by feature (``keys_t`` is (C, capacity)), so the
+    inner loop runs over neighbouring keys with independent sums, which the compiler turns
+    into vector instructions without reordering any sum (the loops run over slices so that
+    no index can be negative; four features per pass, added in order). Blocks of
+    ``KEY_BLOCK`` keys keep the partial sums in L1."""
     dim = q.size
-    i = 0
-    while i + 8 <= m:
-        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-        for c in range(dim):
-            x = float(q[c])
-            s0 += x * float(keys[i, c])
-            s1 += x * float(keys[i + 1, c])
-            s2 += x * float(keys[i + 2, c])
-            s3 += x * float(keys[i + 3, c])
-            s4 += x * float(keys[i + 4, c])
-            s5 += x * float(keys[i + 5, c])
-            s6 += x * float(keys[i + 6, c])
-            s7 += x * float(keys[i + 7, c])
-        out[i], out[i + 1], out[i + 2], out[i + 3] = s0, s1, s2, s3
-        out[i + 4], out[i + 5], out[i + 6], out[i + 7] = s4, s5, s6, s7
-        i += 8
-    while i < m:
-        out[i] = pair_dot(q, keys[i])
-        i += 1
+    for lo in range(0, m, KEY_BLOCK):
+        part = out[lo : min(lo + KEY_BLOCK, m)]
+        for i in range(part.size):
+            part[i] = 0.0
+        hi = lo + part.size
+        c = 0
+        while c + 4 <= dim:  # four features per pass: (((s + x0·a0) + x1·a1) + x2·a2) + x3·a3
+            x0, x1 = np.float64(q[c]), np.float64(q[c + 1])
+            x2, x3 = np.float64(q[c + 2]), np.float64(q[c + 3])
+            a0, a1 = keys_t[c, lo:hi], keys_t[c + 1, lo:hi]
+            a2, a3 = keys_t[c + 2, lo:hi], keys_t[c + 3, lo:hi]
+            for i in range(part.size):
+                t = part[i] + x0 * np.float64(a0[i])
+                t = t + x1 * np.float64(a1[i])
+                t = t + x2 * np.float64(a2[i])
+                part[i] = t + x3 * np.float64(a3[i])
+            c += 4
+        while c < dim:
+            x = np.float64(q[c])
+            col = keys_t[c, lo:hi]
+            for i in range(part.size):
+                part[i] += x * np.float64(col[i])
+            c += 1
+        if rank:
+            norms = sq[lo : lo + part.size]
+            for i in range(part.size):
+                part[i] = norms[i] - 2.0 * part[i]
 
 
 @njit(**JIT_OPTIONS)
-def square_norms(keys: Any, out: Any) -> None:  # pragma: no cover - compiled
-    """out[i] = |keys[i]|² (:func:`pair_dot`)."""
-    for i in range(keys.shape[0]):
-        out[i] = pair_dot(keys[i], keys[i])
+def square_norms(keys_t: Any, out: Any) -> None:  # pragma: no cover - compiled
+    """out[i] = |keys_t[:, i]|² (:func:`pair_dot`)."""
+    for i in range(keys_t.shape[1]):
+        out[i] = pair_dot(keys_t[:, i], keys_t[:, i])
 
 
 @njit(**JIT_OPTIONS)
 def store_pairs(
-    keys: Any, sq: Any, values: Any, ring: Any, hidden: Any, slots: Any, next_bytes: Any, n: int
+    keys_t: Any, sq: Any, values: Any, ring: Any, hidden: Any, slots: Any, next_bytes: Any, n: int
 ) -> None:  # pragma: no cover - compiled
     """Appends the pairs (hidden[slots[j]], next_bytes[j]), j < n, to the ring buffer
-    (keys, their squared norms sq, values; ring = [filled, head]), oldest overwritten first."""
+    (keys by feature, their squared norms sq, values; ring = [filled, head]), oldest
+    overwritten first."""
     cap = values.size
     for j in range(n):
         h = ring[1]
         row = hidden[slots[j]]
-        for c in range(keys.shape[1]):
-            keys[h, c] = row[c]
-        sq[h] = pair_dot(keys[h], keys[h])
+        for c in range(keys_t.shape[0]):
+            keys_t[c, h] = row[c]
+        sq[h] = pair_dot(keys_t[:, h], keys_t[:, h])
         values[h] = next_bytes[j]
         ring[1] = (h + 1) % cap
         ring[0] = min(ring[0] + 1, cap)
@@ -107,7 +128,7 @@ def store_pairs(
 @njit(**JIT_OPTIONS)
 def memory_rows(
     cfg: Any,
-    keys: Any,
+    keys_t: Any,
     sq: Any,
     values: Any,
     m: int,
@@ -142,7 +163,7 @@ def memory_rows(
         q = hidden[slots[j]]
         if not knn:
             theta = cfg[2]
-            key_dots(q, keys, m, dots)
+            key_dots(q, keys_t, m, dots, sq, False)
             for i in range(m):
                 dots[i] = theta * dots[i]
             for i in range(j):
@@ -159,19 +180,20 @@ def memory_rows(
                 row[y] /= total
             continue
         count = 0  # a sorted insertion list of (rank, index)
-        key_dots(q, keys, m, dots)
-        for i in range(m):
-            dots[i] = sq[i] - 2.0 * dots[i]
+        key_dots(q, keys_t, m, dots, sq, True)
+        worst = np.inf  # best[n_keep - 1] once the list is full
         for i in range(m):  # most keys fail the first test
-            if count < n_keep or dots[i] < best[n_keep - 1]:
+            if count < n_keep or dots[i] < worst:
                 count = _insert(best, near, count, n_keep, dots[i], i)
+                if count == n_keep:
+                    worst = best[n_keep - 1]
         for i in range(j):
             p = hidden[slots[i]]
             count = _insert(best, near, count, n_keep, pair_dot(p, p) - 2.0 * pair_dot(q, p), m + i)  # fmt: skip
         low = np.inf
         for t in range(count):  # exact squared distances of the neighbours
             i = near[t]
-            d = _sq_distance(q, keys[i]) if i < m else _sq_distance(q, hidden[slots[i - m]])
+            d = _sq_distance(q, keys_t[:, i]) if i < m else _sq_distance(q, hidden[slots[i - m]])
             best[t] = d
             low = min(low, d)
         total = 0.0
@@ -208,7 +230,7 @@ def _sq_distance(q: Any, key: Any) -> float:  # pragma: no cover - compiled
     """Σ_c (key[c] − q[c])² in float64, c in order."""
     d = 0.0
     for c in range(q.size):
-        diff = float(key[c]) - float(q[c])
+        diff = np.float64(key[c]) - np.float64(q[c])
         d += diff * diff
     return d
 
@@ -268,7 +290,7 @@ class PairMemory:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.dim = 0
-        self.keys = np.zeros((0, 0), dtype=np.float64)  # (capacity, C)
+        self.keys_t = np.zeros((0, 0), dtype=np.float64)  # (C, capacity): keys by feature
         self.sq_norms = np.zeros(0, dtype=np.float64)  # (capacity,)
         self.values = np.zeros(0, dtype=np.int16)  # (capacity,)
         self.filled = 0
@@ -276,13 +298,19 @@ class PairMemory:
 
     def _allocate(self, dim: int, dtype: np.dtype) -> None:
         self.dim = dim
-        self.keys = np.zeros((self.capacity, dim), dtype=dtype)
+        self.keys_t = np.zeros((dim, self.capacity), dtype=dtype)
         self.sq_norms = np.zeros(self.capacity, dtype=np.float64)
         self.values = np.zeros(self.capacity, dtype=np.int16)
 
     @property
+    def keys(self) -> np.ndarray:
+        """The keys as rows, (capacity, C): a view of :attr:`keys_t`, which holds them by
+        feature so that the search runs over neighbouring keys (:func:`key_dots`)."""
+        return self.keys_t.T
+
+    @property
     def dtype(self) -> np.dtype:
-        return self.keys.dtype
+        return self.keys_t.dtype
 
     def ensure(self, dim: int, dtype: Any) -> None:
         """Allocates the buffer for keys of ``dim`` features of ``dtype``, if not done yet."""
@@ -301,7 +329,7 @@ class PairMemory:
     def store(self, hidden: np.ndarray, slots: np.ndarray, values: np.ndarray) -> None:
         """Appends the pairs (hidden[slots[j]], values[j]) (:func:`store_pairs`)."""
         ring = np.array([self.filled, self.head], dtype=np.int64)
-        store_pairs(self.keys, self.sq_norms, self.values, ring, hidden,
+        store_pairs(self.keys_t, self.sq_norms, self.values, ring, hidden,
                     np.ascontiguousarray(slots, dtype=np.int64), values, int(values.size))  # fmt: skip
         self.filled, self.head = int(ring[0]), int(ring[1])
 
@@ -336,11 +364,11 @@ class PairMemory:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.capacity = int(state["capacity"])
         self.dim = int(state["dim"])
-        self.keys = np.array(state["keys"])
+        self.keys_t = np.ascontiguousarray(np.array(state["keys"]).T)
         self.values = np.asarray(state["values"], dtype=np.int16).copy()
-        self.sq_norms = np.zeros(self.keys.shape[0], dtype=np.float64)
+        self.sq_norms = np.zeros(self.keys_t.shape[1], dtype=np.float64)
         if self.dim:
-            square_norms(self.keys, self.sq_norms)
+            square_norms(self.keys_t, self.sq_norms)
         self.filled = int(state["filled"])
         self.head = int(state["head"])
 
@@ -439,7 +467,7 @@ class MemoryMixture(Mechanism):
         mem, cfg, k = self.memory, self.kernel_config(), int(slots.size)
         n_keep = max(1, int(cfg[3]))
         out = np.zeros((k, VOCAB))
-        memory_rows(cfg, mem.keys, mem.sq_norms, mem.values, mem.filled, hidden, slots,
+        memory_rows(cfg, mem.keys_t, mem.sq_norms, mem.values, mem.filled, hidden, slots,
                     next_bytes, k, out, np.empty(mem.filled + k), np.empty(n_keep, np.int64),
                     np.empty(n_keep))  # fmt: skip
         return out
@@ -563,12 +591,12 @@ class ContinuousCache(MemoryMixture):
 
 class MemState(NamedTuple):
     """A :class:`MemoryMixture` as the compiled loop holds it: ``cfg`` (:func:`memory_rows`),
-    the memory's own arrays (keys, squared norms, values; changed in place), ``ring`` =
+    the memory's own arrays (keys by feature, squared norms, values; changed in place), ``ring`` =
     [filled, head], ``stats`` (:func:`mix_rows`) and scratch for one window: ``p_mem``
     (T, V), ``dots`` (capacity + T), ``near`` and ``best`` (neighbours)."""
 
     cfg: np.ndarray
-    keys: np.ndarray
+    keys_t: np.ndarray
     sq: np.ndarray
     values: np.ndarray
     ring: np.ndarray
@@ -600,7 +628,7 @@ class MemoryBinding:
         cfg = mech.kernel_config()
         n_keep = max(1, int(cfg[3]))
         self.bound = MemState(
-            cfg, mem.keys, mem.sq_norms, mem.values,
+            cfg, mem.keys_t, mem.sq_norms, mem.values,
             np.array([mem.filled, mem.head], dtype=np.int64), mech.stats.as_array(),
             np.zeros((t_len, VOCAB)), np.empty(mem.capacity + t_len),
             np.empty(n_keep, dtype=np.int64), np.empty(n_keep),
@@ -623,7 +651,7 @@ def memory_window(
     """:meth:`MemoryMixture.adjust_prediction` on one window: rows[:k] (the window's new
     bytes' predictions) mixed with p_memory of hidden[slots[j]]."""
     m = st.ring[0]
-    memory_rows(st.cfg, st.keys, st.sq, st.values, m, hidden, slots, next_bytes, k, st.p_mem,
+    memory_rows(st.cfg, st.keys_t, st.sq, st.values, m, hidden, slots, next_bytes, k, st.p_mem,
                 st.dots, st.near, st.best)  # fmt: skip
     mix_rows(st.cfg[1], rows, st.p_mem, m, next_bytes, k, st.stats)
 
@@ -633,4 +661,4 @@ def memory_observe(
     st: Any, hidden: Any, slots: Any, next_bytes: Any, k: int
 ) -> None:  # pragma: no cover - compiled
     """:meth:`MemoryMixture.observe` on one window: stores its k pairs."""
-    store_pairs(st.keys, st.sq, st.values, st.ring, hidden, slots, next_bytes, k)
+    store_pairs(st.keys_t, st.sq, st.values, st.ring, hidden, slots, next_bytes, k)
