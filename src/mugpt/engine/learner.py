@@ -387,6 +387,42 @@ class Learner(StreamRuns):
             mech.enabled = bool(enabled)
         self._event("mechanism", name=name, enabled=mech.enabled, config=mech.config.model_dump())
 
+    def use_backend(self, backend: str, reason: str = "") -> None:
+        """Continues on the other implementation of the same network from the next step:
+        ``"numba"`` (the compiled FastGPT, so :meth:`run` takes the compiled loop) or
+        ``"numpy"`` (the reference GPT). The new model holds this Learner's own parameter
+        buffer, and the optimiser, mechanisms, history and losses stay as they are, so the
+        weights and optimiser state carry over exactly. Recorded as an ``engine`` event.
+        Call it between steps (after :meth:`step` or :meth:`run` returned).
+
+        Example:
+            >>> from mugpt.corpus import Stream
+            >>> learner = Learner(learner_cfg=LearnerConfig(backend="numpy"))
+            >>> _ = learner.run(Stream.from_bytes(b"hello " * 8), max_bytes=10)
+            >>> before = learner.model.params.flat.copy()
+            >>> learner.use_backend("numba")
+            >>> learner.model.backend, bool((learner.model.params.flat == before).all())
+            ('numba', True)
+            >>> learner.events[-1]["kind"], learner.events[-1]["pos"]
+            ('engine', 10)
+        """
+        if backend == self.model.backend:
+            return
+        if backend == "numba":
+            from mugpt.model.fast import FastGPT
+
+            model: Model = FastGPT(self.model_cfg, self.model.params)
+        elif backend == "numpy":
+            model = GPT(self.model_cfg, self.model.params)
+        else:
+            raise ConfigError(f"backend {backend!r} is unknown; choose 'numba' or 'numpy'")
+        previous = self.model.backend
+        self.model.release()  # the last step's activations stay readable (the lab's views)
+        self.model = model
+        self.backend = backend
+        self.cfg = dataclasses.replace(self.cfg, backend=backend)
+        self._event("engine", backend=backend, previous=previous, reason=reason)
+
     def _event(self, kind: str, **data: Any) -> None:
         self.events.append(
             {"pos": self.position, "step": self.counters.steps, "kind": kind, **data}

@@ -65,7 +65,7 @@ from mugpt.serve.protocol import (
     protocol_schema,
 )
 from mugpt.serve.roots import DataRoots
-from mugpt.serve.runs import RunManager, engine_status, start_worker_server
+from mugpt.serve.runs import RunManager, engine_status, start_worker_server, stop_compiler
 
 STATIC_DIR = Path(__file__).parent / "static"
 UPLOAD_CHUNK = 1 << 20
@@ -150,9 +150,21 @@ class UploadSizeGuard:
         await self.app(scope, receive, send)
 
 
+def _progress_text(status: dict[str, Any]) -> str:
+    """``stage 2 of 3, 41 kernels, about 20 s left`` (what the compile has done, its estimate)."""
+    parts = [f"stage {min(status['step'] + 1, status['steps'])} of {status['steps']}"]
+    if status.get("kernels"):
+        parts.append(f"{status['kernels']} kernels compiled")
+    if status.get("remaining_s") is not None:
+        parts.append(f"about {status['remaining_s']:.0f} s left")
+    return ", ".join(parts)
+
+
 async def announce_engine(say: Any = print, period: float = 0.5) -> None:
-    """Prints to the terminal what the fork server's warm-up is doing: a line when it starts
-    compiling, one every 15 s while it goes on, and one when the engine is ready."""
+    """Prints to the terminal what the compile process is doing: a line when it starts
+    compiling, one every 15 s with its progress and estimate while it goes on, and one when
+    the engine is ready (runs then switch to it) or has failed (runs stay on the reference
+    path)."""
     told = 0.0
     began = False
     while True:
@@ -160,26 +172,36 @@ async def announce_engine(say: Any = print, period: float = 0.5) -> None:
         state = status["state"]
         if state == "unknown":
             return
-        if state in ("compiling", "starting") and not began and (status["elapsed_s"] or 0) >= 5:
+        if state in ("compiling", "starting") and not began and (status["elapsed_s"] or 0) >= 3:
             began = True
             told = time.monotonic()
             say(
-                "mugpt serve: loading the engine and compiling its kernels (the first time on "
-                "this machine takes about a minute; they are cached afterwards)...",
+                "mugpt serve: loading the engine and compiling its kernels in the background "
+                "(the first time on this machine takes about a minute; cached afterwards); runs "
+                "learn on the NumPy reference path meanwhile and switch over when it is ready",
                 flush=True,
             )
         elif began and state in ("compiling", "starting") and time.monotonic() - told >= 15:
             told = time.monotonic()
             say(
-                f"mugpt serve: still compiling ({status['stage']}, stage {status['step'] + 1}"
-                f"/{status['steps']}), {status['elapsed_s']:.0f} s so far",
+                f"mugpt serve: still compiling ({status['stage']}: {_progress_text(status)}), "
+                f"{status['elapsed_s']:.0f} s so far",
                 flush=True,
             )
         elif state == "ready":
-            say(f"mugpt serve: engine ready after {status.get('seconds', 0):.1f} s", flush=True)
+            if began:
+                say(
+                    f"mugpt serve: compiled engine ready after {status.get('seconds', 0):.1f} s; "
+                    "runs switch to it at their next step",
+                    flush=True,
+                )
             return
         elif state == "failed":
-            say("mugpt serve: warming the engine failed; each run compiles on its own", flush=True)
+            say(
+                f"mugpt serve: compiling the engine failed ({status.get('error') or '?'}); "
+                "runs stay on the NumPy reference path (slower, same protocol)",
+                flush=True,
+            )
             return
         await asyncio.sleep(period)
 
@@ -189,13 +211,16 @@ def status_message(engine: dict[str, Any], runs: dict[str, int]) -> str:
     state = engine["state"]
     if state in ("starting", "compiling"):
         return (
-            f"Loading the engine: {engine['stage']} (stage {engine['step'] + 1} of "
-            f"{engine['steps']}, {engine['elapsed_s'] or 0:.0f} s). The first time on this "
-            "machine its kernels compile, which takes about a minute; they are cached "
-            "afterwards."
+            f"Compiling the engine in the background: {engine['stage']} ("
+            f"{_progress_text(engine)}, {engine['elapsed_s'] or 0:.0f} s so far). Runs learn "
+            "on the NumPy reference path meanwhile (slower) and switch to the compiled engine "
+            "when it is ready; the kernels are cached for the next start."
         )
     if state == "failed":
-        return "Warming the engine failed; each run compiles what it needs when it starts."
+        return (
+            f"Compiling the engine failed ({engine.get('error') or 'no reason given'}); runs "
+            "learn on the NumPy reference path (slower, same protocol)."
+        )
     if runs.get("starting"):
         return "Starting a run: building its stream and model."
     return "Ready."
@@ -255,6 +280,7 @@ def create_app(
         finally:
             watcher.cancel()
             announcer.cancel()
+            stop_compiler()
             await manager.shutdown()
 
     app = FastAPI(

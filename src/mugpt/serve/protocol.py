@@ -305,6 +305,18 @@ class CommandReply(BaseModel):
     result: dict[str, Any] = Field(default_factory=dict)
 
 
+class RunEngine(BaseModel):
+    """Which engine a run learns on: ``compiled`` (numba), or the NumPy reference while the
+    compiled engine is ``waiting`` (compiling) or ``loading`` for this run; ``reference``
+    when it stays there (``detail`` says why)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["numpy", "numba"]
+    state: Literal["compiled", "waiting", "loading", "reference"]
+    detail: str = ""
+
+
 class RunInfo(BaseModel):
     """One run as the API lists it."""
 
@@ -325,6 +337,7 @@ class RunInfo(BaseModel):
     stream: dict[str, Any] = Field(default_factory=dict)
     mechanisms: list[dict[str, Any]] = Field(default_factory=list)
     run_dir: str | None = None
+    engine: RunEngine | None = None
     architecture: Architecture | None = Field(
         default=None, description="the model diagram's parts, shapes and parameter counts"
     )
@@ -537,6 +550,7 @@ class UpdateMessage(_Message):
     experts: ExpertsView | None = None
     phases: list[dict[str, Any]] | None = None
     baselines: Baselines | None = None
+    engine: RunEngine | None = None
 
 
 class HelloMessage(_Message):
@@ -590,6 +604,7 @@ class ReadyMessage(_Message):
     config: dict[str, Any]
     mechanisms: list[dict[str, Any]]
     state: RunState
+    engine: RunEngine | None = None
 
 
 class ResetMessage(_Message):
@@ -638,6 +653,12 @@ class EngineStatus(BaseModel):
     steps: int = Field(description="stages in all")
     elapsed_s: float | None = Field(description="seconds since the engine began loading")
     seconds: float | None = Field(default=None, description="how long loading took, once ready")
+    kernels: int = Field(default=0, description="kernels compiled so far (0: loaded from cache)")
+    current: str | None = Field(default=None, description="the kernel compiled last")
+    remaining_s: float | None = Field(
+        default=None, description="estimated seconds until ready, while compiling"
+    )
+    error: str | None = Field(default=None, description="why compiling failed")
 
 
 class ServerStatus(BaseModel):

@@ -19,6 +19,8 @@ import queue
 import secrets
 import shlex
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +33,15 @@ from mugpt.serve.history import RunHistory, history_from_run_dir, lite_update
 from mugpt.serve.limits import LimitError, ServeSettings, check_params
 from mugpt.serve.protocol import RunInfo, clean, dumps
 from mugpt.serve.roots import DataRoots
-from mugpt.serve.worker import WARM_OWNER_ENV, WARM_STAGES, WARM_STATUS_ENV, worker_main
+from mugpt.serve.worker import (
+    TYPICAL_COMPILE_S,
+    WARM_OWNER_ENV,
+    WARM_STAGES,
+    WARM_STATUS_ENV,
+    read_warm_report,
+    worker_main,
+    write_warm_report,
+)
 
 CLIENT_QUEUE = 256
 """Messages a page may fall behind by before it is sent the whole picture again."""
@@ -100,6 +110,7 @@ class Run:
         self._hello: dict[bool, str] = {}
         self._arch: dict[str, Any] | None = None
         self._live_views: dict[str, Any] = {}  # the last model_view and experts of updates
+        self.engine: dict[str, Any] | None = None  # which engine the worker learns on
 
     # ------------------------------------------------------------------ views
 
@@ -128,6 +139,7 @@ class Run:
             stream=self.stream,
             mechanisms=self.mechanisms,
             run_dir=str(self.run_dir),
+            engine=self.engine,  # type: ignore[arg-type]
             architecture=self._architecture(),
         )
 
@@ -210,6 +222,8 @@ class Run:
                 self.state = message["state"]
             if "mechanisms" in message:
                 self.mechanisms = message["mechanisms"]
+            if message.get("engine"):
+                self.engine = message["engine"]
             if "config" in message:
                 with contextlib.suppress(MugptError, TypeError, ValueError):
                     self.config = RunConfig.from_dict(message["config"])
@@ -223,6 +237,7 @@ class Run:
             self.stream = message.get("stream", self.stream)
             self.total = message.get("total")
             self.mechanisms = message.get("mechanisms", self.mechanisms)
+            self.engine = message.get("engine") or self.engine
             if self.state == "starting":
                 self.state = message.get("state", "running")
             self.broadcast_hello()
@@ -548,15 +563,15 @@ class RunManager:
 
 
 PRELOAD = ["mugpt.serve.warm", "mugpt.engine.summary", "mugpt.engine.rundir"]
-"""Modules the fork server imports once (``warm`` also compiles the engine's kernels), so that
-a new run starts in a fraction of a second."""
+"""Modules the fork server imports once (``warm`` also loads the reference path's kernels,
+and the compiled engine's once it is ready), so that a new run starts in a fraction of a
+second."""
 
 
-def warm_status_path() -> Path | None:
-    """The file where the fork server reports its warm-up (None without a fork server).
-    One per server process, named in the environment the fork server inherits."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return None
+def warm_status_path() -> Path:
+    """The file where the compile process reports its progress: one per server process,
+    named in the environment that the compile process, the fork server and the workers
+    inherit."""
     path = os.environ.get(WARM_STATUS_ENV)
     if not path:
         import tempfile
@@ -575,35 +590,109 @@ def _remove_quietly(path: str) -> None:
         os.unlink(path)
 
 
-def engine_status() -> dict[str, Any]:
-    """What the fork server's warm-up is doing (an :class:`EngineStatus` dict): ``starting``
-    before it reports, ``compiling`` while it loads and compiles the kernels (or loads them
-    from the cache), ``ready``, ``failed`` (workers then compile on their own), or ``unknown``
-    where there is no fork server."""
-    import json
+_COMPILER: subprocess.Popen[bytes] | None = None
+"""The compile process of this server (see :func:`start_compiler`)."""
+_COMPILER_LOG: Path | None = None
 
+
+def start_compiler() -> None:
+    """Starts the compile process (:func:`mugpt.serve.worker.compile_main`) unless one runs
+    or has made the engine ready: it compiles the engine's kernels into numba's on-disk cache
+    (same environment, so the same ``NUMBA_CACHE_DIR``) while the runs learn on the reference
+    path, and reports to :func:`warm_status_path`. :func:`stop_compiler` ends it."""
+    global _COMPILER, _COMPILER_LOG
+    path = warm_status_path()
+    if _COMPILER is not None and _COMPILER.poll() is None:
+        return
+    report = read_warm_report() or {}
+    if report.get("state") == "ready":
+        return
+    _remove_quietly(str(path))  # an earlier, stopped compile's report
+    _COMPILER_LOG = path.with_suffix(".log")
+    with open(_COMPILER_LOG, "wb") as log:
+        _COMPILER = subprocess.Popen(
+            [sys.executable, "-c", "from mugpt.serve.worker import compile_main; compile_main()"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    atexit.register(stop_compiler)
+    atexit.register(_remove_quietly, str(_COMPILER_LOG))
+
+
+def stop_compiler() -> None:
+    """Ends the compile process if it still runs (the server is stopping)."""
+    proc = _COMPILER
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=3)
+
+
+def _compiler_died() -> None:
+    """A compile process that ended without a final report: says so in the report, so that
+    the page, the terminal and the runs (which stay on the reference path) all know why."""
+    proc = _COMPILER
+    if proc is None or proc.poll() is None:
+        return
+    report = read_warm_report() or {}
+    if report.get("state") in ("ready", "failed"):
+        return
+    tail = ""
+    with contextlib.suppress(OSError, AttributeError):
+        lines = _COMPILER_LOG.read_text(errors="replace").strip().splitlines()  # type: ignore[union-attr]
+        tail = lines[-1][:300] if lines else ""
+    why = f"the compile process ended with exit code {proc.returncode}"
+    write_warm_report(
+        {
+            "state": "failed",
+            "stage": "failed",
+            "step": int(report.get("step", 0)),
+            "steps": len(WARM_STAGES),
+            "error": f"{why}: {tail}" if tail else why,
+            "started": report.get("started") or _FORKSERVER_STARTED or time.time(),
+            "updated": time.time(),
+        }
+    )
+
+
+def engine_status() -> dict[str, Any]:
+    """What the compile process is doing (an :class:`EngineStatus` dict): ``starting``
+    before it reports, ``compiling`` while it compiles the kernels (or loads them from the
+    cache), ``ready``, ``failed`` (runs then stay on the reference path), or ``unknown``
+    before the server has started it."""
     steps = len(WARM_STAGES)
-    path = warm_status_path() if _FORKSERVER_STARTED else None
-    if path is None:
+    if not _FORKSERVER_STARTED:
         return {"state": "unknown", "stage": "each run compiles what it needs on first use",
                 "step": 0, "steps": steps, "elapsed_s": None}  # fmt: skip
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    _compiler_died()
+    report = read_warm_report()
+    if report is None:
         since = time.time() - _FORKSERVER_STARTED
-        return {"state": "starting", "stage": "starting the worker server", "step": 0,
+        return {"state": "starting", "stage": "starting the compile process", "step": 0,
                 "steps": steps, "elapsed_s": round(since, 1)}  # fmt: skip
     started = float(report.get("started") or _FORKSERVER_STARTED)
     state = str(report.get("state", "compiling"))
-    out = {
+    now = time.time()
+    out: dict[str, Any] = {
         "state": state if state in ("compiling", "ready", "failed") else "compiling",
         "stage": str(report.get("stage", "")),
         "step": int(report.get("step", 0)),
         "steps": int(report.get("steps", steps)),
-        "elapsed_s": round(time.time() - started, 1),
+        "elapsed_s": round(now - started, 1),
+        "kernels": int(report.get("kernels", 0)),
+        "current": report.get("current") or None,
+        "error": report.get("error"),
     }
+    if out["state"] == "compiling":
+        eta = float(report.get("eta") or started + TYPICAL_COMPILE_S)
+        out["remaining_s"] = round(max(eta - now, 3.0), 0)  # at least "a few seconds"
     if state in ("ready", "failed"):
-        out["seconds"] = round(float(report.get("updated", started)) - started, 1)
+        out["seconds"] = round(float(report.get("seconds") or report.get("updated", started) - started), 1)  # fmt: skip
     return out
 
 
@@ -614,9 +703,9 @@ def worker_context() -> Any:
     """The multiprocessing context for workers: ``forkserver`` where it exists (a clean,
     single-threaded parent with the engine already imported; forking it is fast and safe),
     else ``spawn``. Never plain ``fork`` of the server, which holds threads and sockets."""
+    warm_status_path()  # named before any child starts, so that every child inherits it
     if "forkserver" in multiprocessing.get_all_start_methods():
         os.environ["MUGPT_SERVE_WARM"] = "1"  # read by mugpt.serve.warm in the fork server
-        warm_status_path()  # named before the fork server starts, so that it inherits it
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(PRELOAD)
         return ctx
@@ -624,13 +713,14 @@ def worker_context() -> Any:
 
 
 def start_worker_server() -> None:
-    """Starts the fork server now (it imports and compiles the engine in the background), so
-    the first run does not wait for it."""
+    """Starts the compile process and the fork server now (the latter imports the engine
+    and the reference path's kernels), so that the first run does not wait for them."""
     global _FORKSERVER_STARTED
+    worker_context()
+    if not _FORKSERVER_STARTED:
+        _FORKSERVER_STARTED = time.time()
+    start_compiler()
     if "forkserver" in multiprocessing.get_all_start_methods():
-        worker_context()
-        if not _FORKSERVER_STARTED:
-            _FORKSERVER_STARTED = time.time()
         forkserver.ensure_running()
 
 

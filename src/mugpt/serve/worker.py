@@ -21,6 +21,8 @@ messages' shapes are the models of :mod:`mugpt.serve.protocol`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import math
 import os
 import threading
@@ -83,20 +85,47 @@ def worker_main(commands: Connection, out: Connection, spec: dict[str, Any]) -> 
 
 
 WARM_STATUS_ENV = "MUGPT_SERVE_WARM_STATUS"
-"""Names the file where :func:`warm_up` reports its progress (the server reads it)."""
+"""Names the file where the compile process reports its progress (the server and the run
+workers read it)."""
 WARM_OWNER_ENV = "MUGPT_SERVE_WARM_OWNER"
 """The server's process id: no report is written once it has gone."""
 WARM_STAGES = (
     "loading the engine",
     "compiling the learning loop",
-    "compiling one step",
     "compiling the prediction",
 )
+"""The compile process's stages until the compiled engine is ready for a hand-over."""
+COMPILE_PROFILE = ((0, 0.0), (30, 0.28), (56, 0.68), (57, 1.0))
+"""(kernels compiled, fraction of the time until ready) of a cold compile of the default run
+(numba 0.68, measured on this project's 2-core machine): the learning loop's own kernel,
+compiled last, takes a third of the time. It turns the kernel count into an estimate."""
+TYPICAL_COMPILE_S = 50.0
+"""Seconds a cold compile of the default run takes until ready on an idle 2-core machine
+(measured; a busy machine takes several times longer)."""
+COMPILE_NICENESS = WORKER_NICENESS
+"""The compile process yields to the server like a worker does."""
 
 
-def _report_warm(state: str, step: int, started: float) -> None:
-    """Writes warm-up progress to the file named by ``MUGPT_SERVE_WARM_STATUS`` (atomically:
-    a reader sees the old or the new report, never half of one)."""
+def read_warm_report() -> dict[str, Any] | None:
+    """The compile process's last report (None before its first, or with no lab around)."""
+    import json
+
+    path = os.environ.get(WARM_STATUS_ENV)
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            report = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def write_warm_report(report: dict[str, Any]) -> None:
+    """Writes a report to the file named by ``MUGPT_SERVE_WARM_STATUS`` atomically (a reader
+    sees the old or the new report, never half of one), unless the server has gone."""
+    import json
+
     path = os.environ.get(WARM_STATUS_ENV)
     if not path:
         return
@@ -108,17 +137,6 @@ def _report_warm(state: str, step: int, started: float) -> None:
             return  # the server has gone (and removed the file): leave nothing behind
         except OSError:
             pass  # alive, or not ours to signal
-    import json
-
-    stage = WARM_STAGES[step] if step < len(WARM_STAGES) else "ready"
-    report = {
-        "state": state,
-        "stage": stage,
-        "step": step,
-        "steps": len(WARM_STAGES),
-        "started": started,
-        "updated": time.time(),
-    }
     partial = f"{path}.{os.getpid()}.tmp"
     with contextlib.suppress(OSError):
         with open(partial, "w", encoding="utf-8") as fh:
@@ -126,30 +144,214 @@ def _report_warm(state: str, step: int, started: float) -> None:
         os.replace(partial, path)
 
 
-def warm_up() -> None:
-    """Runs a tiny learner through every path a worker uses (the compiled loop, a step,
-    a prediction, the mechanism plug-ins), so that compiled kernels are ready. Reports each
-    stage to the file named by ``MUGPT_SERVE_WARM_STATUS``, if set."""
+def compile_estimate(kernels: int, seconds: float) -> float:
+    """Seconds a compile that had compiled ``kernels`` kernels after ``seconds`` takes in all,
+    by :data:`COMPILE_PROFILE` (before the first kernel: :data:`TYPICAL_COMPILE_S`).
+
+    >>> compile_estimate(0, 1.0)
+    50.0
+    >>> round(compile_estimate(30, 28.0), 1)
+    100.0
+    """
+    if kernels <= 0:
+        return TYPICAL_COMPILE_S
+    points = COMPILE_PROFILE
+    for (k0, f0), (k1, f1) in itertools.pairwise(points):
+        if kernels <= k1:
+            fraction = f0 + (f1 - f0) * (kernels - k0) / (k1 - k0)
+            break
+    else:
+        fraction = 1.0
+    return max(seconds, seconds / max(fraction, 0.05))
+
+
+class _Progress:
+    """Counts numba's compiles (``numba:compile`` events) and reports each finished kernel."""
+
+    def __init__(self, started: float, report: bool) -> None:
+        self.started = started
+        self.report = report
+        self.step = 0
+        self.kernels = 0
+        self.current = ""
+        self.last_kernel_at = 0.0
+
+    def stage(self, step: int, state: str = "compiling", **extra: Any) -> None:
+        self.step = step
+        self.write(state, **extra)
+
+    def kernel_done(self, name: str) -> None:
+        self.kernels += 1
+        self.current = name
+        self.last_kernel_at = time.time() - self.started
+        self.write("compiling")
+
+    def write(self, state: str, **extra: Any) -> None:
+        if not self.report:
+            return
+        step = self.step
+        stage = WARM_STAGES[step] if step < len(WARM_STAGES) else "ready"
+        total = compile_estimate(self.kernels, self.last_kernel_at)
+        write_warm_report(
+            {
+                "state": state,
+                "stage": stage,
+                "step": step,
+                "steps": len(WARM_STAGES),
+                "kernels": self.kernels,
+                "current": self.current,
+                "eta": self.started + total,
+                "started": self.started,
+                "updated": time.time(),
+                **extra,
+            }
+        )
+
+
+def warm_up(report: bool = True, config: Any = None, step: bool = True) -> float:
+    """Runs a tiny learner of ``config`` (default: the lab's default run) through the paths
+    a worker uses (the compiled loop, a prediction and, with ``step``, a single step), so
+    that their kernels are compiled into numba's on-disk cache, or loaded from it. With
+    ``report``, each stage and each compiled kernel is reported to the file named by
+    ``MUGPT_SERVE_WARM_STATUS``. Returns the seconds it took; raises what the engine raised."""
+    from numba.core import event
+
     started = time.time()
-    _report_warm("compiling", 0, started)
+    progress = _Progress(started, report)
+
+    class Listener(event.Listener):
+        def on_start(self, ev: Any) -> None:
+            pass
+
+        def on_end(self, ev: Any) -> None:
+            dispatcher = ev.data.get("dispatcher")
+            func = getattr(dispatcher, "py_func", None)
+            progress.kernel_done(getattr(func, "__name__", "?").lstrip("_"))
+
+    listener = Listener()
+    if report:
+        event.register("numba:compile", listener)
     try:
+        progress.stage(0)
         from mugpt.corpus import Stream
         from mugpt.engine.config import RunConfig
         from mugpt.mechanisms import available
 
         available()
-        learner = RunConfig().build_learner()
-        _report_warm("compiling", 1, started)
-        learner.run(Stream.from_bytes(b"warm up the kernels, once.\n" * 3), max_bytes=60)
-        _report_warm("compiling", 2, started)
-        learner.step(b"ok")
-        _report_warm("compiling", 3, started)
+        cfg = RunConfig() if config is None else config
+        learner = cfg.build_learner()
+        progress.stage(1)
+        text = Stream.from_bytes(b"warm up the kernels, once.\n" * 4)
+        learner.run(text, max_bytes=max(60, cfg.learner.block_bytes))
+        progress.stage(2)
         learner.predict_next()
-    except Exception:
-        # warming is an optimisation, never a requirement: workers compile on their own
-        _report_warm("failed", len(WARM_STAGES), started)
-        return
-    _report_warm("ready", len(WARM_STAGES), started)
+        seconds = time.time() - started
+        progress.stage(len(WARM_STAGES), "ready", seconds=round(seconds, 1))
+        if step:  # kernels of Python-only mechanisms' runs: cached, not waited for
+            learner.step(b"ok")
+        return seconds
+    finally:
+        if report:
+            event.unregister("numba:compile", listener)
+
+
+def warm_reference() -> None:
+    """Compiles (or loads) the few small kernels the NumPy reference path calls (the window
+    rule, the loss in bits): a run on the reference model starts learning at once after."""
+    from mugpt.corpus import Stream
+    from mugpt.engine.config import RunConfig
+
+    cfg = RunConfig()
+    cfg = cfg.replace(learner=dataclasses.replace(cfg.learner, backend="numpy"))
+    learner = cfg.build_learner()
+    learner.run(Stream.from_bytes(b"warm up, once.\n" * 4), max_bytes=40)
+    learner.predict_next()
+
+
+def compile_main() -> None:
+    """The lab's compile process (started by the server, see :mod:`mugpt.serve.runs`):
+    compiles the engine's kernels into numba's on-disk cache and reports its progress, while
+    the runs learn on the reference path. It ends when done, and at once when its parent
+    (the server) has gone."""
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(3)  # the server has gone: nobody needs this compile any more
+
+    threading.Thread(target=watch_parent, name="mugpt-compile-watch", daemon=True).start()
+    if hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(COMPILE_NICENESS)
+    started = time.time()
+    try:
+        if os.environ.get("MUGPT_SERVE_FAIL_COMPILE") == "1":  # the tests' failing compile
+            raise RuntimeError("compiling was made to fail (MUGPT_SERVE_FAIL_COMPILE=1)")
+        warm_up(report=True)
+    except Exception as exc:
+        write_warm_report(
+            {
+                "state": "failed",
+                "stage": "failed",
+                "step": 0,
+                "steps": len(WARM_STAGES),
+                "error": f"{type(exc).__name__}: {exc}",
+                "started": started,
+                "updated": time.time(),
+            }
+        )
+        raise SystemExit(1) from None
+
+
+PREPARE_WAIT = 2.0
+"""A run started once the engine is ready waits up to this long (seconds) for its kernels
+(already in the fork server's memory, or loaded from numba's cache) before it starts on the
+reference path instead."""
+WATCH_EVERY = 0.25
+"""How often (seconds) a run on the reference path looks at the compile process's report."""
+
+
+class _Preparer(threading.Thread):
+    """Gets the compiled engine ready for one run, in the background: waits until the
+    compile process reports ready (or failed), then loads this run's kernels from numba's
+    cache (or compiles what its configuration needs beyond the default run) on a tiny learner
+    of the same configuration. The run meanwhile learns on the reference path."""
+
+    def __init__(self, cfg: Any, signature: Any) -> None:
+        super().__init__(name="mugpt-prepare", daemon=True)
+        self.cfg = cfg
+        self.signature = signature
+        self.phase = "waiting"  # waiting for the compile process, loading, done
+        self.ok = False
+        self.error: str | None = None
+        self.seconds = 0.0
+        self.finished = threading.Event()
+        self.cancelled = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.cancelled.is_set():
+                report = read_warm_report() or {}
+                state = report.get("state")
+                if state == "ready":
+                    break
+                if state == "failed":
+                    why = report.get("error") or "it stopped"
+                    self.error = f"compiling the engine failed ({why})"
+                    return
+                self.cancelled.wait(WATCH_EVERY)
+            if self.cancelled.is_set():
+                return
+            self.phase = "loading"
+            self.seconds = warm_up(report=False, config=self.cfg, step=False)
+            self.ok = True
+        except Exception as exc:
+            self.error = f"loading the compiled engine failed ({type(exc).__name__}: {exc})"
+        finally:
+            self.phase = "done"
+            self.finished.set()
 
 
 class _Bins:
@@ -209,6 +411,10 @@ class RunWorker:
         self.first_step = True
         self.config_changed = False
         self.baseline_lock = threading.Lock()
+        self.born = time.monotonic()
+        self.prep: _Preparer | None = None
+        self.engine = "compiled"  # or waiting / loading (on the reference path), reference
+        self.engine_detail = ""
         self._fresh()
         self.send(
             {
@@ -219,12 +425,13 @@ class RunWorker:
                 "config": self.cfg.to_dict(),
                 "mechanisms": self._mechanisms(),
                 "state": self.state,
+                "engine": self._engine_info(),
             }
         )
 
     def _fresh(self) -> None:
         """A new Learner at byte 0 with the current configuration."""
-        self.learner = self.cfg.build_learner()
+        self.learner = self._build_learner()
         self.losses = np.zeros(0)
         self.total_bits = 0.0
         self.ema: float | None = None
@@ -249,6 +456,104 @@ class RunWorker:
         self.baseline_next = 1000
         self._prev_counts = (0, 0)
         self.generation = getattr(self, "generation", -1) + 1
+
+    # ------------------------------------------------------------------ the engine
+
+    def _hands_over(self) -> bool:
+        """Whether this run starts on the reference path and moves to the compiled engine
+        when it is ready: in the lab (the compile process reports to a file), with the
+        default backend choice ("auto"), where the compiled kernels exist."""
+        from mugpt.engine.learner import resolve_backend
+
+        if not os.environ.get(WARM_STATUS_ENV) or self.cfg.learner.backend != "auto":
+            return False
+        return resolve_backend("auto") == "numba"
+
+    def _signature(self) -> Any:
+        """What decides which compiled kernels a run needs (their types, not their sizes)."""
+        mechs = tuple((m["name"], bool(m.get("enabled", True))) for m in self.cfg.mechanisms)
+        return (self.cfg.model.dtype, self.cfg.learner.batch_streams > 1, mechs)
+
+    def _prepare(self) -> _Preparer:
+        if self.prep is not None:
+            self.prep.cancelled.set()
+        self.prep = _Preparer(self.cfg, self._signature())
+        self.prep.start()
+        return self.prep
+
+    def _build_learner(self) -> Any:
+        """The run's Learner: compiled when its kernels are ready (or when it does not hand
+        over), else on the reference path, with a preparer getting the compiled engine ready."""
+        if not self._hands_over():
+            self.engine = "compiled" if self.cfg.learner.backend != "numpy" else "reference"
+            self.engine_detail = "" if self.engine == "compiled" else "backend=numpy was asked"
+            return self.cfg.build_learner()
+        prep = self.prep
+        if prep is None or prep.signature != self._signature():
+            prep = self._prepare()
+        report = read_warm_report() or {}
+        if report.get("state") == "ready":
+            prep.finished.wait(PREPARE_WAIT)
+        if prep.ok:
+            self.engine, self.engine_detail = "compiled", ""
+            return self.cfg.build_learner()
+        self._reference_state()
+        learner_cfg = dataclasses.replace(self.cfg.learner, backend="numpy")
+        return self.cfg.replace(learner=learner_cfg).build_learner()
+
+    def _reference_state(self) -> None:
+        prep = self.prep
+        if prep is not None and prep.finished.is_set() and not prep.ok:
+            self.engine = "reference"
+            self.engine_detail = str(prep.error)
+        elif prep is not None and prep.phase == "loading":
+            self.engine = "loading"
+            self.engine_detail = "loading the compiled kernels this run needs"
+        else:
+            self.engine = "waiting"
+            self.engine_detail = "learning on the NumPy reference path while the engine compiles"
+
+    def _engine_info(self) -> dict[str, Any]:
+        return {
+            "backend": self.learner.model.backend,
+            "state": self.engine,
+            "detail": self.engine_detail,
+        }
+
+    def hand_over(self) -> bool:
+        """Between two steps: moves the run to the compiled engine once its kernels are ready
+        (the same weights and optimiser state; an ``engine`` event records it). Returns
+        whether it did."""
+        prep = self.prep
+        if self.engine not in ("waiting", "loading") or prep is None:
+            return False
+        before = self.engine
+        if not prep.finished.is_set():
+            self._reference_state()
+        elif prep.ok and prep.signature != self._signature():
+            self._prepare()  # a mechanism changed meanwhile: get its kernels too
+            self._reference_state()
+        elif prep.ok:
+            waited = time.monotonic() - self.born
+            self.learner.use_backend("numba", reason="the compiled engine is ready")
+            self.engine, self.engine_detail = "compiled", ""
+            self.dirty = True
+            print(
+                f"mugpt serve: run {self.run_dir.name}: switched to the compiled engine at byte "
+                f"{self.pos:,} (after {waited:.1f} s on the NumPy reference path)",
+                flush=True,
+            )
+            return True
+        else:
+            self._reference_state()
+            print(
+                f"mugpt serve: run {self.run_dir.name}: stays on the NumPy reference path: "
+                f"{self.engine_detail}",
+                flush=True,
+            )
+        if self.engine != before:
+            self.dirty = True
+        return False
 
     # ------------------------------------------------------------------ plumbing
 
@@ -276,6 +581,7 @@ class RunWorker:
 
     def loop(self) -> None:
         while not self.stopping:
+            self.hand_over()
             wait = 0.0
             if self.can_learn():
                 wait = self.learn_slice()
@@ -484,6 +790,7 @@ class RunWorker:
             "base_lr": float(learner.lr),
             "grad_norm": None if last is None else last.grad_norm,
             "counters": learner.counters.to_dict(),
+            "engine": self._engine_info(),
         }
         for t in message["text"]:
             t[2] = round(t[2], 2)
@@ -735,6 +1042,8 @@ class RunWorker:
                         files = self.write_files(("all",))
                 finally:
                     self.stopping = True
+                    if self.prep is not None:
+                        self.prep.cancelled.set()
                 return {"paths": files}
             case _:
                 raise ConfigError(f"unknown command {type(cmd).__name__}")

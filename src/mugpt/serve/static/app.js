@@ -406,6 +406,7 @@
       "model_view", "experts"]) {
       if (key in msg) S.latest[key] = msg[key];
     }
+    if (S.run && msg.engine) S.run.engine = msg.engine;
     if (S.run) {
       S.run.state = msg.state || S.run.state;
       if (msg.config) { S.run.config = msg.config; writeUrl(); renderCli(); }
@@ -874,6 +875,10 @@
       return `${e.name} ${e.enabled ? "on" : "off"}${cfg ? ` (${cfg})` : ""}`;
     }
     if (e.kind === "set_lr") return `learning rate → ${fmtLr(e.lr)}`;
+    if (e.kind === "engine") {
+      const name = (b) => (b === "numba" ? "the compiled engine" : "the NumPy reference path");
+      return `switched from ${name(e.previous)} to ${name(e.backend)}${e.reason ? ` (${e.reason})` : ""}; same weights and optimiser state`;
+    }
     if (e.kind === "throttle") return e.max_bytes_per_s ? `speed cap → ${Math.round(e.max_bytes_per_s)} B/s` : "speed cap removed";
     return rest.map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : valueText(v)}`).join(", ");
   }
@@ -1253,9 +1258,19 @@
     const now = performance.now();
     const st = S.status;
     let text = "", phase = "";
+    const engine = S.run && !S.run.readonly ? S.run.engine : null;
     if (st && ["starting", "compiling"].includes(st.engine.state)) {
       phase = "compiling";
       text = st.message;
+    } else if (st && st.engine.state === "failed") {
+      phase = "failed";
+      text = st.message;
+    } else if (engine && engine.state === "loading") {
+      phase = "loading";
+      text = "The compiled engine is ready: this run is loading its kernels and learns on the NumPy reference path until they are in.";
+    } else if (engine && engine.state === "reference" && engine.detail) {
+      phase = "reference";
+      text = `This run learns on the NumPy reference path: ${engine.detail}.`;
     } else if (!S.run && now - S.loadedAt > 1500) {
       phase = "starting";
       text = `Starting a run: building its stream and model… ${Math.round((now - S.loadedAt) / 1000)} s`;
