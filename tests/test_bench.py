@@ -107,3 +107,24 @@ def test_mechanisms_are_timed_beside_the_same_configuration(tmp_path: Path) -> N
 def test_bench_rejects_bad_arguments(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["bench", "--configs", "nope", "--no-torch", "--no-baselines"]) == 2
     assert "unknown benchmark configuration 'nope'" in capsys.readouterr().err
+
+
+def test_a_mixture_is_attributed_to_its_experts_in_an_untimed_run() -> None:
+    from mugpt.bench.measure import measure_mugpt
+    from mugpt.bench.run import BenchReport, BenchRow, render_experts
+
+    cfg = parse_config_spec("seed:learner.update_every=4")
+    values = cfg.to_dict()
+    values["mechanisms"] = [{"name": "ngram_mix", "max_order": 4, "table_bits": 12}]
+    data = b"the cat sat on the mat. the dog sat on the log. " * 8
+    plain = measure_mugpt(values, data, np.array([0]), 1)
+    traced = measure_mugpt(values, data, np.array([0]), 1, experts=True)
+    assert "experts" not in plain and traced["bpb"] == plain["bpb"]
+    experts = traced["experts"]
+    assert [e["expert"] for e in experts] == ["network"] + [f"order {o}" for o in range(5)]
+    assert all(e["bytes"] == len(data) for e in experts)
+    row = BenchRow("seed+mix", "mugpt", "numba", 1.0, 1.0, plain["bpb"], 0.0, 0.0, [1.0], experts=experts)  # fmt: skip
+    report = BenchReport("test", len(data), 1, None, None, {}, [row])
+    (experts_shown,) = render_experts(report)
+    assert experts_shown.row_count == len(experts)
+    assert render_experts(BenchReport("test", len(data), 1, None, None, {}, [row.__class__("x", "mugpt", "numba", 1.0, 1.0, 1.0, 0.0, 0.0, [1.0])])) == []  # fmt: skip

@@ -210,3 +210,27 @@ def test_every_command_has_help_with_an_example() -> None:
     assert {"run", "sample"} <= set(sub.choices)  # type: ignore[union-attr]
     for name, p in sub.choices.items():  # type: ignore[union-attr]
         assert "example" in (p.epilog or "").lower(), name
+
+
+def test_run_with_a_frozen_network_and_its_experts(tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    mix = ["--update-every", "4", "--mech", "ngram_mix:max_order=4,table_bits=12"]
+    common = [str(text_file), *mix, "--no-baselines", "--experts"]
+    assert main(["run", *common, "--out", str(tmp_path / "learns"), "--quiet"]) == 0
+    assert main(["run", *common, "--out", str(tmp_path / "frozen"), "--freeze-network"]) == 0
+    printed = capsys.readouterr().out
+    assert "network frozen" in printed and "experts of the mixture" in printed
+    learns = json.loads((tmp_path / "learns" / "summary.json").read_text())
+    frozen = json.loads((tmp_path / "frozen" / "summary.json").read_text())
+    config = json.loads((tmp_path / "frozen" / "config.json").read_text())
+    assert config["learner"]["freeze_network"] is True and frozen["freeze_network"] is True
+    assert frozen["updates"] == 0 and frozen["counters"]["backward_passes"] == 0
+    assert learns["updates"] == learns["counters"]["steps"] and learns["freeze_network"] is False
+    assert frozen["bpb"] != learns["bpb"]
+    experts = frozen["experts"]
+    assert [e["expert"] for e in experts] == ["network"] + [f"order {o}" for o in range(5)]
+    assert all(e["bytes"] == frozen["bytes"] for e in experts)
+    # on a text repeated thirty times the long contexts are what predicts
+    assert experts[5]["bits_saved"] > 0
+    # --experts needs a mixture
+    assert main(["run", str(text_file), "--experts", "--out", str(tmp_path / "none")]) == 2
+    assert "--experts" in capsys.readouterr().err

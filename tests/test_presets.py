@@ -86,3 +86,23 @@ def test_the_seed_preset_clips_its_updates() -> None:
     learner.run(Stream.from_bytes(b"hello, world. " * 20))
     assert learner.optimizer.clipped_steps > 0
     assert learner.optimizer.v.size == 0  # SGD keeps no second moment
+
+
+def test_compress_defaults_to_the_strong_preset_and_run_to_the_seed(tmp_path: Path) -> None:
+    from mugpt.cli import build_parser
+    from mugpt.cli.codec import DEFAULT_PRESET
+    from mugpt.cli.common import run_config_from_args
+
+    parser = build_parser()
+    compress = parser.parse_args(["compress", "in.txt", "out.mgz"])
+    assert DEFAULT_PRESET == "strong"
+    assert run_config_from_args(compress, DEFAULT_PRESET) == RunConfig.from_dict({"preset": "strong"})  # fmt: skip
+    seed = parser.parse_args(["compress", "in.txt", "out.mgz", "--preset", "seed"])
+    assert run_config_from_args(seed, DEFAULT_PRESET) == RunConfig()
+    # a --config file's own preset wins over the command's default
+    config = tmp_path / "c.toml"
+    config.write_text('preset = "seed-adam"\n')
+    from_file = parser.parse_args(["compress", "in.txt", "out.mgz", "--config", str(config)])
+    assert run_config_from_args(from_file, DEFAULT_PRESET).preset == "seed-adam"
+    run = parser.parse_args(["run", "in.txt"])
+    assert run_config_from_args(run) == RunConfig()

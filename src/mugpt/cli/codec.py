@@ -21,6 +21,10 @@ is the run's prequential code length to within a few bytes. The file carries the
 configuration, the original length and CRC32, and a fingerprint of the numeric platform;
 `mugpt decompress` replays the same Learner to recover the bytes exactly.
 
+The default configuration is --preset strong: the strongest preset that runs at >= 40,000
+bytes/s on one thread (a 32-wide network mixed with count models of orders 0-10, k = 24);
+--preset seed is the original μGPT (about 1,000 bytes/s, and larger files than gzip's).
+
 Prints a progress bar and a final line (to stderr): original and compressed size, bits per
 byte of the file and of the run's prequential code length, and speed. Decompression is a
 little slower than compression with --update-every 1 and about k times slower in forward
@@ -31,9 +35,14 @@ BLAS, numba, μGPT version). Elsewhere it may fail; the decoder warns up front a
 check then stops with an error rather than emit wrong bytes.
 """
 
+#: The preset ``mugpt compress`` uses without --preset or --config: the strongest that runs
+#: at >= 40,000 bytes/s on one thread (docs/bench.md; docs/results/heldout.md).
+DEFAULT_PRESET = "strong"
+
 COMPRESS_EPILOG = """\
 examples:
-  mugpt compress book.txt book.mgz
+  mugpt compress book.txt book.mgz                  the strong preset (the default)
+  mugpt compress book.txt book.mgz --preset seed    the original μGPT, k = 1 (slow)
   mugpt compress book.txt book.mgz --update-every 8 --d-model 32
   mugpt compress notes.txt notes.mgz --mech cache
   cat notes.txt | mugpt compress - - > notes.mgz
@@ -64,7 +73,7 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _io_args(c, "file to compress, or - for stdin", "compressed file to write, or - for stdout")
-    add_run_config_args(c)
+    add_run_config_args(c, default_preset=DEFAULT_PRESET)
     c.set_defaults(func=compress_main)
     d = sub.add_parser(
         "decompress",
@@ -208,7 +217,7 @@ def _warnings_to_stderr(command: str) -> Iterator[None]:
 def compress_main(args: argparse.Namespace) -> int:
     from mugpt.compress import encode
 
-    cfg = run_config_from_args(args)
+    cfg = run_config_from_args(args, default_preset=DEFAULT_PRESET)
     _check_output(args)
     if args.output == "-" and sys.stdout.isatty() and not args.force:
         raise StreamError("refusing to write compressed bytes to a terminal; redirect stdout or give OUT")  # fmt: skip

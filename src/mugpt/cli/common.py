@@ -66,8 +66,11 @@ def _dest(flag: str) -> str:
     return "cfg_" + flag.lstrip("-").replace("-", "_")
 
 
-def add_run_config_args(parser: argparse.ArgumentParser, mechanisms: bool = True) -> None:
-    """Adds --preset, --config, --seed and the model/optimiser/learner/mechanism flags."""
+def add_run_config_args(
+    parser: argparse.ArgumentParser, mechanisms: bool = True, default_preset: str = "seed"
+) -> None:
+    """Adds --preset, --config, --seed and the model/optimiser/learner/mechanism flags
+    (``default_preset``: the preset the command takes without one, for the help text)."""
     g = parser.add_argument_group(
         "configuration (flags override --config, which overrides --preset)"
     )
@@ -75,7 +78,8 @@ def add_run_config_args(parser: argparse.ArgumentParser, mechanisms: bool = True
         "--preset",
         choices=sorted(PRESETS),
         default=None,
-        help="a named starting configuration (default: seed, the original μGPT)",
+        help=f"a named starting configuration (default: {default_preset}"
+        + (", the original μGPT)" if default_preset == "seed" else ")"),
     )
     g.add_argument(
         "--config",
@@ -132,13 +136,15 @@ def add_run_config_args(parser: argparse.ArgumentParser, mechanisms: bool = True
         )
 
 
-def run_config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Preset, then --config file, then flags, validated into a RunConfig."""
+def run_config_from_args(args: argparse.Namespace, default_preset: str = "seed") -> RunConfig:
+    """Preset, then --config file, then flags, validated into a RunConfig; without --preset
+    (on the command line or in the --config file) the preset is ``default_preset``."""
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values = read_config_file(args.config)
     if getattr(args, "preset", None):
         values["preset"] = args.preset
+    values.setdefault("preset", default_preset)
     if getattr(args, "seed", None) is not None:
         values["seed"] = args.seed
     for section, flags in _SECTION_FLAGS:
