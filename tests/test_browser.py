@@ -336,3 +336,52 @@ def test_the_top_bar_and_the_runs_table_show_the_same_bytes_read(page: Any) -> N
         )
         page.wait_for_timeout(300)
         assert bytes_seen(page) >= seen
+
+
+@pytest.mark.slow
+def test_a_cold_start_learns_on_the_reference_path_while_the_engine_compiles(
+    browser: Any, tmp_path: Path
+) -> None:
+    """An empty compile cache (a new NUMBA_CACHE_DIR): the page shows the compile's progress
+    and learns on the reference path before the compile ends; the run says which engine it
+    is on. The server's stop ends the compile process (checked in test_serve_coldstart)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    log_path = tmp_path / "server.log"
+    command = [sys.executable, "-m", "mugpt", "serve", "--no-browser", "--port", "0"]
+    command += ["--runs-dir", str(tmp_path / "runs"), "--token", TOKEN]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (m := re.search(r"(http://127\.0\.0\.1:\d+/)\?token=", log_path.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        url = m.group(1)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        pg = context.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.set_default_timeout(WAIT_MS)
+        pg.goto(f"{url}?token={TOKEN}")
+        wait_bytes_above(pg, 0)
+        engine = get_json(url + "api/status")["engine"]
+        assert engine["state"] in ("starting", "compiling"), "a cold compile ended first"
+        notice = pg.get_by_test_id("status-notice")
+        assert notice.get_attribute("data-phase") == "compiling"
+        text = notice.inner_text()
+        assert "Compiling the engine" in text and "reference path" in text, text
+        assert re.search(r"stage \d of \d", text) and re.search(r"\d+ s so far", text), text
+        wait_bytes_above(pg, 200)  # it goes on learning while the compile goes on
+        if get_json(url + "api/status")["engine"]["state"] == "compiling":
+            run = get_json(url + "api/runs")[0]
+            assert run["engine"]["backend"] == "numpy" and run["engine"]["state"] == "waiting"
+            assert notice.is_visible()
+        assert errors == []
+        context.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
