@@ -141,3 +141,45 @@ def test_draws_are_the_generators_doubles_mapped_by_the_shared_helpers() -> None
     assert drawn.tolist() == [int(np.searchsorted(cdf, x, side="right")) for x in u]
     j = int(np.random.default_rng(12).random() * 5)  # the fifth window offered
     assert r.offer(window_id(9), 1.0, np.random.default_rng(12)) == (j if j < 4 else -1)
+
+
+def _ctx(step: int, inputs: np.ndarray, targets: np.ndarray, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    from mugpt.mechanisms import StepContext
+
+    return StepContext(step, 0, np.zeros(1, np.uint8), inputs, targets, np.zeros(1, np.int64),
+                       np.zeros((1, 4)), rng, 0.01, 8)  # fmt: skip
+
+
+def test_the_control_replays_the_current_window_on_the_same_schedule() -> None:
+    """source = current: k copies of the step's own window exactly when buffer replay would
+    run, nothing stored, no random draw."""
+    buffer = Replay(capacity=4, k=3, every=2, start_after=3)
+    control = Replay(capacity=4, k=3, every=2, start_after=3, source="current")
+    rng_b, rng_c = np.random.default_rng(1), np.random.default_rng(1)
+    untouched = np.random.default_rng(1).bit_generator.state
+    for step in range(12):
+        inputs = np.array([BOS, 97 + step, 98 + step])
+        targets = np.array([97 + step, 98 + step, 99 + step])
+        got_b = buffer.extra_windows(_ctx(step, inputs, targets, rng_b))
+        got_c = control.extra_windows(_ctx(step, inputs, targets, rng_c))
+        assert len(got_c) == len(got_b) == (3 if step >= 3 and step % 2 == 0 else 0)
+        for w in got_c:
+            assert w.tolist() == [BOS, 97 + step, 98 + step, 99 + step]
+        control.replayed(_ctx(step, inputs, targets, rng_c), [1.5] * len(got_c))
+    assert rng_c.bit_generator.state == untouched  # the control draws nothing
+    assert rng_b.bit_generator.state != untouched  # buffer replay did draw
+    c = control.counters()
+    assert (c["stored"], c["windows_seen"], c["replays"]) == (0, 12, 3 * 4)  # steps 4, 6, 8, 10
+    assert c["mean_replay_loss_bits"] == 1.5
+
+
+def test_the_control_makes_as_many_extra_updates_as_replay_in_a_learner() -> None:
+    counts = {}
+    for source in ("buffer", "current"):
+        mech = make_mechanism(f"replay:capacity=16,k=2,every=3,start_after=5,source={source}")
+        learner = Learner(ModelConfig(context=8), mechanisms=[mech])
+        for i in range(30):
+            learner.step(TEXT[i : i + 1])
+        counts[source] = (learner.counters.replay_updates, learner.counters.backward_passes)
+    due = [s for s in range(30) if s >= 5 and s % 3 == 0]
+    assert counts["buffer"] == counts["current"] == (2 * len(due), 30 + 2 * len(due))

@@ -85,3 +85,29 @@ def test_bad_settings_name_the_key() -> None:
         SelectiveBackprop(tau=-1)
     with pytest.raises(ConfigError, match="mode"):
         make_mechanism("selective_backprop:mode=median")
+
+
+def test_random_mode_skips_at_its_rate_whatever_the_loss() -> None:
+    """mode = random keeps an update when the generator's double is below 1 − skip_rate: the
+    same draws give the same decisions for any losses, at the configured share."""
+    n = 20000
+    rng_a, rng_b, twin = (np.random.default_rng(4) for _ in range(3))
+    low = SelectiveBackprop(mode="random", skip_rate=0.25)
+    high = SelectiveBackprop(mode="random", skip_rate=0.25)
+    losses = np.random.default_rng(5).exponential(size=n)
+    a = [low.should_update(ctx_with(float(x), rng_a)) for x in losses]
+    b = [high.should_update(ctx_with(float(10 * x + 3), rng_b)) for x in losses[::-1]]
+    assert a == b == [bool(u < 0.75) for u in twin.random(n)]
+    # binomial(20000, 0.25): sd of the share ≈ 0.003
+    assert low.counters()["skip_share"] == pytest.approx(0.25, abs=0.015)
+    assert low.counters()["mean_keep_probability"] == pytest.approx(0.75)
+
+
+def test_random_mode_at_the_ends_never_or_always_skips() -> None:
+    never = SelectiveBackprop(mode="random", skip_rate=0.0)
+    always = SelectiveBackprop(mode="random", skip_rate=1.0)
+    rng = np.random.default_rng(0)
+    assert all(never.should_update(ctx_with(0.0, rng)) for _ in range(200))
+    assert not any(always.should_update(ctx_with(9.0, rng)) for _ in range(200))
+    with pytest.raises(ConfigError, match="skip_rate"):
+        SelectiveBackprop(mode="random", skip_rate=1.5)

@@ -29,14 +29,14 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mugpt.engine.checkpoint import atomic_write_bytes
-from mugpt.engine.config import RunConfig
+from mugpt.engine.config import SEED_LR_BY_K, RunConfig
 from mugpt.engine.metrics import detection_scores, phase_metrics
 from mugpt.errors import ConfigError
 
@@ -166,6 +166,53 @@ def plan_arms(mechanisms: Sequence[dict[str, Any]] | None = None) -> list[Arm]:
 DEFAULT_ORDER = (
     "selective_backprop", "replay", "adaptive_lr", "grad_clip", "cache", "knn", "ngram_mix",
 )  # fmt: skip
+
+
+def scanned_lr(config: RunConfig) -> float | None:
+    """The learning rate ``benchmarks/lr_scan.py`` measured as best for this configuration's
+    optimiser and k (:data:`mugpt.engine.config.SEED_LR_BY_K`, docs/results/lr-scan.md), or
+    None when the scan did not cover it: another model than the seed model, another k, the
+    window loss over the newest positions only, or sub-streams.
+
+    Example:
+        >>> scanned_lr(RunConfig.from_dict({"learner": {"update_every": 16}}))
+        0.3
+        >>> scanned_lr(RunConfig.from_dict({"learner": {"update_every": 8}})) is None
+        True
+    """
+    seed_model = RunConfig.from_dict({"preset": "seed"}).model.to_dict()
+    model = config.model.to_dict()
+    same_model = all(model.get(k) == v for k, v in seed_model.items() if k != "seed")
+    learner, opt = config.learner, config.optim
+    table = SEED_LR_BY_K.get(opt.name, {})
+    scanned_optim = (
+        opt.grad_clip == 1.0
+        and opt.weight_decay == 0.0
+        and (opt.momentum == 0.0 if opt.name == "sgd" else (opt.beta1, opt.beta2) == (0.9, 0.999))
+    )
+    if not (same_model and scanned_optim) or learner.window_loss != "all" or learner.batch_streams != 1:  # fmt: skip
+        return None
+    return table.get(learner.update_every)
+
+
+def with_scanned_lr(config: RunConfig) -> RunConfig:
+    """``config`` with the scanned lr for its optimiser and k (:func:`scanned_lr`), so a
+    baseline at k > 1 is not judged at the k = 1 rate the presets carry. A configuration the
+    scan did not cover is an error that names what to give instead.
+
+    Example:
+        >>> with_scanned_lr(RunConfig.from_dict({"learner": {"update_every": 4}})).optim.lr
+        0.1
+    """
+    lr = scanned_lr(config)
+    if lr is None:
+        ks = sorted(SEED_LR_BY_K.get(config.optim.name, {}))
+        raise ConfigError(
+            f"no scanned lr for {config.optim.name} at update_every="
+            f"{config.learner.update_every} with this model (the scan covers the seed model, "
+            f"full-window loss, k in {ks}); give --lr yourself or run benchmarks/lr_scan.py"
+        )
+    return config.replace(optim=replace(config.optim, lr=lr))
 
 
 def _mean_or_none(values: list[float]) -> float | None:
@@ -358,13 +405,25 @@ class AblationResult:
         learner = self.config.get("learner", {})
         model = self.config.get("model", {})
         limit = f", first {self.max_bytes:,} bytes" if self.max_bytes else ""
+        try:
+            scanned = scanned_lr(RunConfig.from_dict(self.config))
+        except ConfigError:
+            scanned = None
+        lr = self.config.get("optim", {}).get("lr")
+        tuned = (
+            " (the lr scan's best for this k)"
+            if scanned is not None and lr == scanned
+            else f" (not the lr scan's {scanned} for this k)"
+            if scanned is not None
+            else " (a setting outside the lr scan)"
+        )
         return (
             f"stream `{self.stream.get('spec') or 'default'}` ({self.stream.get('bytes', 0):,} "
             f"bytes{limit}); seeds {self.seeds}; update_every k = {learner.get('update_every')}, "
             f"window loss {learner.get('window_loss')}; model d_model={model.get('d_model')}, "
             f"layers={model.get('n_layers')}, context={model.get('context')}; "
             f"optimiser {self.config.get('optim', {}).get('name')} "
-            f"lr={self.config.get('optim', {}).get('lr')}"
+            f"lr={lr}{tuned}"
         )
 
     def to_markdown(self) -> str:
@@ -565,11 +624,14 @@ def ablate(
     max_bytes: int | None = None,
     jobs: int | None = None,
     progress: ProgressFn | None = None,
+    arms: Sequence[Arm] | None = None,
 ) -> AblationResult:
     """Runs every arm of :func:`plan_arms` on ``stream`` for each seed and tabulates them.
 
     ``config`` gives the model, optimiser and protocol (its own mechanisms are ignored:
-    pass them as ``mechanisms``, default all six). ``seeds`` is a count (seeds
+    pass them as ``mechanisms``, default all six). ``arms`` replaces the plan by explicit
+    arms (one named "baseline", the reference of the paired differences), for comparisons
+    such as one mechanism at several settings. ``seeds`` is a count (seeds
     ``config.seed``, ``config.seed + 1``, ...) or an explicit list. ``jobs`` processes run in
     parallel (default: the number of cores; 1 runs in this process). ``progress(done, total,
     label)`` is called after each run.
@@ -587,7 +649,13 @@ def ablate(
         raise ConfigError(f"max_bytes must be at least 1, got {max_bytes}")
     if len(stream) == 0:
         raise ConfigError("the stream is empty; there is nothing to learn")
-    arms = plan_arms(mechanisms)
+    if arms is None:
+        arms = plan_arms(mechanisms)
+    else:
+        arms = list(arms)
+        names = [a.name for a in arms]
+        if len(set(names)) != len(names) or "baseline" not in names:
+            raise ConfigError(f"give arms with distinct names, one of them 'baseline'; got {names}")
     base = config.to_dict()
     base["mechanisms"] = []
     tasks = []
