@@ -108,7 +108,7 @@ def test_example_sweep_file_plans_mechanisms_times_seeds() -> None:
     for run in plan:
         cfg = RunConfig.from_dict(run.config)
         assert run.run_id == run_key(cfg, run.max_bytes)
-        assert cfg.seed == run.seed and cfg.learner.update_every == 8
+        assert cfg.seed == run.seed and (cfg.learner.update_every, cfg.optim.lr) == (16, 0.3)
 
 
 def test_grid_times_random_search_is_seeded_and_within_bounds() -> None:
