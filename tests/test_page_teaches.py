@@ -237,7 +237,11 @@ def test_a_cold_start_says_it_is_compiling_from_page_load_and_then_learns(
             "() => Number(document.querySelector('[data-testid=bytes-seen]').textContent) > 0",
             timeout=COLD_MS,
         )
-        pg.wait_for_function("() => document.querySelector('[data-testid=status-notice]').hidden")
+        # the notice stays up while the engine compiles (the run learns on the reference
+        # path meanwhile) and goes when the compiled engine is ready
+        pg.wait_for_function(
+            "() => document.querySelector('[data-testid=status-notice]').hidden", timeout=COLD_MS
+        )
         context.close()
         text = log_path.read_text()
         assert "compiling its kernels" in text

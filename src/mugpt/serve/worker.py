@@ -102,8 +102,9 @@ compiled last, takes a third of the time. It turns the kernel count into an esti
 TYPICAL_COMPILE_S = 50.0
 """Seconds a cold compile of the default run takes until ready on an idle 2-core machine
 (measured; a busy machine takes several times longer)."""
-COMPILE_NICENESS = WORKER_NICENESS
-"""The compile process yields to the server like a worker does."""
+COMPILE_NICENESS = 2 * WORKER_NICENESS
+"""The compile process yields to the server and to the runs' workers (Unix ``nice``): on a
+busy machine the first learning update comes first, the hand-over later."""
 
 
 def read_warm_report() -> dict[str, Any] | None:
