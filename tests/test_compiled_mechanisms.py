@@ -24,9 +24,17 @@ A = b"the cat sat on the mat while the dog lay by the door. " * 6
 B = bytes(np.random.default_rng(5).integers(97, 123, 700, dtype=np.uint8))
 TEXT = A + B + A[:300]  # a shift to noise and back: the detector has something to see
 
-DETECT = {"warmup": 100, "fast_half_life": 16.0, "slow_half_life": 256.0, "threshold": 1.1}
+DETECT = {
+    "detector": "ema",
+    "warmup": 100,
+    "fast_half_life": 16.0,
+    "slow_half_life": 256.0,
+    "threshold": 1.1,
+}
 PERCENTILE = {"mode": "percentile", "history": 50}
-BY_STEPS = {"warmup": 0, "threshold": 1.05, "unit": "steps", "half_life": 5.0}
+# the block test (the default detector) on blocks small enough for this text, by steps
+BLOCKS = {"warmup": 0, "unit": "steps", "half_life": 5.0, "block_bytes": 32, "recent_blocks": 4,
+          "reference_blocks": 8, "cooldown": 300}  # fmt: skip
 OWN = {"capacity": 16, "every": 2, "start_after": 4, "alpha": 0.0, "own_optimizer": True}
 CASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "grad_clip-norm": [("grad_clip", {"max_norm": 0.05})],
@@ -35,7 +43,7 @@ CASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "selective_backprop-percentile": [("selective_backprop", PERCENTILE)],
     "selective_backprop-random": [("selective_backprop", {"mode": "random", "skip_rate": 0.3})],
     "adaptive_lr": [("adaptive_lr", DETECT)],
-    "adaptive_lr-steps": [("adaptive_lr", BY_STEPS)],
+    "adaptive_lr-blocks": [("adaptive_lr", BLOCKS)],
     "ngram_mix": [("ngram_mix", {"max_order": 4, "table_bits": 12})],
     "cache": [("cache", {"size": 64, "theta": 1.0, "lam": 0.3})],
     "knn": [("knn", {"capacity": 100, "k": 4, "lam": 0.3})],
@@ -45,7 +53,7 @@ CASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "all seven": [
         ("replay", {"capacity": 24, "k": 2, "every": 2, "start_after": 6}),
         ("knn", {"capacity": 50, "k": 3, "temperature": 2.0, "lam": 0.2}),
-        ("adaptive_lr", DETECT),
+        ("adaptive_lr", BLOCKS),
         ("ngram_mix", {"max_order": 3, "table_bits": 12}),
         ("cache", {"size": 32, "theta": 2.0, "lam": 0.1}),
         ("selective_backprop", {"mode": "percentile", "beta": 1.0, "history": 64}),
@@ -120,6 +128,7 @@ def test_the_cases_exercise_what_they_claim() -> None:
     seen: dict[str, dict[str, Any]] = {}
     for name in ("grad_clip-norm", "grad_clip-value", "selective_backprop-threshold",
                  "selective_backprop-percentile", "selective_backprop-random", "adaptive_lr",
+                 "adaptive_lr-blocks",
                  "ngram_mix", "cache", "knn", "replay", "replay-own", "replay-current"):  # fmt: skip
         learner = _learner(CASES[name], 1, 1, OptimConfig(lr=0.01))
         learner.run(stream)
@@ -136,6 +145,9 @@ def test_the_cases_exercise_what_they_claim() -> None:
     assert abs(seen["selective_backprop-random"]["skip_share"] - 0.3) < 0.05
     assert seen["selective_backprop-random"]["mean_keep_probability"] == pytest.approx(0.7)
     assert seen["adaptive_lr"]["alarms"] >= 1
+    # the block test sees the text turn to noise (at byte 324) and back (at 1024)
+    blocks = seen["adaptive_lr-blocks"]["alarm_positions"]
+    assert len(blocks) == 2 and 324 <= blocks[0] < 324 + 200 and 1024 <= blocks[1] < 1024 + 200
     assert seen["ngram_mix"]["mixed_bytes"] == len(TEXT)
     for memory in ("cache", "knn"):  # every byte after the first is mixed, often a hit
         assert seen[memory]["predictions"] == len(TEXT)

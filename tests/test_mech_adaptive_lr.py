@@ -1,4 +1,4 @@
-"""Adaptive LR: the dual-EMA detector, the boost with its cap and half-life, alarm events."""
+"""Adaptive LR: the block test and the dual-EMA detector, the boost with its cap and half-life, alarm events."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from mugpt.corpus import Phase, Stream
+from mugpt.corpus import Phase, Stream, build_stream
 from mugpt.engine import Learner, LearnerConfig
 from mugpt.engine.metrics import detection_scores
 from mugpt.errors import ConfigError
@@ -18,18 +18,23 @@ from mugpt.model import ModelConfig, OptimConfig
 HAS_RIVER = importlib.util.find_spec("river") is not None
 
 
-def ctx_at(position: int, k: int = 1) -> StepContext:
+def ctx_at(position: int, k: int = 1, new_bytes: np.ndarray | None = None) -> StepContext:
     return StepContext(
-        step=0, position=position, new_bytes=np.zeros(k, np.uint8), inputs=np.zeros(k, np.int64),
+        step=0, position=position,
+        new_bytes=np.zeros(k, np.uint8) if new_bytes is None else new_bytes, inputs=np.zeros(k, np.int64),
         targets=np.zeros(k, np.int64), new_positions=np.arange(k), hidden=np.zeros((k, 4)),
         rng=np.random.default_rng(0), lr=0.01, context=32,
     )  # fmt: skip
 
 
-def feed(mech: AdaptiveLR, losses: np.ndarray, k: int = 1, start: int = 0) -> list[dict]:
+def feed(
+    mech: AdaptiveLR, losses: np.ndarray, k: int = 1, start: int = 0, data: bytes = b""
+) -> list[dict]:
     events: list[dict] = []
+    symbols = np.frombuffer(data, np.uint8) if data else np.zeros(losses.size, np.uint8)
     for pos in range(0, losses.size, k):
-        ctx = ctx_at(start + pos, min(k, losses.size - pos))
+        n = min(k, losses.size - pos)
+        ctx = ctx_at(start + pos, n, symbols[pos : pos + n])
         mech.observe(ctx, losses[pos : pos + k])
         events += ctx.events
     return events
@@ -66,7 +71,8 @@ def test_half_life_in_bytes_or_steps() -> None:
 
 
 def test_ema_detector_fires_once_shortly_after_a_jump() -> None:
-    m = AdaptiveLR(fast_half_life=32, slow_half_life=2048, threshold=1.25, warmup=500, boost=2.0)
+    m = AdaptiveLR(detector="ema", fast_half_life=32, slow_half_life=2048, threshold=1.25,
+                   warmup=500, boost=2.0)  # fmt: skip
     events = feed(m, step_losses())
     alarms = [e["index"] for e in events if e["kind"] == "alarm"]
     assert len(alarms) == 1 and 3000 <= alarms[0] < 3000 + 100
@@ -76,14 +82,17 @@ def test_ema_detector_fires_once_shortly_after_a_jump() -> None:
 
 
 def test_ema_detector_is_quiet_on_a_falling_or_flat_loss() -> None:
-    m = AdaptiveLR(warmup=0)
+    m = AdaptiveLR(detector="ema", warmup=0)
     falling = 8.0 * np.exp(-np.arange(5000) / 1000) + 2.0
     flat = np.random.default_rng(1).normal(3.0, 0.5, 20000)
-    assert feed(m, falling, k=16) == [] and feed(AdaptiveLR(warmup=0), flat, k=16) == []
+    assert (
+        feed(m, falling, k=16) == []
+        and feed(AdaptiveLR(detector="ema", warmup=0), flat, k=16) == []
+    )
 
 
 def test_rearm_allows_a_second_alarm_after_recovery() -> None:
-    m = AdaptiveLR(fast_half_life=32, slow_half_life=1024, threshold=1.25, warmup=0)
+    m = AdaptiveLR(detector="ema", fast_half_life=32, slow_half_life=1024, threshold=1.25, warmup=0)
     losses = np.concatenate([np.full(3000, 2.0), np.full(3000, 4.0), np.full(6000, 2.0),
                              np.full(3000, 4.0)])  # fmt: skip
     alarms = [e["index"] for e in feed(m, losses, k=16) if e["kind"] == "alarm"]
@@ -96,7 +105,8 @@ def test_alarms_scale_the_learning_rate_of_the_update_in_a_learner() -> None:
         [Phase("a", "t", 0, 600), Phase("b", "t", 600, 1224)],
         np.array([0, 600]),
     )
-    mech = AdaptiveLR(fast_half_life=8, slow_half_life=256, warmup=100, half_life=200, boost=2.0)
+    mech = AdaptiveLR(detector="ema", fast_half_life=8, slow_half_life=256, warmup=100,
+                      half_life=200, boost=2.0)  # fmt: skip
     learner = Learner(ModelConfig(context=16), OptimConfig(lr=0.01), [mech],
                       LearnerConfig(update_every=4))  # fmt: skip
     multipliers = []
@@ -148,3 +158,50 @@ def test_lowering_the_cap_clamps_the_current_multiplier() -> None:
     m.alarm(index=0)
     m.configure(cap=2.5)
     assert m.multiplier == 2.5
+
+
+def test_block_statistic_is_welchs_test_on_the_block_numbers() -> None:
+    """The statistic after the sixth block equals Welch's z computed by hand with NumPy:
+    recent blocks 4-5 against reference blocks 0-3, the largest of the ten numbers."""
+    rng = np.random.default_rng(3)
+    data = bytes(rng.choice(list(b"ab Z9\n.(\xc3"), size=24).tolist())
+    losses = rng.uniform(1.0, 6.0, 24)
+    m = AdaptiveLR(block_bytes=4, recent_blocks=2, reference_blocks=4, cooldown=0, warmup=0,
+                   z_threshold=1e6)  # fmt: skip
+    assert feed(m, losses, data=data) == []
+    classes = adaptive_lr.BYTE_CLASSES[np.frombuffer(data, np.uint8)].reshape(6, 4)
+    numbers = np.zeros((6, 10))
+    for c in range(9):
+        numbers[:, c] = (classes == c).mean(axis=1)
+    numbers[:, 9] = losses.reshape(6, 4).mean(axis=1)
+    recent, ref = numbers[4:], numbers[:4]
+    spread = np.sqrt(recent.var(0, ddof=1) / 2 + ref.var(0, ddof=1) / 4)
+    z = np.abs(recent.mean(0) - ref.mean(0)) / (spread + 1e-4)
+    assert m.block_vars[3] == pytest.approx(z.max(), rel=1e-12) and z.max() > 1.0
+
+
+def test_block_test_sees_a_shift_to_an_easier_phase_that_the_ema_cannot() -> None:
+    """Stories, then counting with a much lower loss: the block test fires once, soon after
+    the boundary, and never in the 20 kB of stories; the one-sided EMA ratio stays silent."""
+    stream = build_stream("stories=stories:20k,counting=counting:6k")
+    noise = np.random.default_rng(0).normal(0.0, 0.3, len(stream))
+    losses = np.where(np.arange(len(stream)) < 20_000, 4.0, 1.0) + noise
+    blocks = [e["index"] for e in feed(AdaptiveLR(), losses, k=4, data=stream.data)]
+    assert len(blocks) == 1 and 20_000 <= blocks[0] < 22_000
+    ema = feed(AdaptiveLR(detector="ema"), losses, k=4, data=stream.data)
+    assert ema == []
+
+
+def test_block_test_continues_exactly_from_a_saved_state() -> None:
+    stream = build_stream("stories=stories:20k,counting=counting:6k")
+    losses = np.random.default_rng(1).uniform(1.0, 5.0, len(stream))
+    whole = AdaptiveLR()
+    events = feed(whole, losses, data=stream.data)
+    first = AdaptiveLR()
+    cut = 20_050  # inside a block, after the boundary
+    head = feed(first, losses[:cut], data=stream.data[:cut])
+    second = AdaptiveLR()
+    second.load_state_dict(first.state_dict())
+    tail = feed(second, losses[cut:], start=cut, data=stream.data[cut:])
+    assert head + tail == events and len(events) == 1
+    assert np.array_equal(second.block_ring, whole.block_ring)

@@ -299,10 +299,10 @@ def _clip(clip: Any, grads: Any, norm: float) -> bool:  # pragma: no cover - com
 
 @njit(**_JIT)
 def _observe(
-    adapt: Any, losses: Any, first: int, k: int, step: int, pos: int
+    adapt: Any, losses: Any, first: int, k: int, step: int, pos: int, new_bytes: Any
 ) -> None:  # pragma: no cover
     if adapt is not None:
-        observe_kernel(adapt, losses, first, k, step, pos)
+        observe_kernel(adapt, losses, first, k, step, pos, new_bytes)
 
 
 @njit(**_JIT)
@@ -457,7 +457,7 @@ def compiled_steps(
             for j in range(mechs.order.size):  # observe
                 kind = mechs.order[j]
                 if kind == K_ADAPT:
-                    _observe(mechs.adapt, out.losses, first - out.base, k, step, first)
+                    _observe(mechs.adapt, out.losses, first - out.base, k, step, first, targets)
                 elif kind == K_CACHE:
                     _store(mechs.cache, ws.hidden[w], slots, targets, k)
                 elif kind == K_KNN:
