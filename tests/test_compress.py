@@ -21,7 +21,8 @@ from mugpt.compress import (
     encode,
     read_header,
 )
-from mugpt.compress.coder import PLACEHOLDER, coding_probs, predict_in_step, step_sizes
+from mugpt.compress import range as rc
+from mugpt.compress.coder import PLACEHOLDER, predict_in_step, quantised, step_sizes
 from mugpt.compress.container import pack, unpack
 from mugpt.engine.config import RunConfig
 from mugpt.mechanisms import available
@@ -172,18 +173,42 @@ def test_the_backend_used_is_pinned_in_the_file() -> None:
 
 
 def test_a_byte_the_model_gives_zero_probability_is_still_encodable() -> None:
-    import constriction
-
-    probs = np.zeros((3, 257))
+    probs = np.zeros((4, 257))
     probs[:, 65] = 1.0
     probs[1, 66] = np.nan  # a diverged model's output must not break the coder either
-    q = coding_probs(probs)
-    symbols = np.array([65, 66, 0], dtype=np.int32)
-    family = constriction.stream.model.Categorical(perfect=False)
-    enc = constriction.stream.queue.RangeEncoder()
-    enc.encode(symbols, family, q)
-    dec = constriction.stream.queue.RangeDecoder(enc.get_compressed())
-    assert dec.decode(family, q).tolist() == symbols.tolist()
+    probs[3] = np.inf  # nor a row with no usable mass (it is coded as uniform)
+    freq = np.stack([quantised(row) for row in probs])
+    assert (freq >= 1).all() and (freq.sum(axis=1) == 2**24).all()
+    assert freq[0, 65] == 2**24 - 255 and (freq[3] == 2**16).all()
+    symbols = np.array([65, 66, 0, 200])
+    payload, bits = rc.encode_rows(probs, symbols)
+    assert rc.decode_rows(payload, probs).tolist() == symbols.tolist()
+    # 24 bits for each of the two bytes given no mass, 8 for the uniform row
+    assert bits == pytest.approx(24 + 24 + 8 - np.log2(1 - 255 / 2**24), abs=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 400), sharp=st.floats(0, 60))
+def test_the_range_coder_round_trips_and_costs_its_coded_bits(seed: int, n: int, sharp: float) -> None:  # fmt: skip
+    """Any rows, any symbols (likely or not): the symbols come back and the payload is the
+    coded bits within the coder's termination (at most 8 bytes over, 4 under)."""
+    rng = np.random.default_rng(seed)
+    rows = rng.random((n, 257)) ** sharp  # sharp rows: near-certain bytes, long carries
+    likely = rows[:, :256].argmax(axis=1)
+    symbols = np.where(rng.random(n) < 0.9, likely, rng.integers(0, 256, n))
+    payload, bits = rc.encode_rows(rows, symbols)
+    assert rc.decode_rows(payload, rows).tolist() == symbols.tolist()
+    assert bits - 32 <= 8 * len(payload) <= bits + 64
+
+
+def test_the_payload_ends_with_its_last_needed_byte() -> None:
+    """The decoder reads zeros past the end, so the encoder leaves trailing zeros out; a
+    truncated payload then decodes to other symbols (the CRCs catch it)."""
+    rows = np.full((64, 257), 1.0)
+    symbols = np.arange(64) * 3 % 256
+    payload, _ = rc.encode_rows(rows, symbols)
+    assert len(payload) in (64, 65) and payload[-1] != 0  # 64 uniform bytes: 8 bits each
+    assert rc.decode_rows(payload[:-1], rows).tolist() != symbols.tolist()
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -229,9 +254,15 @@ def test_every_single_bit_flip_is_detected(blob: bytes) -> None:
 
 
 def test_unsupported_version(blob: bytes) -> None:
-    damaged = blob[:8] + (2).to_bytes(2, "little") + blob[10:]
-    with pytest.raises(CompressedFileError, match="format version 2 is not supported"):
+    damaged = blob[:8] + (3).to_bytes(2, "little") + blob[10:]
+    with pytest.raises(CompressedFileError, match="format version 3 is not supported"):
         decode(damaged)
+
+
+def test_a_version_1_file_is_refused_with_the_way_out(blob: bytes) -> None:
+    old = blob[:8] + (1).to_bytes(2, "little") + blob[10:]
+    with pytest.raises(CompressedFileError, match=r"format version 1 .*constriction.* cannot be read by this version: decompress the file with the mugpt that made it"):  # fmt: skip
+        decode(old)
 
 
 def _rewrite(blob: bytes, **changes: object) -> bytes:

@@ -10,7 +10,7 @@ from mugpt.engine.config import RunConfig
 from mugpt.model import ModelConfig
 
 fast = pytest.importorskip("mugpt.model.fast")
-from mugpt.model.incremental import begin_window, forward_position  # noqa: E402
+from mugpt.model.incremental import begin_window, forward_position, key_scratch  # noqa: E402
 
 CACHES = ("xs", "xm", "n1x", "n1r", "h1", "qkv", "qT", "vT", "attT", "att", "yh",
           "n2x", "n2r", "h2", "pre", "act", "nfx", "nfr", "hidden", "probs")  # fmt: skip
@@ -39,8 +39,9 @@ def test_position_by_position_equals_the_full_window_bit_for_bit(name: str) -> N
         full = {f: getattr(model.ws, f).copy() for f in CACHES}
         model.ws.probs[...] = np.nan  # nothing survives from the full pass
         begin_window(model, idx[0], 0)
+        keys_t = key_scratch(model)
         for t in range(cfg.context):
-            forward_position(flat, model.offsets, model.dims, model.ws, 0, t)
+            forward_position(flat, model.offsets, model.dims, model.ws, keys_t, 0, t)
         differ = [f for f in CACHES if getattr(model.ws, f).tobytes() != full[f].tobytes()]
         assert differ == [], (name, n)
 
@@ -50,8 +51,9 @@ def test_a_row_depends_only_on_the_symbols_before_it() -> None:
     model = fast.FastGPT(cfg)
     idx = np.array([256, 72, 101, 108, 108, 111])
     begin_window(model, idx, 0)
+    keys_t = key_scratch(model)
     for t in range(3):
-        forward_position(model.params.flat, model.offsets, model.dims, model.ws, 0, t)
+        forward_position(model.params.flat, model.offsets, model.dims, model.ws, keys_t, 0, t)
     row2 = model.ws.probs[0, 2].copy()
     other = idx.copy()
     other[3:] = 0  # later symbols differ: the full forward's row 2 is the same bits

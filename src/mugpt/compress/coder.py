@@ -2,9 +2,10 @@
 
 The encoder runs the Learner over the bytes exactly as ``mugpt run`` would and hands each
 recorded prediction to a range coder (Martin 1979, "Range encoding: an algorithm for removing
-redundancy from a digitised message"; the coder is ``constriction``'s queue-based
-``RangeEncoder``, Bamler 2022). The decoder rebuilds the same Learner from the file's
-configuration and must compute the *same* probabilities before it knows each byte:
+redundancy from a digitised message"; :mod:`mugpt.compress.range`, compiled, which quantises
+each prediction to 24-bit frequencies the decoder reproduces exactly). The decoder rebuilds
+the same Learner from the file's configuration and must compute the *same* probabilities
+before it knows each byte:
 
 - ``update_every = 1``: the prediction of byte t is a forward pass over the symbols before t,
   which the decoder has.
@@ -20,15 +21,19 @@ configuration and must compute the *same* probabilities before it knows each byt
   in every bit and is handed to the step, which then does not run the forward again. The
   NumPy backend keeps one full forward pass per byte.
 
-After each step the decoder compares the probabilities it used with those the Learner's own
-``step`` then records, and stops with a clear error if they differ in any bit.
+On the compiled model with no mechanism other than ``ngram_mix``, ``grad_clip`` and
+``selective_backprop`` (the strong preset, the seed preset), the whole decoder runs compiled:
+:mod:`mugpt.compress.steps` stands in for the compiled loop's steps and decodes each step's
+bytes in the step itself (incremental forward, mixer row, range decoder, byte by byte), then
+learns them with the loop's own update. Otherwise the decoder goes byte by byte from Python
+and, after each step, compares the probabilities it used with those the Learner's own step
+then records, stopping with a clear error if they differ in any bit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import time
 import warnings
 import zlib
@@ -38,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from mugpt.compress import range as rc
 from mugpt.compress.container import (
     CompressedFileError,
     Header,
@@ -60,9 +66,9 @@ ProgressFn = Callable[[int, int, float], None]
 
 N_BYTE_SYMBOLS = 256
 """Only bytes are coded; BOS is never a coded symbol (its probability mass is dropped)."""
-CODER_PRECISION_BITS = 24
-"""constriction's categorical models quantise to 2^-24: the floor of every byte's
-probability, so the most a byte can cost is about 24 bits."""
+CODER_PRECISION_BITS = rc.PRECISION_BITS
+"""Predictions are quantised to frequencies out of 2^24, each at least 1: the floor of every
+byte's probability, so the most a byte can cost is 24 bits."""
 PLACEHOLDER = 0
 """The byte that stands in for not-yet-decoded bytes of a step (any value gives the same
 predictions; tests check that)."""
@@ -79,9 +85,9 @@ class CodecReport:
     """Sizes and speed of one compression or decompression.
 
     ``prequential_bits`` is the Learner's Σ −log2 p over the bytes (DESIGN §2, the code
-    length a matching coder promises); ``coded_bits`` is Σ −log2 q of the distributions the
-    coder actually used (BOS mass dropped, floored at 2^-24); the payload is within a few
-    bytes of ``coded_bits / 8``.
+    length a matching coder promises); ``coded_bits`` is Σ −log2 q of the quantised
+    distributions the coder actually used (BOS mass dropped, every byte at least 2^-24); the
+    payload is within a few bytes of ``coded_bits / 8``.
     """
 
     original_bytes: int
@@ -132,42 +138,24 @@ class CodecReport:
 # ---------------------------------------------------------------------------- coding model
 
 
-def coding_probs(probs: np.ndarray) -> np.ndarray:
-    """The distributions handed to the range coder: the byte entries of the Learner's
-    prediction(s) (V = 257 → 256, dropping BOS), with anything not finite and positive
-    set to 0. constriction rescales each row to an exact fixed-point distribution and gives
-    every symbol, zero included, at least 2^-24, so no byte is ever unencodable.
-
-    Elementwise, so a (k, V) batch gives the same rows as k single calls.
+def quantised(probs: np.ndarray) -> np.ndarray:
+    """The frequencies (out of 2^24) the range coder uses for a prediction (V = 257 → 256
+    byte entries, BOS dropped; anything not finite and positive counts as 0; every byte at
+    least 1, so no byte is ever uncodable): :func:`mugpt.compress.range.quantise`.
 
     Example:
-        >>> q = coding_probs(np.array([0.5, np.nan, -1.0] + [0.0] * 254))
-        >>> q.shape, q[:3].tolist()
-        ((256,), [0.5, 0.0, 0.0])
+        >>> f = quantised(np.array([0.5, np.nan, -1.0, 0.5] + [0.0] * 253))
+        >>> f[:4].tolist(), int(f.sum())
+        ([8388481, 1, 1, 8388480], 16777216)
     """
-    q = np.asarray(probs, dtype=np.float64)[..., :N_BYTE_SYMBOLS]
-    return np.where(np.isfinite(q) & (q > 0), q, 0.0)
-
-
-def coded_bits(q: np.ndarray, symbols: np.ndarray) -> float:
-    """Σ −log2 of each symbol's share of its row of ``q`` (floored at 2^-24): the size the
-    range coder approaches, up to its quantisation and a word of termination."""
-    q = np.atleast_2d(q)
-    totals = q.sum(axis=-1)
-    picked = q[np.arange(q.shape[0]), symbols]
-    share = np.where(totals > 0, picked / np.where(totals > 0, totals, 1.0), 1.0 / N_BYTE_SYMBOLS)  # fmt: skip
-    return float(-np.log2(np.maximum(share, 2.0**-CODER_PRECISION_BITS)).sum())
-
-
-def _family() -> Any:
-    import constriction
-
-    return constriction.stream.model.Categorical(perfect=False)
+    freq = np.zeros(N_BYTE_SYMBOLS + 1, dtype=np.int64)
+    rc.quantise(np.ascontiguousarray(probs, dtype=np.float64), freq)
+    return freq[:N_BYTE_SYMBOLS]
 
 
 def _coder_description() -> dict[str, Any]:
-    return {"name": "range", "library": "constriction", "word_bits": 32,
-            "model": "categorical", "perfect": False, "symbols": N_BYTE_SYMBOLS}  # fmt: skip
+    return {"name": "range", "library": "mugpt", "word_bits": 32, "state_bits": 64,
+            "precision_bits": CODER_PRECISION_BITS, "symbols": N_BYTE_SYMBOLS}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- the schedule
@@ -288,7 +276,7 @@ class _IncrementalStep:
 
     def __init__(self, learner: Any, data: np.ndarray) -> None:
         from mugpt.model.fast import FastActivations
-        from mugpt.model.incremental import begin_window, forward_positions
+        from mugpt.model.incremental import begin_window, forward_positions, key_scratch
 
         self.model = model = learner.model
         inputs, targets, new_positions = _step_window(learner, data)
@@ -296,6 +284,7 @@ class _IncrementalStep:
         inputs = self.window[0]
         self.n = int(inputs.size)
         self.forward_positions = forward_positions
+        self.keys_t = key_scratch(model)
         begin_window(model, inputs, 0)
         self.done = 0  # positions computed
         ws = model.ws
@@ -306,7 +295,7 @@ class _IncrementalStep:
         """Computes positions up to and including t."""
         if t >= self.done:
             m = self.model
-            self.forward_positions(m.params.flat, m.offsets, m.dims, m.ws, 0, self.done, t + 1)
+            self.forward_positions(m.params.flat, m.offsets, m.dims, m.ws, self.keys_t, 0, self.done, t + 1)  # fmt: skip
             self.done = t + 1
 
     def set_input(self, t: int, symbol: int) -> None:
@@ -402,8 +391,6 @@ def encode(
         >>> report.original_bytes, abs(8 * report.payload_bytes - report.coded_bits) < 64
         (17, True)
     """
-    import constriction
-
     from mugpt.engine.config import RunConfig
 
     run_config = run_config or RunConfig()
@@ -411,22 +398,9 @@ def encode(
     t0 = time.perf_counter()
     learner = _build_learner(run_config)
     array = np.frombuffer(data, dtype=np.uint8)
-    family = _family()
-    encoder = constriction.stream.queue.RangeEncoder()
+    encoder = rc.Encoder()
     tick = _ticker(progress, array.size)
     bits = 0.0
-    pending: list[np.ndarray] = []  # predictions not yet handed to the coder
-    coded = 0  # bytes handed to the coder
-
-    def flush(upto: int) -> None:
-        # one coder call per batch of steps: the same stream as one call per symbol
-        nonlocal bits, coded
-        q = coding_probs(np.concatenate(pending))  # (n, 256)
-        symbols = array[coded:upto].astype(np.int32)
-        encoder.encode(symbols, family, q)
-        bits += coded_bits(q, symbols)
-        pending.clear()
-        coded = upto
 
     starts = np.zeros(array.size + 1, dtype=bool)  # one document: a BOS before byte 0 only
     scored = np.empty((min(array.size, _CODER_BATCH), learner.model_cfg.vocab_size))
@@ -442,13 +416,13 @@ def encode(
             if end - pos > scored.shape[0]:
                 scored = np.empty((end - pos, scored.shape[1]))
             learner.advance(array, starts, end, scored)
-            pending.append(scored[: end - pos])
+            # one coder call per batch of steps: the same stream as one call per symbol
+            bits += encoder.encode(scored[: end - pos], array[pos:end])
             pos = end
-            flush(pos)
             tick(pos, learner)
         tick(pos, learner, True)
         fingerprint = platform_fingerprint()
-    payload = encoder.get_compressed().astype("<u4").tobytes()
+    payload = encoder.finish()
     prequential = float(learner.losses.sum())
     config = run_config.to_dict()
     backend = getattr(learner, "backend", None)
@@ -495,8 +469,6 @@ def decode(
     or does not decode to bytes with the recorded length and CRC32. If the file was made on
     a different numeric platform, a :class:`PlatformMismatchWarning` is issued first.
     """
-    import constriction
-
     from mugpt.engine.config import RunConfig
 
     t0 = time.perf_counter()
@@ -520,89 +492,14 @@ def decode(
             PlatformMismatchWarning,
             stacklevel=2,
         )
-    with contextlib.suppress(AttributeError, TypeError):  # a model without a settable forward
-        learner.model.forward = _ForwardReuse(learner.model.forward)
-    incremental = _incremental_ok(learner)
-    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-    decoder = constriction.stream.queue.RangeDecoder(words)
-    family = _family()
     out = np.zeros(header.length, dtype=np.uint8)
     tick = _ticker(progress, header.length)
-    bits = 0.0
-    budget = payload_bit_budget(len(payload), header.length)
-    exhausted_at: float | None = None  # the coded bits when the last payload word was read
-    lost = 0.0  # the decoded bytes' prequential bits so far, against the header's record
-    lost_limit = recorded_loss_limit(header.prequential_bits)
-    starts = np.zeros(header.length + 1, dtype=bool)  # one document, as encode
-    scored = np.empty((learner.model_cfg.context, learner.model_cfg.vocab_size))
-    adjusting = _adjusting(learner)
-    mixer = _step_decoder(learner, adjusting) if incremental else None
+    limits = _Limits(header, len(payload))
     with deterministic_threads():
-        pos = 0
-        for size in step_sizes(header.length, learner.cfg.update_every, learner.model_cfg.context):  # fmt: skip
-            chunk = out[pos : pos + size]  # filled byte by byte as they are decoded
-            chunk[:] = PLACEHOLDER
-            rows = np.empty((size, learner.model_cfg.vocab_size), dtype=np.float64)
-            inc = _IncrementalStep(learner, chunk) if incremental else None
-            targets = np.zeros(size, dtype=np.int64)
-            for j in range(size):
-                if inc is None:
-                    rows[j] = predict_in_step(learner, chunk, j)
-                else:
-                    slot = int(inc.window[2][j])
-                    if j > 0:  # the input of this byte's position is the byte just decoded
-                        inc.set_input(slot, int(chunk[j - 1]))
-                    inc.upto(slot)
-                    if mixer is not None:  # one mixed row per byte, compiled
-                        rows[j] = inc.acts.probs[0, slot]
-                        mixer.row(rows, inc.window[0], inc.window[2], j)
-                    else:
-                        rows[j] = _adjusted_row(learner, adjusting, chunk, inc.window, inc.acts, j)  # fmt: skip
-                q = coding_probs(rows[j])[None, :]
-                try:
-                    symbol = int(decoder.decode(family, q)[0])
-                except Exception as exc:  # constriction reports exhausted/invalid data
-                    raise CompressedFileError(
-                        f"the payload cannot be decoded at byte {pos + j:,} ({exc}); the file "
-                        "is corrupt"
-                    ) from None
-                chunk[j] = symbol
-                total = float(q.sum())
-                share = float(q[0, symbol]) / total if total > 0 else 1.0 / N_BYTE_SYMBOLS
-                bits -= math.log2(max(share, 2.0**-CODER_PRECISION_BITS))
-                if exhausted_at is None and decoder.maybe_exhausted():
-                    exhausted_at = bits
-                if bits > budget or (exhausted_at is not None and bits - exhausted_at > AFTER_END_BITS):  # fmt: skip
-                    raise CompressedFileError(
-                        f"the payload is used up after {pos + j + 1:,} of {header.length:,} "
-                        "bytes (the header's length is more than its payload holds); the file "
-                        "is corrupt"
-                    )
-                if mixer is not None and inc is not None and j < size - 1:
-                    targets[j] = symbol
-                    mixer.learn(targets, inc.window[0], inc.window[2], j)
-            if mixer is not None and inc is not None:
-                mixer.end(inc.window[0], inc.window[2])
-            if inc is not None:
-                acts = inc.finish()
-                reuse = getattr(learner.model, "forward", None)
-                if isinstance(reuse, _ForwardReuse):
-                    reuse.offer(acts.idx, acts)
-            learner.advance(out, starts, pos + size, scored)  # the step learns its bytes
-            recorded = scored[:size]
-            if recorded.tobytes() != rows.tobytes():
-                raise CompressedFileError(_divergence_message(pos, recorded, rows, mismatch))
-            lost += float(np.sum(learner.last.loss_bits, dtype=np.float64))
-            if lost > lost_limit:
-                raise CompressedFileError(
-                    f"the first {pos + size:,} of {header.length:,} decoded bytes already cost "
-                    f"{lost:,.3f} bits, more than the {header.prequential_bits:,.3f} the encoder "
-                    "recorded for the whole file (the header's length or prequential_bits was "
-                    "changed); the file is corrupt"
-                )
-            pos += size
-            tick(pos, learner)
-        tick(pos, learner, True)
+        if _compiled_decoder_ok(learner):
+            bits = _decode_compiled(learner, payload, out, limits, tick)
+        else:
+            bits = _decode_bytewise(learner, payload, out, limits, tick, mismatch)
     original = out.tobytes()
     if zlib.crc32(original) != header.crc32:
         hint = (
@@ -617,10 +514,157 @@ def decode(
     return original, _decode_report(blob, header, original, float(learner.losses.sum()), bits, t0)
 
 
-#: The most coded bits (as the decoder counts them) that bytes decoded after the payload's last
-#: word was read may cost: what the coder's final state holds (two 32-bit words), with the
-#: allowance of :func:`payload_bit_budget` for the decoder's count, and a margin.
-AFTER_END_BITS = 2 * 64 * 25 / 24 + 64
+@dataclass(frozen=True)
+class _Limits:
+    """What a decode may not exceed: the payload's coded bits (:func:`payload_bit_budget`,
+    and ``AFTER_END_BITS`` once the payload is read to its end) and the header's recorded
+    prequential bits (:func:`recorded_loss_limit`)."""
+
+    length: int
+    recorded: float
+    budget: float
+    lost_limit: float
+
+    def __init__(self, header: Header, payload_bytes: int) -> None:
+        object.__setattr__(self, "length", header.length)
+        object.__setattr__(self, "recorded", header.prequential_bits)
+        object.__setattr__(self, "budget", payload_bit_budget(payload_bytes, header.length))
+        object.__setattr__(self, "lost_limit", recorded_loss_limit(header.prequential_bits))
+
+    def used_up(self, decoded: int) -> CompressedFileError:
+        return CompressedFileError(
+            f"the payload is used up after {decoded:,} of {self.length:,} bytes (the header's "
+            "length is more than its payload holds); the file is corrupt"
+        )
+
+    def invalid(self, at: int) -> CompressedFileError:
+        return CompressedFileError(
+            f"the payload cannot be decoded at byte {at:,} (no byte has its code value); the "
+            "file is corrupt"
+        )
+
+    def too_costly(self, decoded: int, lost: float) -> CompressedFileError:
+        return CompressedFileError(
+            f"the first {decoded:,} of {self.length:,} decoded bytes already cost {lost:,.3f} "
+            f"bits, more than the {self.recorded:,.3f} the encoder recorded for the whole file "
+            "(the header's length or prequential_bits was changed); the file is corrupt"
+        )
+
+
+def _compiled_decoder_ok(learner: Any) -> bool:
+    """Whether :mod:`mugpt.compress.steps` can decode for this Learner: the compiled loop
+    runs it and its only active mechanisms are those the compiled decoder runs."""
+    from mugpt.compress.steps import DECODABLE
+
+    if not _incremental_ok(learner) or learner._compiled_mechanisms() is None:
+        return False
+    return all(m.name in DECODABLE for m in learner.mechanisms if m.enabled)
+
+
+def _decode_compiled(learner: Any, payload: bytes, out: np.ndarray, limits: _Limits,
+                     tick: Callable[..., None]) -> float:  # fmt: skip
+    """Decodes into ``out`` with the compiled steps, a batch of whole steps per call."""
+    from mugpt.compress.steps import E_INVALID, E_LOST, E_USED_UP, StepDecoder
+
+    context = learner.model_cfg.context
+    steps = StepDecoder(payload, learner.model, limits.budget, limits.lost_limit, AFTER_END_BITS)
+    starts = np.zeros(out.size + 1, dtype=bool)  # one document, as encode
+    pos = 0
+    while pos < out.size:
+        end = whole_steps_end(
+            starts, pos, min(pos + _CODER_BATCH, out.size), out.size,
+            learner.cfg.update_every, context, pos == 0,
+        )  # fmt: skip
+        learner.advance(out, starts, end, None, steps=steps)
+        error = steps.error
+        if error is not None:
+            code, at = error
+            if code == E_INVALID:
+                raise limits.invalid(at)
+            if code == E_USED_UP:
+                raise limits.used_up(at)
+            assert code == E_LOST, error
+            raise limits.too_costly(at, steps.lost)
+        pos = end
+        tick(pos, learner)
+    tick(pos, learner, True)
+    return steps.bits
+
+
+def _decode_bytewise(learner: Any, payload: bytes, out: np.ndarray, limits: _Limits,
+                     tick: Callable[..., None], mismatch: list[str]) -> float:  # fmt: skip
+    """Decodes into ``out`` from Python, one byte at a time (any backend, any mechanism),
+    checking after each step that the Learner scored the rows the decoder used."""
+    with contextlib.suppress(AttributeError, TypeError):  # a model without a settable forward
+        learner.model.forward = _ForwardReuse(learner.model.forward)
+    incremental = _incremental_ok(learner)
+    data = np.frombuffer(payload, dtype=np.uint8)
+    decoder = rc.new_decoder(data)
+    freq = np.zeros(N_BYTE_SYMBOLS + 1, dtype=np.int64)
+    bits = 0.0
+    exhausted_at: float | None = None  # the coded bits when the payload's end was read
+    lost = 0.0  # the decoded bytes' prequential bits so far, against the header's record
+    starts = np.zeros(out.size + 1, dtype=bool)  # one document, as encode
+    scored = np.empty((learner.model_cfg.context, learner.model_cfg.vocab_size))
+    adjusting = _adjusting(learner)
+    mixer = _step_decoder(learner, adjusting) if incremental else None
+    pos = 0
+    for size in step_sizes(out.size, learner.cfg.update_every, learner.model_cfg.context):
+        chunk = out[pos : pos + size]  # filled byte by byte as they are decoded
+        chunk[:] = PLACEHOLDER
+        rows = np.empty((size, learner.model_cfg.vocab_size), dtype=np.float64)
+        inc = _IncrementalStep(learner, chunk) if incremental else None
+        targets = np.zeros(size, dtype=np.int64)
+        for j in range(size):
+            if inc is None:
+                rows[j] = predict_in_step(learner, chunk, j)
+            else:
+                slot = int(inc.window[2][j])
+                if j > 0:  # the input of this byte's position is the byte just decoded
+                    inc.set_input(slot, int(chunk[j - 1]))
+                inc.upto(slot)
+                if mixer is not None:  # one mixed row per byte, compiled
+                    rows[j] = inc.acts.probs[0, slot]
+                    mixer.row(rows, inc.window[0], inc.window[2], j)
+                else:
+                    rows[j] = _adjusted_row(learner, adjusting, chunk, inc.window, inc.acts, j)  # fmt: skip
+            rc.quantise(rows[j], freq)
+            symbol = int(rc.decode_symbol(decoder, data, freq))
+            if symbol == rc.INVALID:
+                raise limits.invalid(pos + j)
+            chunk[j] = symbol
+            bits += float(rc.symbol_bits(freq, symbol))
+            if exhausted_at is None and rc.past_end(decoder):
+                exhausted_at = bits
+            if bits > limits.budget or (exhausted_at is not None and bits - exhausted_at > AFTER_END_BITS):  # fmt: skip
+                raise limits.used_up(pos + j + 1)
+            if mixer is not None and inc is not None and j < size - 1:
+                targets[j] = symbol
+                mixer.learn(targets, inc.window[0], inc.window[2], j)
+        if mixer is not None and inc is not None:
+            mixer.end(inc.window[0], inc.window[2])
+        if inc is not None:
+            acts = inc.finish()
+            reuse = getattr(learner.model, "forward", None)
+            if isinstance(reuse, _ForwardReuse):
+                reuse.offer(acts.idx, acts)
+        learner.advance(out, starts, pos + size, scored)  # the step learns its bytes
+        recorded = scored[:size]
+        if recorded.tobytes() != rows.tobytes():
+            raise CompressedFileError(_divergence_message(pos, recorded, rows, mismatch))
+        lost += float(np.sum(learner.last.loss_bits, dtype=np.float64))
+        if lost > limits.lost_limit:
+            raise limits.too_costly(pos + size, lost)
+        pos += size
+        tick(pos, learner)
+    tick(pos, learner, True)
+    return bits
+
+
+#: The most coded bits that bytes decoded after the decoder first read past the payload's end
+#: may cost: what its state then holds (two 32-bit words) and the word it was reading, with a
+#: margin.
+AFTER_END_BITS = 3 * 64
 
 
 def recorded_loss_limit(prequential_bits: float) -> float:
@@ -643,22 +687,22 @@ def payload_bit_budget(payload_bytes: int, length: int) -> float:
     """The most coded bits (as the decoder counts them) that a payload of ``payload_bytes``
     bytes can hold for ``length`` original bytes; a decode that goes past it reads beyond the payload, so the file is corrupt.
 
-    A range coder's output is never shorter than the information content of what it coded
-    under its quantised probabilities, less its final state (``CODER_SLACK_BITS``). The
-    decoder counts each byte's cost from its unquantised share s floored at 2^-24, while the
-    coder's quantised probability is at most s + 2^-24: the two differ by under one bit per
-    byte, and only for bytes that cost about 24 bits, so the count is at most 25/24 of the
-    true cost, plus 2^-20 bits per byte for the likely ones. The budget allows for both, so a
-    valid file never reaches it, and a header whose length its payload cannot hold stops as
-    soon as its bytes cost more than the payload.
+    The range coder (:mod:`mugpt.compress.range`) emits a word whenever its range has shrunk
+    by one, so its output is never shorter than the information content of what it coded
+    under the quantised probabilities, less what its final state holds
+    (``CODER_SLACK_BITS``); the decoder counts exactly those quantised costs (each
+    −log2(f / 2^24), which the coder's rounding of the range only exceeds). The budget adds a
+    margin for the rounding of the running sum, so a valid file never reaches it, and a
+    header whose length its payload cannot hold stops as soon as its bytes cost more than
+    the payload.
 
     >>> round(payload_bit_budget(48, 1000), 1)
-    530.7
+    456.0
     """
     from mugpt.compress.container import CODER_SLACK_BITS
 
     most = 8 * payload_bytes + CODER_SLACK_BITS
-    return most * 25 / 24 + 64 + length * 2.0**-20
+    return most + 8 + length * 2.0**-30
 
 
 def _divergence_message(pos: int, recorded: np.ndarray, used: np.ndarray, mismatch: list[str]) -> str:  # fmt: skip

@@ -1,21 +1,26 @@
-"""The compressed file format (version 1): a checked header, then the range coder's words.
+"""The compressed file format (version 2): a checked header, then the range coder's bytes.
 
 Layout, all integers little-endian::
 
     offset  size  field
     0       8     magic  b"\\xb5GPTz\\r\\n\\x1a" (µ in Latin-1, "GPTz"; the CR LF and ^Z catch
                   text-mode transfers, as in PNG)
-    8       2     format version (uint16) = 1
+    8       2     format version (uint16) = 2
     10      4     header length H in bytes (uint32)
     14      4     CRC32 of the H header bytes (uint32)
     18      H     header: UTF-8 JSON (see :class:`Header`), zlib-compressed with the fixed
                   preset dictionary ``HEADER_ZDICT`` (typical keys and values, so a usual
                   header takes about a hundred bytes)
-    18+H    P     payload: the range coder's 32-bit words, little-endian; P is in the header
+    18+H    P     payload: the range coder's code value, most significant byte first
+                  (mugpt.compress.range; trailing zero bytes of its last word omitted); P
+                  is in the header
 
 The header carries everything the decoder needs to rebuild the same Learner (the full run
 configuration), the original length and CRC32, the payload's length and CRC32, and the
 numeric platform it was made on. Nothing may follow the payload.
+
+Version 1 held the words of another range coder (``constriction``'s, quantising differently):
+this version cannot read those files and says so.
 """
 
 from __future__ import annotations
@@ -29,11 +34,17 @@ from typing import Any
 from mugpt.errors import MugptError
 
 MAGIC = b"\xb5GPTz\r\n\x1a"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this mugpt recognises but cannot read, with what to do about them.
+OLD_VERSIONS = {
+    1: "format version 1 (written with constriction's range coder by an earlier mugpt) cannot "
+    "be read by this version: decompress the file with the mugpt that made it, then compress "
+    "the bytes again with this one",
+}
 _PREFIX = struct.Struct("<8sHII")  # magic, version, header length, header CRC32
 MAX_HEADER_BYTES = 1 << 24
 HEADER_ZDICT = (
-    b'{"coder":{"library":"constriction","model":"categorical","name":"range","perfect":false,'
+    b'{"coder":{"library":"mugpt","name":"range","precision_bits":24,"state_bits":64,'
     b'"symbols":256,"word_bits":32},"config":{"learner":{"seed":0,"update_every":1,'
     b'"window_loss":"all"},"mechanisms":[{"name":"cache","enabled":true}],"model":{'
     b'"activation":"relu","context":32,"d_ff":64,"d_model":16,"dtype":"float32",'
@@ -42,11 +53,11 @@ HEADER_ZDICT = (
     b'"momentum":0.0,"name":"adam","weight_decay":0.0},"preset":"seed","seed":0,"stream":""},'
     b'"crc32":,"length":,"payload_bytes":,"payload_crc32":,"platform":{"blas":[{'
     b'"architecture":"Haswell","internal_api":"openblas","version":"0.3.'
-    b'"}],"byteorder":"little","code":"","constriction":"0.5.0","machine":"x86_64",'
+    b'"}],"byteorder":"little","code":"","machine":"x86_64",'
     b'"mugpt":"0.1.0","numba":null,"numpy":"2.'
     b'"},"prequential_bits":'
 )
-"""zlib preset dictionary for the header (part of format version 1: never change it)."""
+"""zlib preset dictionary for the header (part of format version 2: never change it)."""
 
 
 class CompressedFileError(MugptError, ValueError):
@@ -108,7 +119,7 @@ class Header:
             )
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise CompressedFileError(f"the header is unreadable ({exc}); the file is corrupt") from None  # fmt: skip
-        if header.length < 0 or header.payload_bytes < 0 or header.payload_bytes % 4:
+        if header.length < 0 or header.payload_bytes < 0:
             raise CompressedFileError("the header holds impossible sizes; the file is corrupt")
         if not isinstance(header.config, dict):
             raise CompressedFileError("the header's configuration is not an object; the file is corrupt")  # fmt: skip
@@ -116,7 +127,8 @@ class Header:
 
 
 #: Bits of slack a range coder's termination may save against the information content: its
-#: state (two 32-bit words), so a payload of P bytes codes at most 8 P + this many bits.
+#: state (two 32-bit words), so a payload of P bytes codes at most 8 P + this many bits
+#: (mugpt.compress.range's final state holds at most 32 bits of it: ample).
 CODER_SLACK_BITS = 64
 #: The largest model a compressed file may ask the decoder to build (parameters).
 MAX_DECODE_PARAMS = 50_000_000
@@ -192,6 +204,8 @@ def unpack(blob: bytes) -> tuple[Header, bytes]:
             f"the file is truncated: {len(blob)} bytes, shorter than the {_PREFIX.size}-byte prefix"
         )
     _magic, version, header_len, header_crc = _PREFIX.unpack_from(blob)
+    if version in OLD_VERSIONS:
+        raise CompressedFileError(OLD_VERSIONS[version])
     if version != FORMAT_VERSION:
         raise CompressedFileError(
             f"format version {version} is not supported by this mugpt (it reads version "

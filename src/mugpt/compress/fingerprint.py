@@ -92,10 +92,8 @@ def platform_fingerprint() -> dict[str, Any]:
     Example:
         >>> fp = platform_fingerprint()
         >>> sorted(fp)
-        ['blas', 'byteorder', 'code', 'constriction', 'machine', 'mugpt', 'numba', 'numpy']
+        ['blas', 'byteorder', 'code', 'machine', 'mugpt', 'numba', 'numpy']
     """
-    import constriction
-
     numba_module = sys.modules.get("numba")
     return {
         "mugpt": mugpt.__version__,
@@ -105,17 +103,7 @@ def platform_fingerprint() -> dict[str, Any]:
         "blas": _blas_info(),
         "machine": platform.machine(),
         "byteorder": sys.byteorder,
-        "constriction": getattr(constriction, "__version__", _dist_version("constriction")),
     }
-
-
-def _dist_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 def fingerprint_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:

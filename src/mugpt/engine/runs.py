@@ -161,13 +161,20 @@ class StreamRuns:
         )
 
     def advance(
-        self, data: np.ndarray, starts: np.ndarray, end: int, scored: np.ndarray | None = None
+        self,
+        data: np.ndarray,
+        starts: np.ndarray,
+        end: int,
+        scored: np.ndarray | None = None,
+        steps: Any = None,
     ) -> None:
         """Learns ``data[position:end]`` in steps, on the fastest path that runs this Learner
         (the compiled loop when every active mechanism has kernels), as :meth:`run` does with
         B = 1. ``data`` holds the bytes (uint8) and ``starts`` (bool, one longer) marks
         document starts; ``end`` should be a step boundary (the range coder decodes one
-        step at a time). ``scored`` as in :meth:`run`.
+        step at a time). ``scored`` as in :meth:`run`. ``steps``, on the compiled path only,
+        stands in for :func:`mugpt.engine.loop.run_steps` (same arguments): the range
+        decoder's steps, which decode the bytes they learn (:mod:`mugpt.compress.steps`).
 
         Example:
             >>> import numpy as np
@@ -182,8 +189,10 @@ class StreamRuns:
             raise ConfigError("advance reads one stream (batch_streams=1)")
         compiled = self._compiled_mechanisms()
         if compiled is not None:
-            self._run_compiled(data, starts, end, None, 1.0, compiled, scored)
+            self._run_compiled(data, starts, end, None, 1.0, compiled, scored, steps)
         else:
+            if steps is not None:
+                raise ConfigError("steps stand in for the compiled loop, which cannot run this Learner")  # fmt: skip
             self._run_steps(data, starts, end, None, 1.0, scored)
 
     def _stop_at(self, starts: np.ndarray, size: int, max_bytes: int | None) -> int:
@@ -385,6 +394,7 @@ class StreamRuns:
         progress_every: float,
         parts: list[tuple[Mechanism, Any]],
         scored: np.ndarray | None = None,
+        steps: Any = None,
     ) -> None:
         """The same protocol as :meth:`_run_steps` and :meth:`_run_batched`, bit for bit, in
         :func:`mugpt.engine.loop.run_steps`, in chunks of steps; between chunks it reports
@@ -443,7 +453,7 @@ class StreamRuns:
         try:
             while True:
                 t_call = time.perf_counter()
-                made = loop.run_steps(
+                made = (loop.run_steps if steps is None else steps)(
                     model, optim, stream, out, mechs, self.cfg.update_every,
                     self.cfg.window_loss == "new", chunk,
                 )  # fmt: skip

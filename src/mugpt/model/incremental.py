@@ -12,6 +12,12 @@ Calling :func:`forward_position` for t = 0, 1, ..., T-1 (padding included) leave
 workspace exactly as :func:`mugpt.model.fast.forward_batch` would, so the backward pass may
 follow it.
 
+The attention of one query is two products of a row by a matrix, arranged so that their
+inner loops run over contiguous memory and vectorise: the scores ``q_t · K[:t+1]ᵀ`` against a
+transposed copy of the keys (``keys_t``, kept column by column as positions are computed:
+:func:`key_scratch`), and ``att[t] · V``. Each output is still the sum of the same products
+in the same order (over the head dimension, over the keys) as the full kernels make it.
+
 Example:
     >>> import numpy as np
     >>> from mugpt.model import ModelConfig
@@ -20,8 +26,9 @@ Example:
     >>> idx = np.array([[256, 104, 105, 33]])
     >>> full = model.forward(idx).probs.copy()
     >>> begin_window(model, idx[0], b=0)
+    >>> keys_t = key_scratch(model)
     >>> for t in range(model.cfg.context):
-    ...     forward_position(model.params.flat, model.offsets, model.dims, model.ws, 0, t)
+    ...     forward_position(model.params.flat, model.offsets, model.dims, model.ws, keys_t, 0, t)
     >>> model.ws.probs[0, :4].tobytes() == full[0].tobytes()
     True
 """
@@ -54,7 +61,14 @@ from mugpt.model.fast import (
     cast_like,
 )
 
-__all__ = ["begin_window", "forward_position", "forward_positions", "prepare_head"]
+__all__ = ["begin_window", "forward_position", "forward_positions", "key_scratch", "prepare_head"]
+
+
+def key_scratch(model: Any) -> np.ndarray:
+    """The transposed keys (layers, C, T) :func:`forward_position` keeps, in the model's
+    dtype."""
+    cfg = model.cfg
+    return np.zeros((cfg.n_layers, cfg.d_model, cfg.context), dtype=model.params.flat.dtype)
 
 
 @njit(**JIT_OPTIONS)
@@ -84,32 +98,33 @@ def begin_window(model: Any, inputs: np.ndarray, b: int = 0) -> None:
 
 @njit(**JIT_OPTIONS)
 def _attention_position(
-    ws: Any, layer: int, b: int, n_heads: int, t: int
+    ws: Any, keys_t: Any, layer: int, b: int, n_heads: int, t: int
 ) -> None:  # pragma: no cover
-    """Query t of ``fast._attention_forward``: reads qkv rows ≤ t, writes column t of attT,
-    row t of att and row t of yh."""
+    """Query t of ``fast._attention_forward``: reads qkv rows ≤ t (and the keys of earlier
+    positions in ``keys_t``), writes column t of qT, vT, attT and keys_t, row t of att and yh."""
     qkv = ws.qkv[layer, b]
     t_len, c3 = qkv.shape
     c = c3 // 3
     d = c // n_heads
     scale = cast_like(qkv, 1.0 / math.sqrt(d))
-    q_t, v_t = ws.qT[layer, b], ws.vT[layer, b]
+    q_t, v_t, k_t = ws.qT[layer, b], ws.vT[layer, b], keys_t[layer]
     for j in range(c):
         q_t[j, t] = qkv[t, j]
+        k_t[j, t] = qkv[t, c + j]
         v_t[j, t] = qkv[t, 2 * c + j]
-    sc = ws.sc  # column 0 holds this query's scores [s]
+    sc = ws.sc[:1]  # row 0 holds this query's scores [s]
     col = ws.colm  # scratch (T,)
-    y_col = ws.yT  # (C, T); column 0 used
+    yh = ws.yh[layer, b]
     for h in range(n_heads):
         hs = h * d
         att_t = ws.attT[layer, b, h]
-        # scores[s] = k_s · q_t for s ≤ t, the same products and order as the full _mm
-        _mm(_strided(qkv[: t + 1, c + hs : c + hs + d]), q_t[hs : hs + d, t : t + 1], sc[: t + 1, :1], False)  # fmt: skip
+        # scores[s] = q_t · k_s for s ≤ t: Σ over the head dimension in order, as the full _mm
+        _mm(_strided(qkv[t : t + 1, hs : hs + d]), k_t[hs : hs + d, : t + 1], sc[:, : t + 1], False)  # fmt: skip
         m = sc[0, 0] * scale
         for s in range(1, t + 1):
-            m = np.maximum(m, sc[s, 0] * scale)
+            m = np.maximum(m, sc[0, s] * scale)
         for s in range(t + 1):
-            col[s] = sc[s, 0] * scale - m
+            col[s] = sc[0, s] * scale - m
         _exp_inplace(col[: t + 1], ws.ebits)
         total = col[0]
         for s in range(1, t + 1):
@@ -120,19 +135,18 @@ def _attention_position(
             a = col[s] * inv if s <= t else cast_like(col, 0.0)
             att_t[s, t] = a
             att[t, s] = a
-        # y[t] = Σ_s v_s att[t, s] over every key (zeros above t), as the full _mm sums it
-        _mm(_strided(qkv[:, 2 * c + hs : 2 * c + hs + d].T), att_t[:, t : t + 1], y_col[:d, :1], False)  # fmt: skip
-        yh = ws.yh[layer, b]
-        for j in range(d):
-            yh[t, hs + j] = y_col[j, 0]
+        # y[t] = Σ_s att[t, s] v_s over every key (zeros above t), in order of s, as the full
+        # _mm sums it
+        _mm(_strided(att[t : t + 1]), qkv[:, 2 * c + hs : 2 * c + hs + d], yh[t : t + 1, hs : hs + d], False)  # fmt: skip
 
 
 @njit(**JIT_OPTIONS)
 def forward_position(
-    flat: Any, offs: Any, dims: Any, ws: Any, b: int, t: int
+    flat: Any, offs: Any, dims: Any, ws: Any, keys_t: Any, b: int, t: int
 ) -> None:  # pragma: no cover
     """Every cache of position t of window b (embedding to probabilities) from ws.idx[b, t]
-    and the caches of positions < t, which must be current for the same weights."""
+    and the caches of positions < t (``keys_t`` included), which must be current for the
+    same weights."""
     n_layers, n_heads, act_kind = dims[D_LAYERS], dims[D_H], dims[D_ACT]
     c, t_len, v = dims[D_C], dims[D_T], dims[D_V]
     wte = flat[offs[0] : offs[0] + v * c].reshape((v, c))
@@ -147,7 +161,7 @@ def forward_position(
         x = ws.xs[layer, b]
         _rmsnorm_forward(x[r], ln1, ws.n1x[layer, b, r], ws.n1r[layer, b, r], ws.h1[layer, b, r])
         _mm(_strided(ws.h1[layer, b, r]), w_qkv, ws.qkv[layer, b, r], False)
-        _attention_position(ws, layer, b, n_heads, t)
+        _attention_position(ws, keys_t, layer, b, n_heads, t)
         xm = ws.xm[layer, b]
         _mm(_strided(ws.yh[layer, b, r]), w_o, xm[r], False)
         for j in range(c):
@@ -172,8 +186,8 @@ def forward_position(
 
 @njit(**JIT_OPTIONS)
 def forward_positions(
-    flat: Any, offs: Any, dims: Any, ws: Any, b: int, t0: int, t1: int
+    flat: Any, offs: Any, dims: Any, ws: Any, keys_t: Any, b: int, t0: int, t1: int
 ) -> None:  # pragma: no cover - compiled
     """:func:`forward_position` for positions t0 … t1 − 1 in order, in one call."""
     for t in range(t0, t1):
-        forward_position(flat, offs, dims, ws, b, t)
+        forward_position(flat, offs, dims, ws, keys_t, b, t)

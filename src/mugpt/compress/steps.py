@@ -1,0 +1,258 @@
+"""The decoder's steps, compiled: each step's bytes decoded and learnt in one call.
+
+A step of the compiled loop (:func:`mugpt.engine.loop.compiled_steps`) gathers its window,
+runs one forward pass, mixes, scores and updates. The decoder cannot run that forward pass
+first, since the window holds the bytes it is about to decode; :func:`decode_steps` takes
+the loop's place (``Learner.advance(..., steps=...)``) and makes the same step in another
+order, with the same kernels, so every bit of the state comes out as the encoder's:
+
+1. **gather** — :func:`mugpt.engine.window.gather_step`, with the step's bytes still at the
+   placeholder 0;
+2. for each new byte j, in order: the **forward** pass of its position alone
+   (:func:`mugpt.model.incremental.forward_positions`: the keys and values of the earlier
+   positions are kept, so the finished window is the full forward pass bit for bit), the
+   **mixer**'s row (:func:`mugpt.mechanisms.ngram_mix.mix_row`), the range decoder
+   (:mod:`mugpt.compress.range`) on its quantised row, then the byte written where the
+   window, its targets, the history and the stream hold it, and the mixer **learns** it —
+   exactly :func:`mugpt.mechanisms.ngram_mix.mix_window`'s order (row j, then byte j);
+3. the window's remaining (padding) positions, then **score**, the window loss and the
+   **update** (:func:`mugpt.engine.loop._update`: decide, scale, backward, clip, optimiser).
+
+It runs the mechanisms that have no part between the forward pass and the update other
+than the mixer: ``ngram_mix``, ``grad_clip`` and ``selective_backprop``
+(:data:`DECODABLE`); the coder's other decoders handle the rest.
+
+The checks of the Python decoder happen here too, and end the call with an error code
+(:data:`ERRORS`): a code value no symbol covers, more coded bits than the payload holds
+(``payload_bit_budget``, or past its last word), and more prequential bits than the header
+recorded (``recorded_loss_limit``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+from numba import njit
+
+from mugpt.compress.range import D_PAST as _D_PAST
+from mugpt.compress.range import (
+    N_SYMBOLS,
+    decode_symbol,
+    new_decoder,
+    quantise,
+    symbol_bits,
+)
+from mugpt.engine.loop import (
+    C_FORWARD,
+    C_STEPS,
+    I_RECORDS,
+    I_REPLAYS,
+    I_WINDOW_LOSS,
+    I_WINDOWS,
+    batch_loss_bits,
+)
+from mugpt.engine.loop import _update as update_part
+from mugpt.engine.window import gather_step
+from mugpt.mechanisms.ngram_mix import _learn, mix_row
+from mugpt.model.constants import JIT_OPTIONS, PROB_FLOOR
+from mugpt.model.fast import D_T
+from mugpt.model.incremental import forward_positions, prepare_head
+
+#: The active mechanisms :func:`decode_steps` runs (the mixer is the only one that adjusts).
+DECODABLE = frozenset({"ngram_mix", "grad_clip", "selective_backprop"})
+
+# nums: running figures and limits
+N_BITS, N_EXHAUSTED, N_LOST, N_BUDGET, N_LOST_LIMIT, N_AFTER_END = range(6)
+# flags: error code and the byte count it names
+F_ERROR, F_AT = range(2)
+E_NONE, E_INVALID, E_USED_UP, E_LOST = range(4)
+ERRORS = {E_INVALID: "invalid", E_USED_UP: "used up", E_LOST: "recorded bits"}
+
+
+class DecodeState(NamedTuple):
+    """The range decoder and the checks of :func:`decode_steps`, with its scratch."""
+
+    payload: np.ndarray  # uint8
+    coder: np.ndarray  # range decoder state (mugpt.compress.range)
+    freq: np.ndarray  # (257,) quantised frequencies of the current row
+    slots: np.ndarray  # (T,) the step's new positions
+    targets: np.ndarray  # (T,) the step's bytes as decoded
+    symbols: np.ndarray  # (T,) gather_step's scratch
+    keys_t: np.ndarray  # the incremental forward's transposed keys (key_scratch)
+    nums: np.ndarray  # float64, N_*
+    flags: np.ndarray  # int64, F_*
+
+
+@njit(**JIT_OPTIONS)
+def _mix(mix: Any, rows: Any, inputs: Any, slots: Any, j: int) -> None:  # pragma: no cover
+    if mix is not None:
+        mix_row(mix, rows, inputs, slots, j)
+
+
+@njit(**JIT_OPTIONS)
+def _mix_learn(mix: Any, targets: Any, inputs: Any, slots: Any, j: int) -> None:  # pragma: no cover  # fmt: skip
+    if mix is not None:
+        _learn(mix, targets, inputs, slots, j)
+
+
+@njit(**JIT_OPTIONS)
+def _mix_count(mix: Any, k: int) -> None:  # pragma: no cover - compiled
+    if mix is not None:
+        mix.mixed[0] += k
+
+
+@njit(**JIT_OPTIONS)
+def _decode_byte(dec: Any, row: Any, index: int) -> int:  # pragma: no cover - compiled
+    """Byte ``index`` decoded under ``row``, with the payload checks; -1 on an error."""
+    quantise(row, dec.freq)
+    s = decode_symbol(dec.coder, dec.payload, dec.freq)
+    nums, flags = dec.nums, dec.flags
+    if s < 0:
+        flags[F_ERROR] = E_INVALID
+        flags[F_AT] = index
+        return -1
+    nums[N_BITS] += symbol_bits(dec.freq, s)
+    if math.isnan(nums[N_EXHAUSTED]) and dec.coder[_D_PAST] != 0:
+        nums[N_EXHAUSTED] = nums[N_BITS]
+    if nums[N_BITS] > nums[N_BUDGET] or nums[N_BITS] - nums[N_EXHAUSTED] > nums[N_AFTER_END]:
+        flags[F_ERROR] = E_USED_UP
+        flags[F_AT] = index + 1
+        return -1
+    return s
+
+
+@njit(**JIT_OPTIONS)
+def decode_steps(
+    model: Any,
+    opt: Any,
+    stream: Any,
+    out: Any,
+    mechs: Any,
+    update_every: int,
+    new_only: bool,
+    max_steps: int,
+    dec: Any,
+) -> int:  # pragma: no cover - compiled
+    """Up to ``max_steps`` steps of one stream (B = 1) decoded from ``dec``'s payload into
+    stream.data and learnt; returns how many were made (0 once finished or after an error).
+    A step in which an error arises is still completed (its later bytes stay 0), so the
+    Learner's records stay whole; the caller then reads ``dec.flags``."""
+    ws = model.ws
+    t_len = model.dims[D_T]
+    rows, rec, counters, info = out.rows, out.rec, out.counters, out.info
+    slots, targets = dec.slots, dec.targets
+    nums, flags = dec.nums, dec.flags
+    steps = 0
+    while steps < max_steps and flags[F_ERROR] == 0:
+        n_win, n_rec, total_w = gather_step(
+            ws, stream.data, stream.starts, stream.seg_pos, stream.seg_end, stream.hist,
+            stream.hist_len, update_every, new_only, rec, dec.symbols, t_len,
+        )  # fmt: skip
+        if n_win == 0:
+            break
+        prepare_head(model.flat, model.offs, model.dims, ws)
+        hist = stream.hist[0]
+        hl = stream.hist_len[0]
+        n_in = min(hl, t_len + 1) - 1
+        k = n_rec
+        first = rec[0, 2]
+        done = 0
+        failed = False
+        idx, tgt = ws.idx[0], ws.tgt[0]
+        for j in range(k):
+            slot = rec[j, 1]
+            slots[j] = slot
+            forward_positions(model.flat, model.offs, model.dims, ws, dec.keys_t, 0, done, slot + 1)  # fmt: skip
+            done = slot + 1
+            for y in range(rows.shape[1]):
+                rows[j, y] = ws.probs[0, slot, y]
+            _mix(mechs.mix, rows, idx, slots, j)
+            symbol = 0
+            if not failed:
+                s = _decode_byte(dec, rows[j], first + j)
+                if s < 0:
+                    failed = True
+                else:
+                    symbol = s
+            stream.data[first + j] = symbol
+            targets[j] = symbol
+            tgt[slot] = symbol
+            if slot + 1 < n_in:
+                idx[slot + 1] = symbol
+            hist[hl - k + j] = symbol
+            _mix_learn(mechs.mix, targets, idx, slots, j)
+        forward_positions(model.flat, model.offs, model.dims, ws, dec.keys_t, 0, done, t_len)
+        counters[C_FORWARD] += 1
+        _mix_count(mechs.mix, k)
+        lost = 0.0
+        for j in range(k):  # score
+            p = max(rows[j, targets[j]], PROB_FLOOR)
+            loss = -math.log2(p)
+            out.losses[first + j - out.base] = loss
+            lost += loss
+        if out.scored.shape[0] > 0:
+            for j in range(k):
+                for y in range(rows.shape[1]):
+                    out.scored[first + j - out.base, y] = rows[j, y]
+        info[I_WINDOW_LOSS] = batch_loss_bits(ws.probs, ws.tgt, ws.wts, n_win)
+        update_part(model, opt, out, mechs, n_win, total_w)
+        info[I_REPLAYS] = 0
+        counters[C_STEPS] += 1
+        steps += 1
+        info[I_RECORDS] = n_rec
+        info[I_WINDOWS] = n_win
+        nums[N_LOST] += lost
+        if flags[F_ERROR] == 0 and nums[N_LOST] > nums[N_LOST_LIMIT]:
+            flags[F_ERROR] = E_LOST
+            flags[F_AT] = first + k
+    return steps
+
+
+class StepDecoder:
+    """The ``steps`` of ``Learner.advance`` that decode ``payload`` while they learn.
+
+    ``budget``, ``lost_limit`` and ``after_end`` are the limits of
+    :func:`mugpt.compress.coder.decode`; after each ``advance`` :attr:`error` is
+    ``(code, bytes)`` or None, :attr:`bits` the coded bits so far and :attr:`lost` the
+    decoded bytes' prequential bits."""
+
+    def __init__(self, payload: bytes, model: Any, budget: float, lost_limit: float,
+                 after_end: float) -> None:  # fmt: skip
+        from mugpt.model.incremental import key_scratch
+
+        context = model.cfg.context
+        data = np.frombuffer(payload, dtype=np.uint8)
+        nums = np.zeros(6)
+        nums[N_EXHAUSTED] = np.nan
+        nums[N_BUDGET], nums[N_LOST_LIMIT], nums[N_AFTER_END] = budget, lost_limit, after_end
+        self.state = DecodeState(
+            payload=data,
+            coder=new_decoder(data),
+            freq=np.zeros(N_SYMBOLS + 1, dtype=np.int64),
+            slots=np.zeros(context, dtype=np.int64),
+            targets=np.zeros(context, dtype=np.int64),
+            symbols=np.zeros(context + 1, dtype=np.int64),
+            keys_t=key_scratch(model),
+            nums=nums,
+            flags=np.zeros(2, dtype=np.int64),
+        )
+
+    def __call__(self, model: Any, opt: Any, stream: Any, out: Any, mechs: Any,
+                 update_every: int, new_only: bool, max_steps: int) -> int:  # fmt: skip
+        assert stream.seg_pos.size == 1, "the decoder reads one stream"
+        return int(decode_steps(model, opt, stream, out, mechs, update_every, new_only, max_steps, self.state))  # fmt: skip
+
+    @property
+    def error(self) -> tuple[int, int] | None:
+        code, at = (int(x) for x in self.state.flags)
+        return None if code == E_NONE else (code, at)
+
+    @property
+    def bits(self) -> float:
+        return float(self.state.nums[N_BITS])
+
+    @property
+    def lost(self) -> float:
+        return float(self.state.nums[N_LOST])
