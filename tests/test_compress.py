@@ -400,3 +400,27 @@ def test_valid_files_stay_within_the_payload_bit_budget(k: int) -> None:
         header, payload = unpack(packed)
         assert report.coded_bits <= payload_bit_budget(len(payload), header.length)
         assert decompress_bytes(packed) == data
+
+
+def test_the_compiled_decoder_and_the_bytewise_one_agree(monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The strong preset decodes in compiled steps (compress/steps.py); the bytewise decoder,
+    which checks every step's rows against the Learner's, gets the same bytes and bits."""
+    from mugpt.compress import coder
+
+    cfg = RunConfig.from_dict({"preset": "strong"})
+    if cfg.build_learner().backend != "numba":
+        pytest.skip("the compiled decoder runs on the numba backend")
+    data = TEXT * 3 + RANDOM[:50]
+    blob, report = encode(data, cfg)
+
+    def refuse(*args: object) -> float:
+        raise AssertionError("the bytewise decoder ran")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(coder, "_decode_bytewise", refuse)
+        out, compiled = decode(blob)
+    monkeypatch.setattr(coder, "_compiled_decoder_ok", lambda learner: False)
+    again, bytewise = decode(blob)
+    assert out == again == data
+    assert compiled.coded_bits == bytewise.coded_bits == report.coded_bits
+    assert compiled.prequential_bits == bytewise.prequential_bits == report.prequential_bits
