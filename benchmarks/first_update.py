@@ -80,13 +80,13 @@ def measure(cold: bool) -> tuple[float, float | None]:
                     timeout=300_000,
                 )
                 t_first = time.monotonic() - t0
-                log = page.get_by_test_id("event-log")
+                events = page.get_by_test_id("event-log")
                 started_compiled = page.evaluate(
                     "() => { const r = window.mugptLab.run;"
                     " return !!(r && r.engine && r.engine.state === 'compiled'); }"
                 )
-                if not started_compiled or log.get_by_text("to the compiled engine").count():
-                    log.get_by_text("to the compiled engine").first.wait_for(timeout=900_000)
+                if not started_compiled or events.get_by_text("to the compiled engine").count():
+                    events.get_by_text("to the compiled engine").first.wait_for(timeout=900_000)
                     t_handover = time.monotonic() - t0
                 browser.close()
         finally:

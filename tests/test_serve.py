@@ -66,6 +66,13 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     )
     data = tmp_path_factory.getbasetemp()  # every test's tmp_path may be read
     with lab(lab_app(settings, data_dirs=[data])) as c:
+        # runs compare their losses with a straight compiled run: they start once the compiled
+        # engine is ready (before, a run learns on the NumPy reference path, float32-close)
+        wait_for(
+            lambda: c.get("/api/status").json()["engine"]["state"],
+            lambda state: state in ("ready", "failed"),
+            "the compiled engine",
+        )
         yield c
 
 

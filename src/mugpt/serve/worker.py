@@ -306,12 +306,35 @@ def compile_main() -> None:
         raise SystemExit(1) from None
 
 
-PREPARE_WAIT = 2.0
-"""A run started once the engine is ready waits up to this long (seconds) for its kernels
-(already in the fork server's memory, or loaded from numba's cache) before it starts on the
-reference path instead."""
+PREPARE_WAIT = 60.0
+"""A run started once the engine is ready waits for its kernels (already in the fork
+server's memory, or loaded from numba's cache: a fraction of a second to a few seconds) up
+to this long, so that it starts compiled; it starts on the reference path instead as soon
+as they turn out to need compiling (a configuration beyond the default run's)."""
 WATCH_EVERY = 0.25
 """How often (seconds) a run on the reference path looks at the compile process's report."""
+
+
+def _wait_unless_compiling(prep: _Preparer) -> None:
+    """Waits until ``prep`` has loaded its kernels, unless it starts compiling one (numba's
+    ``numba:compile`` event: only loading from the cache is worth waiting for) or
+    :data:`PREPARE_WAIT` has passed."""
+    from numba.core import event
+
+    compiling = threading.Event()
+
+    class Listener(event.Listener):
+        def on_start(self, ev: Any) -> None:
+            compiling.set()
+
+        def on_end(self, ev: Any) -> None:
+            pass
+
+    with event.install_listener("numba:compile", Listener()):
+        deadline = time.monotonic() + PREPARE_WAIT
+        while not compiling.is_set() and time.monotonic() < deadline:
+            if prep.finished.wait(0.02):
+                return
 
 
 class _Preparer(threading.Thread):
@@ -494,7 +517,7 @@ class RunWorker:
             prep = self._prepare()
         report = read_warm_report() or {}
         if report.get("state") == "ready":
-            prep.finished.wait(PREPARE_WAIT)
+            _wait_unless_compiling(prep)
         if prep.ok:
             self.engine, self.engine_detail = "compiled", ""
             return self.cfg.build_learner()
