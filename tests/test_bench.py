@@ -76,6 +76,15 @@ def test_bench_command_prints_a_table_and_writes_json(tmp_path: Path, capsys) ->
     assert row["name"] == "seed-k32" and row["update_every"] == 32
     assert row["flops_per_byte"] == pytest.approx(flops_per_byte(ModelConfig(), 32))
     assert row["peak_fraction"] > 0 and np.isfinite(row["bpb"])
+    frozen_out = tmp_path / "frozen.json"
+    code = main(["bench", str(data), "--bytes", "300", "--configs", "seed-k32", "--repeats",
+                 "1", "--no-torch", "--no-baselines", "--json", str(frozen_out), "--quiet",
+                 "--freeze-network"])  # fmt: skip
+    assert code == 0
+    (frozen,) = json.loads(frozen_out.read_text())["rows"]
+    assert frozen["name"] == "seed-k32 (frozen)"
+    assert frozen["config"]["learner"]["freeze_network"] is True
+    assert frozen["bpb"] != row["bpb"]
 
 
 def test_mechanisms_are_timed_beside_the_same_configuration(tmp_path: Path) -> None:

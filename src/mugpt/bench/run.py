@@ -199,10 +199,12 @@ def run_bench(
     source: str = "",
     progress: Progress | None = None,
     experts: bool = True,
+    freeze_network: bool = False,
 ) -> BenchReport:
     """Times every workload on ``data`` (each in a fresh single-thread child process); with
     ``experts``, a configuration with a mixture makes one more run, not timed, that
-    attributes it to its experts (``BenchRow.experts``)."""
+    attributes it to its experts (``BenchRow.experts``); ``freeze_network`` times every
+    configuration with its network frozen."""
     if repeats < 1:
         raise ConfigError(f"repeats={repeats} must be >= 1 (3 gives a median of three)")
     if len(data) < 64:
@@ -211,6 +213,8 @@ def run_bench(
     starts = np.asarray(doc_starts, dtype=np.int64)
     names = list(configs) if configs else default_configs()
     parsed = [(name, parse_config_spec(name)) for name in names]
+    if freeze_network:  # every configuration with its network frozen (the network share)
+        parsed = [(f"{name} (frozen)", cfg.with_overrides({"learner.freeze_network": True})) for name, cfg in parsed]  # fmt: skip
     peak_gflops = peak_wall = None
     if peak:
         say("measuring the float32 matmul peak")

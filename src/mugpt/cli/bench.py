@@ -33,6 +33,7 @@ examples:
   mugpt bench book.txt --configs "seed:learner.batch_streams=16,learner.update_every=4"
   mugpt bench --stream file:/data/tinystories.txt --configs strong --no-torch
   mugpt bench --configs "seed;seed+cache;seed+knn;seed+replay" --no-torch --no-baselines
+  mugpt bench --configs strong --freeze-network --no-torch    the count models' share alone
 """
 
 
@@ -59,6 +60,10 @@ def register(sub: Any) -> None:
     p.add_argument("--experts", action=argparse.BooleanOptionalAction, default=True,
                    help="for a configuration with a mixture (ngram_mix), one more untimed run "
                    "that shows each expert's mean weight and the bits the mixture saved by it")  # fmt: skip
+    p.add_argument("--freeze-network", action="store_true",
+                   help="every configuration with its network frozen (no backward pass or "
+                   "update; mechanisms still learn): bpb minus the unfrozen bpb is the "
+                   "network's share")  # fmt: skip
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     p.add_argument("--quiet", action="store_true", help="print only the table")
     p.set_defaults(func=main)
@@ -96,6 +101,7 @@ def main(args: argparse.Namespace) -> int:
     report = run_bench(
         data, starts, configs=configs, repeats=args.repeats, torch=args.torch,
         baselines=args.baselines, source=source, progress=say, experts=args.experts,
+        freeze_network=args.freeze_network,
     )  # fmt: skip
     console.print(render_table(report))
     for table in render_experts(report):
