@@ -631,10 +631,18 @@ def ablate(
     ``config`` gives the model, optimiser and protocol (its own mechanisms are ignored:
     pass them as ``mechanisms``, default all six). ``arms`` replaces the plan by explicit
     arms (one named "baseline", the reference of the paired differences), for comparisons
-    such as one mechanism at several settings. ``seeds`` is a count (seeds
-    ``config.seed``, ``config.seed + 1``, ...) or an explicit list. ``jobs`` processes run in
-    parallel (default: the number of cores; 1 runs in this process). ``progress(done, total,
-    label)`` is called after each run.
+    such as one mechanism at several settings. ``seeds`` is a count (seeds ``config.seed``,
+    ``config.seed + 1``, ...) or an explicit list. ``jobs`` processes run in parallel
+    (default: the number of cores; 1 runs in this process). ``progress(done, total, label)``
+    is called after each run.
+
+    Example:
+        >>> from mugpt.corpus import Stream
+        >>> skip = [{"name": "selective_backprop", "tau": 9.0}]  # above every window loss
+        >>> arms = [Arm("baseline", []), Arm("skip all", skip)]
+        >>> res = ablate(RunConfig(), Stream.from_bytes(b"ab" * 40), seeds=2, jobs=1, arms=arms)
+        >>> res.row("baseline", "updates")["mean"], res.row("skip all", "updates")["mean"]
+        (80.0, 0.0)
     """
     seed_list = (
         [config.seed + i for i in range(seeds)]
