@@ -16,7 +16,7 @@ from mugpt.model import ModelConfig, OptimConfig
 SPECS = [
     "selective_backprop:mode=percentile,beta=1.0,history=64",
     "replay:capacity=32,k=2,every=3,start_after=8,own_optimizer=true",
-    "adaptive_lr:fast_half_life=16,slow_half_life=256,warmup=50,half_life=100",
+    "adaptive_lr:block_bytes=32,recent_blocks=4,reference_blocks=8,cooldown=200,warmup=50,half_life=100",
     "grad_clip:max_norm=0.3",
     "cache:size=50,theta=0.5,lam=0.2",
     "knn:capacity=70,k=5,lam=0.2",
