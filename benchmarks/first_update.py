@@ -80,6 +80,7 @@ def measure(cold: bool) -> tuple[float, float | None]:
                     timeout=300_000,
                 )
                 t_first = time.monotonic() - t0
+                print(f"first learning update after {t_first:.1f} s", flush=True)
                 events = page.get_by_test_id("event-log")
                 started_compiled = page.evaluate(
                     "() => { const r = window.mugptLab.run;"
