@@ -8,7 +8,8 @@ order, with the same kernels, so every bit of the state comes out as the encoder
 
 1. **gather** — :func:`mugpt.engine.window.gather_step`, with the step's bytes still at the
    placeholder 0;
-2. for each new byte j, in order: the **forward** pass of its position alone
+2. for each new byte j, in order: the **forward** pass of its position alone (with one new
+   byte, k = 1, the window's inputs are all known: one full forward pass instead)
    (:func:`mugpt.model.incremental.forward_positions`: the keys and values of the earlier
    positions are kept, so the finished window is the full forward pass bit for bit), the
    **mixer**'s row (:func:`mugpt.mechanisms.ngram_mix.mix_row`), the range decoder
@@ -57,7 +58,7 @@ from mugpt.engine.loop import _update as update_part
 from mugpt.engine.window import gather_step
 from mugpt.mechanisms.ngram_mix import _learn, mix_row
 from mugpt.model.constants import JIT_OPTIONS, PROB_FLOOR
-from mugpt.model.fast import D_T
+from mugpt.model.fast import D_T, forward_batch
 from mugpt.model.incremental import forward_positions, prepare_head
 
 #: The active mechanisms :func:`decode_steps` runs (the mixer is the only one that adjusts).
@@ -152,13 +153,19 @@ def decode_steps(
         )  # fmt: skip
         if n_win == 0:
             break
-        prepare_head(model.flat, model.offs, model.dims, ws)
+        if n_rec == 1:
+            # one new byte (k = 1): every input of the window is known already (the byte is
+            # only a target), so the one full forward pass computes it, as the loop's does
+            forward_batch(model.flat, model.offs, model.dims, ws, 1)
+            done = t_len
+        else:
+            prepare_head(model.flat, model.offs, model.dims, ws)
+            done = 0
         hist = stream.hist[0]
         hl = stream.hist_len[0]
         n_in = min(hl, t_len + 1) - 1
         k = n_rec
         first = rec[0, 2]
-        done = 0
         failed = False
         idx, tgt = ws.idx[0], ws.tgt[0]
         for j in range(k):
