@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from mugpt.bench.measure import cpu_model
 from mugpt.corpus import DEFAULT_SPEC, Stream, build_stream
 from mugpt.engine.config import RunConfig
 from mugpt.engine.metrics import detection_scores, detection_table, phase_metrics
@@ -421,16 +422,6 @@ def recovery_section(names: list[str]) -> list[str]:
                 )
                 print(lines[-1], flush=True)
     return lines
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

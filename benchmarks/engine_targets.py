@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,23 +30,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 
 import numpy as np  # noqa: E402
 
-from mugpt.bench.measure import measure_peak  # noqa: E402
+from mugpt.bench.measure import cpu_model, measure_peak  # noqa: E402
 from mugpt.corpus import Stream, default_stream  # noqa: E402
 from mugpt.engine.config import RunConfig  # noqa: E402
 
 Timing = tuple[float, float]  # (cpu seconds, wall seconds)
-
-
-def cpu_model() -> str:
-    """The CPU's model name as the kernel reports it (``lscpu``'s "Model name")."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _timed(fn: Callable[[], Any]) -> Timing:

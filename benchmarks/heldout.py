@@ -39,7 +39,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 import argparse  # noqa: E402
 import csv  # noqa: E402
 import hashlib  # noqa: E402
-import platform  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
 import struct  # noqa: E402
@@ -53,6 +52,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from mugpt.bench.measure import cpu_model  # noqa: E402
 from mugpt.corpus import Phase, Stream, build_stream, default_stream  # noqa: E402
 from mugpt.engine.baselines import baseline_bpb  # noqa: E402
 from mugpt.engine.config import RunConfig  # noqa: E402
@@ -276,17 +276,6 @@ def experts_table(rows: list[Row]) -> list[str]:
         cells = [f"{e['bpb_saved']:+.3f} ({e['mean_weight']:.2f})" for e in r.runs["strong"]["experts"]]  # fmt: skip
         out.append(f"| {r.name} | " + " | ".join(cells) + " |")
     return out
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else what the platform module knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def reading(tuning: list[Row], held: list[Row]) -> list[str]:

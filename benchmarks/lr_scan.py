@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from mugpt.bench.measure import cpu_model
 from mugpt.corpus import DEFAULT_SPEC, Phase, Stream, build_stream, default_stream
 from mugpt.engine.config import RunConfig
 
@@ -56,17 +57,6 @@ class Run:
     updates: int
     clipped: int
     seconds: float
-
-
-def cpu_model() -> str:
-    """The CPU's name as /proc/cpuinfo gives it (the platform's guess elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def tail_of(stream: Stream, start: int, size: int) -> Stream:

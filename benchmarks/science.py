@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mugpt.bench.measure import cpu_model
 from mugpt.corpus import Stream, build_stream
 from mugpt.engine.ablate import AblationResult, Arm, ablate, with_scanned_lr
 from mugpt.engine.checkpoint import atomic_write_bytes
@@ -51,16 +52,6 @@ EXPERIMENTS = ("ablation", "replay", "selective_backprop")
 TAUS = (2.0, 2.5, 3.0, 3.5)
 BETAS = (1.0, 2.0, 4.0)
 REPLAY_SETTINGS = {"replay": {}, "replay-k4": {"k": 4}}  # k extra updates every 4 steps
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def commit() -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import platform
 import resource
 import statistics
 import time
@@ -178,3 +179,21 @@ def in_child(fn: Any, *args: Any) -> Any:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def cpu_model() -> str:
+    """The CPU's model name as ``/proc/cpuinfo`` gives it (Linux), else what the platform
+    module knows: every speed figure is quoted with it.
+
+    Example:
+        >>> isinstance(cpu_model(), str)
+        True
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
