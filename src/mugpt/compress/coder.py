@@ -64,7 +64,7 @@ from mugpt.model import BOS
 ProgressFn = Callable[[int, int, float], None]
 """``progress(bytes_done, bytes_total, running_bpb)``, called a few times a second."""
 
-N_BYTE_SYMBOLS = 256
+N_BYTE_SYMBOLS = rc.N_SYMBOLS
 """Only bytes are coded; BOS is never a coded symbol (its probability mass is dropped)."""
 CODER_PRECISION_BITS = rc.PRECISION_BITS
 """Predictions are quantised to frequencies out of 2^24, each at least 1: the floor of every

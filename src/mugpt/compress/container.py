@@ -138,7 +138,7 @@ def max_length(payload_bytes: int) -> int:
     """The most original bytes a payload of ``payload_bytes`` bytes can hold.
 
     The coder quantises every byte's probability to at least the floor f = 2^-24
-    (``CODER_PRECISION_BITS``) and keeps all 256 bytes possible, so one byte's probability is
+    (``range.PRECISION_BITS``) and keeps all 256 bytes possible, so one byte's probability is
     at most 1 - 255 f and each byte costs at least b = -log2(1 - 255 f) ≈ 2.19e-5 bits.
     ``length`` bytes thus need at least ``length * b`` bits, and a payload of P bytes holds at
     most floor((8 P + CODER_SLACK_BITS) / b) bytes (about 365,000 per payload byte).
@@ -148,10 +148,10 @@ def max_length(payload_bytes: int) -> int:
     """
     import math
 
-    from mugpt.compress.coder import CODER_PRECISION_BITS, N_BYTE_SYMBOLS
+    from mugpt.compress.range import N_SYMBOLS, PRECISION_BITS
 
-    floor = 2.0**-CODER_PRECISION_BITS
-    min_bits = -math.log2(1.0 - (N_BYTE_SYMBOLS - 1) * floor)
+    floor = 2.0**-PRECISION_BITS
+    min_bits = -math.log2(1.0 - (N_SYMBOLS - 1) * floor)
     return int((8 * payload_bytes + CODER_SLACK_BITS) / min_bits)
 
 
