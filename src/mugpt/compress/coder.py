@@ -146,7 +146,7 @@ def quantised(probs: np.ndarray) -> np.ndarray:
     Example:
         >>> f = quantised(np.array([0.5, np.nan, -1.0, 0.5] + [0.0] * 253))
         >>> f[:4].tolist(), int(f.sum())
-        ([8388481, 1, 1, 8388480], 16777216)
+        ([8388481, 1, 1, 8388481], 16777216)
     """
     freq = np.zeros(N_BYTE_SYMBOLS + 1, dtype=np.int64)
     rc.quantise(np.ascontiguousarray(probs, dtype=np.float64), freq)

@@ -31,7 +31,7 @@ Example:
     >>> rows[1, 65] = 0.9
     >>> payload, bits = encode_rows(rows, np.array([65, 65, 7]))
     >>> decode_rows(payload, rows).tolist(), round(bits, 3)
-    [65, 65, 7]
+    ([65, 65, 7], 17.072)
 """
 
 from __future__ import annotations

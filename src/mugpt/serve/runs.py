@@ -571,9 +571,11 @@ second."""
 def warm_status_path() -> Path:
     """The file where the compile process reports its progress: one per server process,
     named in the environment that the compile process, the fork server and the workers
-    inherit."""
+    inherit (only the server calls this; a name inherited from another server is replaced)."""
     path = os.environ.get(WARM_STATUS_ENV)
-    if not path:
+    if not path or os.environ.get(WARM_OWNER_ENV) != str(os.getpid()):
+        # none yet, or inherited from another server (a lab started from a process that
+        # runs one, as the tests do): this server's compile reports go to a file of its own
         import tempfile
 
         path = os.path.join(
