@@ -47,7 +47,10 @@ def test_arms_are_baseline_each_alone_and_all() -> None:
 
 
 def test_paired_differences_use_the_same_seed() -> None:
-    cfg = RunConfig.from_dict({"learner": {"update_every": 8}, "model": {"context": 16}})
+    # the reference path: the statistics are the point here, not the compiled loop (each arm's
+    # combination of mechanisms would be one more compile of it in a cold suite)
+    learner = {"update_every": 8, "backend": "numpy"}
+    cfg = RunConfig.from_dict({"learner": learner, "model": {"context": 16}})
     stream = build_stream(STREAM)
     res = ablate(cfg, stream, seeds=3, jobs=1, max_bytes=500,
                  mechanisms=[{"name": "cache", "lam": 0.3}, {"name": "grad_clip"}])  # fmt: skip
@@ -76,7 +79,8 @@ def test_cli_writes_the_tables_and_the_plot(
 ) -> None:
     out = tmp_path / "abl"
     code = main(["ablate", "--stream", STREAM, "--seeds", "2", "--jobs", "2", "--max-bytes", "400",
-                 "--update-every", "8", "--context", "16", "--mech", "replay:k=2,start_after=8",
+                 "--update-every", "8", "--context", "16", "--backend", "numpy",
+                 "--mech", "replay:k=2,start_after=8",
                  "--mech", "knn", "--out", str(out)])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out

@@ -8,12 +8,8 @@ a phase of a new run, and sample text.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import signal
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -22,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from labserver import start_lab, stop_lab
 
 pytestmark = pytest.mark.browser
 
@@ -51,27 +48,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mugpt serve --no-browser --port 0`` in a subprocess; yields its URL (without the
     token, which the page gets from the start URL it prints)."""
     runs = tmp_path_factory.mktemp("lab-runs")
-    command = [sys.executable, "-m", "mugpt", "serve", "--no-browser", "--port", "0"]
-    command += ["--runs-dir", str(runs), "--max-sample-bytes", "1000", "--token", TOKEN]
-    log_path = runs / "server.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc, url, _ = start_lab(runs, TOKEN, args=["--max-sample-bytes", "1000"])
     deadline = time.monotonic() + 60
-    url = ""
-    while not url:
-        match = re.search(r"(http://127\.0\.0\.1:\d+/)\?token=(\S+)", log_path.read_text())
-        if match:
-            assert match.group(2) == TOKEN, "the start URL must carry the token"
-            url = match.group(1)
-        elif proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"the server did not start: {log_path.read_text()}")
-        else:
-            time.sleep(0.1)
     while True:
         try:
             assert get_json(url + "api/health")["ok"]
@@ -81,13 +59,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 raise
             time.sleep(0.1)
     yield url
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+    stop_lab(proc)
 
 
 @pytest.fixture(scope="module")
@@ -345,18 +317,10 @@ def test_a_cold_start_learns_on_the_reference_path_while_the_engine_compiles(
     """An empty compile cache (a new NUMBA_CACHE_DIR): the page shows the compile's progress
     and learns on the reference path before the compile ends; the run says which engine it
     is on. The server's stop ends the compile process (checked in test_serve_coldstart)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
-    log_path = tmp_path / "server.log"
-    command = [sys.executable, "-m", "mugpt", "serve", "--no-browser", "--port", "0"]
-    command += ["--runs-dir", str(tmp_path / "runs"), "--token", TOKEN]
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc, url, log_path = start_lab(
+        tmp_path / "runs", TOKEN, {"NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    )
     try:
-        deadline = time.monotonic() + 60
-        while not (m := re.search(r"(http://127\.0\.0\.1:\d+/)\?token=", log_path.read_text())):
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
-        url = m.group(1)
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         pg = context.new_page()
         errors: list[str] = []
@@ -376,12 +340,13 @@ def test_a_cold_start_learns_on_the_reference_path_while_the_engine_compiles(
             run = get_json(url + "api/runs")[0]
             assert run["engine"]["backend"] == "numpy" and run["engine"]["state"] == "waiting"
             assert notice.is_visible()
+        pg.wait_for_function(  # the notice's time moves on (or it goes: the engine is ready)
+            "(t) => { const n = document.querySelector('[data-testid=status-notice]');"
+            " return n.hidden || n.innerText !== t; }",
+            arg=text,
+        )
         assert errors == []
         context.close()
+        assert "compiling its kernels" in log_path.read_text()  # the terminal says so too
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_lab(proc)

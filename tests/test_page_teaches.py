@@ -8,14 +8,8 @@ The lab runs as ``mugpt serve`` on a loopback port (the fixtures of test_browser
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +25,6 @@ from test_browser import (  # the same server, browser and page fixtures
 )
 
 pytestmark = pytest.mark.browser
-COLD_MS = 600_000  # an upper bound only: a cold compile on a busy 2-core machine is slow
 __all__ = ["browser", "page", "server"]  # fixtures used by name
 
 
@@ -197,59 +190,3 @@ def test_the_status_notice_is_gone_once_the_run_learns(browser: Any, server: str
     pg.wait_for_function("() => document.querySelector('[data-testid=status-notice]').hidden")
     assert box.is_hidden()
     context.close()
-
-
-@pytest.mark.slow
-def test_a_cold_start_says_it_is_compiling_from_page_load_and_then_learns(
-    browser: Any, tmp_path: Path
-) -> None:
-    """An empty compile cache: the page, opened at once, shows the server's status with the
-    elapsed time, keeps it up past 5 s while compiling goes on, then learns; the terminal
-    says it is compiling and when the engine is ready."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
-    log_path = tmp_path / "server.log"
-    command = [sys.executable, "-m", "mugpt", "serve", "--no-browser", "--port", "0"]
-    command += ["--runs-dir", str(tmp_path / "runs"), "--token", TOKEN]
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not (m := re.search(r"(http://127\.0\.0\.1:\d+/)\?token=", log_path.read_text())):
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
-        url = m.group(1)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        pg = context.new_page()
-        pg.set_default_timeout(WAIT_MS)
-        pg.goto(f"{url}?token={TOKEN}")
-        box = pg.get_by_test_id("status-notice")
-        pg.wait_for_function(
-            "() => document.querySelector('[data-testid=status-notice]').dataset.phase === 'compiling'"
-        )
-        first = box.inner_text()
-        assert "compile" in first and re.search(r"\d+ s", first), first
-        pg.wait_for_timeout(6000)
-        still = get_json(url + "api/status")["engine"]["state"] in ("starting", "compiling")
-        if still:  # compiling goes on past 5 s: the notice is still up, its time moved on
-            assert box.is_visible()
-            assert box.inner_text() != first
-        pg.wait_for_function(
-            "() => Number(document.querySelector('[data-testid=bytes-seen]').textContent) > 0",
-            timeout=COLD_MS,
-        )
-        # the notice stays up while the engine compiles (the run learns on the reference
-        # path meanwhile) and goes when the compiled engine is ready
-        pg.wait_for_function(
-            "() => document.querySelector('[data-testid=status-notice]').hidden", timeout=COLD_MS
-        )
-        context.close()
-        text = log_path.read_text()
-        assert "compiling its kernels" in text
-        assert re.search(r"engine ready after \d+\.\d s", text), text
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

@@ -10,11 +10,7 @@ and the compile process ends with the server.
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
 import subprocess
-import sys
 import time
 from multiprocessing import Pipe
 from pathlib import Path
@@ -22,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from labserver import start_lab, stop_lab
 
 from mugpt.corpus import Stream
 from mugpt.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -230,19 +227,7 @@ def test_the_compile_estimate_follows_the_kernels_compiled() -> None:
 
 
 def serve(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, Path]:
-    log_path = tmp_path / "server.log"
-    command = [sys.executable, "-m", "mugpt", "serve", "--no-browser", "--port", "0"]
-    command += ["--runs-dir", str(tmp_path / "runs"), "--token", "tok"]
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-        )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not (m := re.search(r"(http://127\.0\.0\.1:\d+/)\?token=", log_path.read_text())):
-        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-        time.sleep(0.1)
-    return proc, m.group(1), log_path
+    return start_lab(tmp_path / "runs", "tok", env)
 
 
 def status(url: str) -> dict[str, Any]:
@@ -270,13 +255,7 @@ def compilers_of(pid: int) -> list[int]:
     return found
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+stop = stop_lab
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
