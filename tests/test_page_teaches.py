@@ -105,7 +105,9 @@ def test_a_strong_run_shows_which_expert_predicted_each_byte(page: Any, server: 
     assert page.locator("[data-testid=experts] tbody tr.winner").count() == 1
     assert re.search(r"mixed probability \d+\.\d+%", page.get_by_test_id("experts").inner_text())
     panel.locator("details.explain summary").click()
-    assert "display recomputation" in panel.locator("details.explain p").inner_text()
+    opened = panel.locator("details.explain[open] p")  # the panel redraws five times a second:
+    opened.wait_for(state="visible")  # wait for the opened explanation before reading it
+    assert "display recomputation" in opened.inner_text()
     # winners are remembered and shade the stream's bytes as they are read
     page.wait_for_function(
         "() => document.querySelectorAll('#winner-strip span').length >= 3", timeout=WAIT_MS
