@@ -299,3 +299,25 @@ def test_a_failed_compile_is_reported_by_the_status_and_the_terminal(tmp_path: P
             time.sleep(0.2)
     finally:
         stop(proc)
+
+
+def test_kernels_compiled_after_ready_keep_the_report_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compile process reports ``ready`` and then takes one more step, whose kernels may
+    still compile on a fresh machine: those must not turn the report back to ``compiling``
+    (the server then reads a process that ended without a verdict as a failed compile, and
+    no run ever hands over)."""
+    report = tmp_path / "warm.json"
+    monkeypatch.setenv(W.WARM_STATUS_ENV, str(report))
+    monkeypatch.setenv(W.WARM_OWNER_ENV, "")
+    progress = W._Progress(time.time(), report=True)
+    progress.stage(0)
+    progress.kernel_done("run_steps")
+    assert W.read_warm_report()["state"] == "compiling"  # type: ignore[index]
+    assert W.read_warm_report()["kernels"] == 1  # type: ignore[index]
+    progress.stage(len(W.WARM_STAGES), "ready", seconds=12.5)
+    progress.kernel_done("step_kernel_of_a_python_mechanism")
+    final = W.read_warm_report()
+    assert final is not None
+    assert final["state"] == "ready" and final["seconds"] == 12.5 and final["kernels"] == 1

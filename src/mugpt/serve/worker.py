@@ -176,12 +176,19 @@ class _Progress:
         self.kernels = 0
         self.current = ""
         self.last_kernel_at = 0.0
+        self.finished = False
 
     def stage(self, step: int, state: str = "compiling", **extra: Any) -> None:
         self.step = step
         self.write(state, **extra)
+        self.finished = state in ("ready", "failed")
 
     def kernel_done(self, name: str) -> None:
+        if self.finished:
+            # kernels compiled after the engine is ready (the single step's, cached for
+            # later runs) must not turn the final "ready" back into "compiling": the
+            # server would read a compile that ended without a verdict as a failure
+            return
         self.kernels += 1
         self.current = name
         self.last_kernel_at = time.time() - self.started
