@@ -104,3 +104,20 @@ def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown mechanism 'dropout'" in capsys.readouterr().err
     assert main(["ablate", "--stream", STREAM, "--seeds", "0"]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("given", "expected"), [([], 0.3), (["--lr", "0.05"], 0.05)])
+def test_cli_baseline_learns_at_the_scanned_lr_unless_one_is_given(
+    tmp_path: Path, given: list[str], expected: float
+) -> None:
+    """The seed model at k = 16 takes the lr scan's 0.3 (SEED_LR_BY_K), not the preset's k = 1
+    rate; an --lr the user gives is kept."""
+    out = tmp_path / "abl"
+    code = main(["ablate", "--stream", STREAM, "--seeds", "1", "--jobs", "1", "--max-bytes", "300",
+                 "--update-every", "16", "--backend", "numpy", "--mech", "grad_clip", "--quiet",
+                 "--out", str(out), *given])  # fmt: skip
+    assert code == 0
+    saved = json.loads((out / "ablation.json").read_text())
+    assert saved["config"]["optim"]["lr"] == expected
+    setup = "the lr scan's best for this k" if not given else "not the lr scan's 0.3 for this k"
+    assert setup in (out / "ablation.md").read_text()

@@ -91,18 +91,20 @@ def test_tinystories_forms_parse() -> None:
 @pytest.mark.parametrize(
     ("spec", "token", "position"),
     [
-        ("prose=stdlib-prose:50q", "50q", 0),
-        ("a=random:1k,b=stdlib-code:12x", "12x", 12),
+        ("prose=stdlib-prose:50q", "50q", 19),
+        ("a=random:1k,b=stdlib-code:12x", "12x", 26),
         ("a=random:1k, nope:5k", "nope", 13),
         ("a=random:1k,,b=random:1k", "empty phase", 12),
         ("a=random:1k,", "empty phase", 12),
         ("my label=random:1k", "my label", 0),
-        ("x=random", "random", 0),
-        ("x=stdlib-prose", "stdlib-prose", 0),
-        ("x=random:0", "budget 0", 0),
-        ("x=random:1k:2k", "random:1k:2k", 0),
-        ("x=tinystories:test:1k", "test", 0),
-        ("x=file:", "file:", 0),
+        ("x=random", "random", 2),
+        ("x=stdlib-prose", "stdlib-prose", 2),
+        ("x=random:0", "budget 0", 2),
+        ("x=random:1k:2k", "random:1k:2k", 2),
+        ("x=tinystories:test:1k", "test", 14),
+        ("x=file:", "file:", 2),
+        ("prose = nope:5k", "nope", 8),
+        ("a=random:1k, b=nope", "nope", 15),
     ],
 )
 def test_malformed_spec_names_token_and_position(spec: str, token: str, position: int) -> None:

@@ -28,14 +28,18 @@ per run), ablation.json and ablation.png.
 
 EPILOG = """\
 examples:
-  mugpt ablate --max-bytes 100k --update-every 8
+  mugpt ablate --max-bytes 100k --update-every 16
   mugpt ablate --stream "a=stdlib-prose:50k,b=stdlib-code:50k,a=stdlib-prose:50k" --seeds 5
   mugpt ablate book.txt --mech cache:lam=0.2 --mech knn --jobs 2 --out runs/abl-book
-  mugpt ablate --stream file:data/tinystories.txt --max-bytes 200k --update-every 8
+  mugpt ablate --stream file:data/tinystories.txt --max-bytes 200k --update-every 16
 
---mech chooses the mechanisms to compare (default: all six with their defaults), with the
+--mech chooses the mechanisms to compare (default: all seven with their defaults), with the
 same NAME:key=value,... syntax as `mugpt run`: selective_backprop, replay, adaptive_lr,
-grad_clip, cache, knn.
+grad_clip, cache, knn, ngram_mix.
+
+Without --lr, the seed model at k = 1, 4, 16 or 32 learns at the rate the published lr scan
+found best for its optimiser and k (docs/results/lr-scan.md), so that no mechanism is judged
+against a baseline at the wrong rate; the table's setup line says which rate was used.
 """
 
 
@@ -69,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mugpt.cli.run import parse_size, resolve_stream
-    from mugpt.engine.ablate import ablate
+    from mugpt.engine.ablate import ablate, scanned_lr, with_scanned_lr
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
@@ -79,6 +83,8 @@ def main(args: argparse.Namespace) -> int:
     mechanisms = cfg.mechanisms or None
     stream, spec = resolve_stream(args, cfg)
     cfg = cfg.replace(stream=spec, mechanisms=[])
+    if args.cfg_lr is None and scanned_lr(cfg) is not None:
+        cfg = with_scanned_lr(cfg)
     max_bytes = parse_size(args.max_bytes) if args.max_bytes else None
     out = Path(args.out) if args.out else Path("runs") / time.strftime("ablate-%Y%m%d-%H%M%S")
 

@@ -19,6 +19,7 @@ Whitespace around phases is ignored.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -239,24 +240,43 @@ def _where(spec: str, pos: int) -> str:
     return f"at character {pos} of stream spec {quote(spec)}"
 
 
-def parse_phase(text: str, where: str, base_dir: Path | None = None) -> PhaseSpec:
+def _locate(spec: str, pos: int, offset: int) -> str:
+    return _where(spec, pos + offset)
+
+
+def parse_phase(
+    text: str,
+    where: str,
+    base_dir: Path | None = None,
+    locate: Callable[[int], str] | None = None,
+) -> PhaseSpec:
     """Parse one ``[label=]source[:budget]``; ``where`` locates it in error messages.
 
-    Relative ``file:``/``dir:`` paths resolve against ``base_dir`` (default: the working dir).
+    ``locate(offset)``, when given, says where character ``offset`` of ``text`` was written,
+    so that an error points at the bad part (the source after a label, the budget) rather
+    than at the phase's start. Relative ``file:``/``dir:`` paths resolve against
+    ``base_dir`` (default: the working dir).
 
     >>> parse_phase("prose=stdlib-prose:50k", "here")
     PhaseSpec(label='prose', source='stdlib-prose', budget=50000, where='here')
     """
+
+    def at(offset: int) -> str:
+        return where if locate is None else locate(offset)
+
     label: str | None = None
     rest = text
     head, eq, tail = text.partition("=")
+    src = 0  # where the source begins in text
     if eq and ":" not in head:
+        src = len(head) + 1 + len(tail) - len(tail.lstrip())
         head, tail = head.strip(), tail.strip()
         if not _LABEL_RE.fullmatch(head):
             raise StreamError(
                 f"bad label {quote(head)} {where}; use letters, digits, '_', '-' or '.'"
             )
         label, rest = head, tail
+    phase_at, where = where, at(src)
     if not rest:
         raise StreamError(
             f"phase {quote(text)} {where} has no source; valid: {', '.join(list_sources())}"
@@ -267,6 +287,7 @@ def parse_phase(text: str, where: str, base_dir: Path | None = None) -> PhaseSpe
         raise StreamError(
             f"unknown source {quote(name)} {where}; valid sources: {', '.join(list_sources())}"
         )
+    after_name = at(src + len(name) + 1)  # the source's first argument or its budget
     budget: int | None = None  # None: all that is left
     if kind.takes_argument:
         argument = arg
@@ -293,7 +314,7 @@ def parse_phase(text: str, where: str, base_dir: Path | None = None) -> PhaseSpe
                 split = parts.pop(0)
             elif parts and parse_size(parts[0]) is None and parts[0] != "all":
                 raise StreamError(
-                    f"unknown TinyStories split {quote(parts[0])} {where}; use one of: "
+                    f"unknown TinyStories split {quote(parts[0])} {after_name}; use one of: "
                     + ", ".join(f"tinystories:{s}" for s in SPLITS)
                 )
             source = f"tinystories:{split}"
@@ -303,8 +324,9 @@ def parse_phase(text: str, where: str, base_dir: Path | None = None) -> PhaseSpe
             raise StreamError(f"too many ':' in {quote(rest)} {where}; write {kind.usage}:BUDGET")
         if parts and parts[0] != "all":
             budget = parse_size(parts[0])
+            budget_at = at(src + len(rest) - len(parts[0]))
             if budget is None:
-                raise StreamError(f"bad budget {quote(parts[0])} {where}; {SIZE_HELP}")
+                raise StreamError(f"bad budget {quote(parts[0])} {budget_at}; {SIZE_HELP}")
     if budget is None and kind.needs_budget:
         raise StreamError(
             f"source '{source}' {where} needs a budget ({source} is "
@@ -315,7 +337,7 @@ def parse_phase(text: str, where: str, base_dir: Path | None = None) -> PhaseSpe
         raise StreamError(f"phase {quote(text)} {where} has budget 0; give a positive size")
     if label is None:
         label = default_label(source)
-    return PhaseSpec(label=label, source=source, budget=budget, where=where)
+    return PhaseSpec(label=label, source=source, budget=budget, where=phase_at)
 
 
 def default_label(source: str) -> str:
@@ -350,7 +372,7 @@ def parse_spec(spec: str) -> list[PhaseSpec]:
         where = _where(spec, pos)
         if not token:
             raise StreamError(f"empty phase {where} (two commas or a trailing comma?); remove it")
-        phases.append(parse_phase(token, where))
+        phases.append(parse_phase(token, where, locate=functools.partial(_locate, spec, pos)))
     return phases
 
 

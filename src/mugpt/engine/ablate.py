@@ -131,7 +131,7 @@ class Arm:
 def plan_arms(mechanisms: Sequence[dict[str, Any]] | None = None) -> list[Arm]:
     """Baseline, each mechanism alone, and (with two or more) all together.
 
-    ``mechanisms`` are ``{"name": ..., **params}`` entries; None means all six built-ins
+    ``mechanisms`` are ``{"name": ..., **params}`` entries; None means all seven built-ins
     with their defaults.
 
     Example:
@@ -629,7 +629,7 @@ def ablate(
     """Runs every arm of :func:`plan_arms` on ``stream`` for each seed and tabulates them.
 
     ``config`` gives the model, optimiser and protocol (its own mechanisms are ignored:
-    pass them as ``mechanisms``, default all six). ``arms`` replaces the plan by explicit
+    pass them as ``mechanisms``, default all seven). ``arms`` replaces the plan by explicit
     arms (one named "baseline", the reference of the paired differences), for comparisons
     such as one mechanism at several settings. ``seeds`` is a count (seeds ``config.seed``,
     ``config.seed + 1``, ...) or an explicit list. ``jobs`` processes run in parallel
