@@ -3,6 +3,8 @@ probabilities are the encoder's only if this holds."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,12 @@ from mugpt.engine.config import RunConfig
 from mugpt.model import ModelConfig
 
 fast = pytest.importorskip("mugpt.model.fast")
-from mugpt.model.incremental import begin_window, forward_position, key_scratch  # noqa: E402
+from mugpt.model.incremental import (  # noqa: E402
+    begin_window,
+    forward_position,
+    forward_positions,
+    key_scratch,
+)
 
 CACHES = ("xs", "xm", "n1x", "n1r", "h1", "qkv", "qT", "vT", "attT", "att", "yh",
           "n2x", "n2r", "h2", "pre", "act", "nfx", "nfr", "hidden", "probs")  # fmt: skip
@@ -25,8 +32,11 @@ CONFIGS = {
 }
 
 
+@pytest.mark.parametrize("blocks", ["one at a time", "in blocks"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_position_by_position_equals_the_full_window_bit_for_bit(name: str) -> None:
+def test_position_by_position_equals_the_full_window_bit_for_bit(name: str, blocks: str) -> None:
+    """One position per call (as the decoder does for the bytes it decodes) or several rows
+    per call (as for the positions whose inputs it knows): the full window's bits, either way."""
     cfg = CONFIGS[name]
     model = fast.FastGPT(cfg)
     rng = np.random.default_rng(7)
@@ -40,8 +50,13 @@ def test_position_by_position_equals_the_full_window_bit_for_bit(name: str) -> N
         model.ws.probs[...] = np.nan  # nothing survives from the full pass
         begin_window(model, idx[0], 0)
         keys_t = key_scratch(model)
-        for t in range(cfg.context):
-            forward_position(flat, model.offsets, model.dims, model.ws, keys_t, 0, t)
+        if blocks == "one at a time":
+            for t in range(cfg.context):
+                forward_position(flat, model.offsets, model.dims, model.ws, keys_t, 0, t)
+        else:  # uneven blocks, one of them a single row
+            cuts = [0, 1, cfg.context // 3, cfg.context // 3 + 1, cfg.context]
+            for t0, t1 in itertools.pairwise(cuts):
+                forward_positions(flat, model.offsets, model.dims, model.ws, keys_t, 0, t0, t1)
         differ = [f for f in CACHES if getattr(model.ws, f).tobytes() != full[f].tobytes()]
         assert differ == [], (name, n)
 

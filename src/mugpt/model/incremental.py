@@ -135,9 +135,9 @@ def _attention_position(
             a = col[s] * inv if s <= t else cast_like(col, 0.0)
             att_t[s, t] = a
             att[t, s] = a
-        # y[t] = Σ_s att[t, s] v_s over every key (zeros above t), in order of s, as the full
-        # _mm sums it
-        _mm(_strided(att[t : t + 1]), qkv[:, 2 * c + hs : 2 * c + hs + d], yh[t : t + 1, hs : hs + d], False)  # fmt: skip
+        # y[t] = Σ_{s ≤ t} att[t, s] v_s in order of s, as the full _mm sums it; its further
+        # terms (keys after t) are exact zeros, which leave a sum unchanged
+        _mm(_strided(att[t : t + 1, : t + 1]), qkv[: t + 1, 2 * c + hs : 2 * c + hs + d], yh[t : t + 1, hs : hs + d], False)  # fmt: skip
 
 
 @njit(**JIT_OPTIONS)
@@ -147,32 +147,51 @@ def forward_position(
     """Every cache of position t of window b (embedding to probabilities) from ws.idx[b, t]
     and the caches of positions < t (``keys_t`` included), which must be current for the
     same weights."""
+    forward_positions(flat, offs, dims, ws, keys_t, b, t, t + 1)
+
+
+@njit(**JIT_OPTIONS)
+def forward_positions(
+    flat: Any, offs: Any, dims: Any, ws: Any, keys_t: Any, b: int, t0: int, t1: int
+) -> None:  # pragma: no cover - compiled
+    """Positions t0 … t1 − 1 of window b, each exactly as :func:`forward_position` computes
+    it, in one pass: the steps that treat positions apart (embedding, norms, products, MLP,
+    head, softmax) run over the rows together, the attention query by query in order (query t
+    reads the keys ≤ t, written as it goes). Each row's sums are the same in the same order
+    whether its rows come one at a time or together, so this is a speed-up only: the decoder
+    computes the positions whose inputs it already knows in one call."""
+    if t1 <= t0:
+        return
     n_layers, n_heads, act_kind = dims[D_LAYERS], dims[D_H], dims[D_ACT]
     c, t_len, v = dims[D_C], dims[D_T], dims[D_V]
     wte = flat[offs[0] : offs[0] + v * c].reshape((v, c))
     wpe = flat[offs[1] : offs[1] + t_len * c].reshape((t_len, c))
     x0 = ws.xs[0, b]
-    row = wte[ws.idx[b, t]]
-    for j in range(c):
-        x0[t, j] = row[j] + wpe[t, j]
-    r = slice(t, t + 1)
+    for t in range(t0, t1):
+        row = wte[ws.idx[b, t]]
+        for j in range(c):
+            x0[t, j] = row[j] + wpe[t, j]
+    r = slice(t0, t1)
     for layer in range(n_layers):
         ln1, w_qkv, w_o, ln2, w_in, w_out = _layer_views(flat, offs, dims, layer)
         x = ws.xs[layer, b]
         _rmsnorm_forward(x[r], ln1, ws.n1x[layer, b, r], ws.n1r[layer, b, r], ws.h1[layer, b, r])
         _mm(_strided(ws.h1[layer, b, r]), w_qkv, ws.qkv[layer, b, r], False)
-        _attention_position(ws, keys_t, layer, b, n_heads, t)
+        for t in range(t0, t1):
+            _attention_position(ws, keys_t, layer, b, n_heads, t)
         xm = ws.xm[layer, b]
         _mm(_strided(ws.yh[layer, b, r]), w_o, xm[r], False)
-        for j in range(c):
-            xm[t, j] = x[t, j] + xm[t, j]
+        for t in range(t0, t1):
+            for j in range(c):
+                xm[t, j] = x[t, j] + xm[t, j]
         _rmsnorm_forward(xm[r], ln2, ws.n2x[layer, b, r], ws.n2r[layer, b, r], ws.h2[layer, b, r])
         _mm(_strided(ws.h2[layer, b, r]), w_in, ws.pre[layer, b, r], False)
         _activation_forward(ws.pre[layer, b, r], ws.act[layer, b, r], act_kind)
         x_next = ws.xs[layer + 1, b]
         _mm(_strided(ws.act[layer, b, r]), w_out, x_next[r], False)
-        for j in range(c):
-            x_next[t, j] = xm[t, j] + x_next[t, j]
+        for t in range(t0, t1):
+            for j in range(c):
+                x_next[t, j] = xm[t, j] + x_next[t, j]
     ln_f = flat[offs[2 + 6 * n_layers] : offs[2 + 6 * n_layers] + c]
     _rmsnorm_forward(ws.xs[n_layers, b, r], ln_f, ws.nfx[b, r], ws.nfr[b, r], ws.hidden[b, r])
     if dims[D_TIED]:
@@ -181,13 +200,4 @@ def forward_position(
         o = offs[3 + 6 * n_layers]
         head = flat[o : o + c * v].reshape((c, v))
     _mm(_strided(ws.hidden[b, r]), head, ws.probs[b, r], False)
-    _softmax_rows(ws.probs[b, r], 1, ws.lanes, ws.ebits)
-
-
-@njit(**JIT_OPTIONS)
-def forward_positions(
-    flat: Any, offs: Any, dims: Any, ws: Any, keys_t: Any, b: int, t0: int, t1: int
-) -> None:  # pragma: no cover - compiled
-    """:func:`forward_position` for positions t0 … t1 − 1 in order, in one call."""
-    for t in range(t0, t1):
-        forward_position(flat, offs, dims, ws, keys_t, b, t)
+    _softmax_rows(ws.probs[b, r], t1 - t0, ws.lanes, ws.ebits)
