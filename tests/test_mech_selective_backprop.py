@@ -10,6 +10,7 @@ from mugpt.engine import Learner, LearnerConfig
 from mugpt.errors import ConfigError
 from mugpt.mechanisms import StepContext, make_mechanism
 from mugpt.mechanisms.selective_backprop import SelectiveBackprop
+from mugpt.model import OptimConfig
 
 
 def ctx_with(loss: float, rng: np.random.Generator | None = None) -> StepContext:
@@ -62,7 +63,9 @@ def test_percentile_keep_rate_matches_the_expected_probability() -> None:
 
 def test_learner_skips_the_update_and_counts_it() -> None:
     stream = Stream.from_bytes(b"abcabcabc" * 20)
-    learner = Learner(mechanisms=[make_mechanism("selective_backprop:tau=4.0")],
+    # Adam at 0.01 learns the pattern within the run, so that some steps fall below tau
+    learner = Learner(optim_cfg=OptimConfig(lr=0.01),
+                      mechanisms=[make_mechanism("selective_backprop:tau=4.0")],
                       learner_cfg=LearnerConfig(update_every=4))  # fmt: skip
     learner.run(stream)
     mech = learner.mechanism("selective_backprop")

@@ -48,9 +48,10 @@ def test_losses_land_in_stream_order_and_each_substream_is_prequential() -> None
     losses = learner.run(Stream.from_bytes(data)).losses
     assert losses.shape == (10,) and np.isfinite(losses).all()
     ref = GPT(cfg)  # same seed, same init
-    from mugpt.model import OptimConfig, Optimizer
+    from mugpt.engine.config import seed_optim
+    from mugpt.model import Optimizer
 
-    opt = Optimizer(OptimConfig(), cfg.n_params, np.float64)
+    opt = Optimizer(seed_optim(), cfg.n_params, np.float64)  # the Learner's default
     halves = [[BOS, *data[:5]], [BOS, *data[5:]]]
     expected = np.zeros(10)
     for j in range(5):

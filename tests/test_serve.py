@@ -186,7 +186,7 @@ def test_cli_command_repeats_the_configuration() -> None:
         {
             "model": {"d_model": 32, "n_heads": 8, "context": 64},
             "optim": {"lr": 0.003},
-            "learner": {"update_every": 4},
+            "learner": {"update_every": 4, "freeze_network": True},
             "mechanisms": [
                 {"name": "grad_clip", "max_norm": 0.25},
                 {"name": "replay", "enabled": False},

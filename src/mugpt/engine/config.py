@@ -60,7 +60,14 @@ same model under Adam; ``strong`` the best prequential bpb found at ≥ 40,000 b
 docs/bench.md)."""
 
 
-def _seed_optim() -> OptimConfig:
+def seed_optim() -> OptimConfig:
+    """The seed preset's optimiser, the original μGPT's: SGD with global-norm clipping at the
+    lr the scan found best at k = 1 (DESIGN §3). ``Learner()`` and ``RunConfig()`` default to it.
+
+    Example:
+        >>> (seed_optim().name, seed_optim().lr, seed_optim().grad_clip)
+        ('sgd', 0.02, 1.0)
+    """
     return OptimConfig.from_dict(PRESETS["seed"]["optim"])
 
 
@@ -91,7 +98,7 @@ class RunConfig:
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=_seed_optim)  # the seed preset's, as ``preset``
+    optim: OptimConfig = field(default_factory=seed_optim)  # the seed preset's, as ``preset``
     learner: Any = None  # LearnerConfig (imported lazily to keep this module light)
     mechanisms: list[dict[str, Any]] = field(default_factory=list)  # [{"name": ..., **params}]
     stream: str = ""  # a stream spec; "" is the built-in default stream

@@ -70,6 +70,9 @@ def resolve_backend(name: str) -> str:
 class Learner(StreamRuns):
     """A model, its optimiser and mechanisms, reading a byte stream prequentially.
 
+    Without ``optim_cfg`` it trains as the original μGPT and the seed preset do: SGD with
+    global-norm clipping (:func:`mugpt.engine.config.seed_optim`).
+
     Example:
         >>> from mugpt.corpus import Stream
         >>> learner = Learner(ModelConfig(), OptimConfig(lr=0.01))
@@ -88,7 +91,11 @@ class Learner(StreamRuns):
         learner_cfg: LearnerConfig | None = None,
     ) -> None:
         self.model_cfg = model_cfg or ModelConfig()
-        self.optim_cfg = optim_cfg or OptimConfig()
+        if optim_cfg is None:
+            from mugpt.engine.config import seed_optim
+
+            optim_cfg = seed_optim()
+        self.optim_cfg = optim_cfg
         self.cfg = learner_cfg or LearnerConfig()
         if self.cfg.update_every > self.model_cfg.context:
             raise ConfigError(

@@ -792,6 +792,8 @@ def cli_command(cfg: RunConfig) -> str:
                 parts += [flag, _text(value)]
     if cfg.model.tied_head and not base.model.tied_head:
         parts.append("--tied-head")
+    if cfg.learner.freeze_network and not base.learner.freeze_network:
+        parts.append("--freeze-network")
     for entry in cfg.mechanisms:
         if not entry.get("enabled", True):
             continue
