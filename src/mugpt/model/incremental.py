@@ -101,43 +101,71 @@ def _attention_position(
     ws: Any, keys_t: Any, layer: int, b: int, n_heads: int, t: int
 ) -> None:  # pragma: no cover
     """Query t of ``fast._attention_forward``: reads qkv rows ≤ t (and the keys of earlier
-    positions in ``keys_t``), writes column t of qT, vT, attT and keys_t, row t of att and yh."""
+    positions in ``keys_t``), writes column t of qT, vT, attT and keys_t, row t of att and yh.
+
+    Every head at once, with plain index loops (no views in the inner loops): the scores of
+    head h lie in ``e[h·n : (h+1)·n]`` (n = t + 1 keys, scratch in ``ws.yT``), so the
+    exponential runs over all heads in one vectorised pass. Each number is the same sequence
+    of roundings as in the full kernel: scores summed over the head dimension in order, the
+    maximum, ``score·scale − max``, the exponential, the sum over the keys in order, one
+    reciprocal, and the value sum over the keys s ≤ t in order (the full kernel's further
+    terms, keys after t, are exact zeros)."""
     qkv = ws.qkv[layer, b]
     t_len, c3 = qkv.shape
     c = c3 // 3
     d = c // n_heads
+    n = t + 1
     scale = cast_like(qkv, 1.0 / math.sqrt(d))
+    zero = cast_like(qkv, 0.0)
+    one = cast_like(qkv, 1.0)
     q_t, v_t, k_t = ws.qT[layer, b], ws.vT[layer, b], keys_t[layer]
+    row = qkv[t]
     for j in range(c):
-        q_t[j, t] = qkv[t, j]
-        k_t[j, t] = qkv[t, c + j]
-        v_t[j, t] = qkv[t, 2 * c + j]
-    sc = ws.sc[:1]  # row 0 holds this query's scores [s]
-    col = ws.colm  # scratch (T,)
-    yh = ws.yh[layer, b]
+        q_t[j, t] = row[j]
+        k_t[j, t] = row[c + j]
+        v_t[j, t] = row[2 * c + j]
+    e = ws.yT.reshape(ws.yT.size)  # scratch of C·T ≥ H·n numbers
     for h in range(n_heads):
-        hs = h * d
-        att_t = ws.attT[layer, b, h]
-        # scores[s] = q_t · k_s for s ≤ t: Σ over the head dimension in order, as the full _mm
-        _mm(_strided(qkv[t : t + 1, hs : hs + d]), k_t[hs : hs + d, : t + 1], sc[:, : t + 1], False)  # fmt: skip
-        m = sc[0, 0] * scale
-        for s in range(1, t + 1):
-            m = np.maximum(m, sc[0, s] * scale)
-        for s in range(t + 1):
-            col[s] = sc[0, s] * scale - m
-        _exp_inplace(col[: t + 1], ws.ebits)
-        total = col[0]
-        for s in range(1, t + 1):
-            total = total + col[s]
-        inv = cast_like(col, 1.0) / total
-        att = ws.att[layer, b, h]
-        for s in range(t_len):
-            a = col[s] * inv if s <= t else cast_like(col, 0.0)
-            att_t[s, t] = a
-            att[t, s] = a
-        # y[t] = Σ_{s ≤ t} att[t, s] v_s in order of s, as the full _mm sums it; its further
-        # terms (keys after t) are exact zeros, which leave a sum unchanged
-        _mm(_strided(att[t : t + 1, : t + 1]), qkv[: t + 1, 2 * c + hs : 2 * c + hs + d], yh[t : t + 1, hs : hs + d], False)  # fmt: skip
+        base, hs = h * n, h * d
+        for s in range(n):
+            e[base + s] = zero
+        for j in range(d):  # q_t · k_s, summed over the head dimension in order
+            qj = row[hs + j]
+            kr = k_t[hs + j]
+            for s in range(n):
+                e[base + s] = e[base + s] + kr[s] * qj
+        m = e[base] * scale
+        for s in range(1, n):
+            m = np.maximum(m, e[base + s] * scale)
+        for s in range(n):
+            e[base + s] = e[base + s] * scale - m
+    if n_heads * n <= ws.ebits.size:
+        _exp_inplace(e[: n_heads * n], ws.ebits)
+    else:
+        for h in range(n_heads):
+            _exp_inplace(e[h * n : (h + 1) * n], ws.ebits)
+    att_t, att, yh = ws.attT[layer, b], ws.att[layer, b], ws.yh[layer, b]
+    for h in range(n_heads):
+        base, hs = h * n, h * d
+        total = e[base]
+        for s in range(1, n):
+            total = total + e[base + s]
+        inv = one / total
+        for s in range(n):
+            a = e[base + s] * inv
+            att_t[h, s, t] = a
+            att[h, t, s] = a
+        for s in range(n, t_len):
+            att_t[h, s, t] = zero
+            att[h, t, s] = zero
+        for j in range(d):
+            yh[t, hs + j] = zero
+        v0 = 2 * c + hs
+        for s in range(n):  # y_t = Σ_{s ≤ t} att[t, s] v_s in order of s
+            a = att[h, t, s]
+            vr = qkv[s]
+            for j in range(d):
+                yh[t, hs + j] = yh[t, hs + j] + vr[v0 + j] * a
 
 
 @njit(**JIT_OPTIONS)
