@@ -145,6 +145,9 @@ def decode_steps(
     rows, rec, counters, info = out.rows, out.rec, out.counters, out.info
     slots, targets = dec.slots, dec.targets
     nums, flags = dec.nums, dec.flags
+    # the tuples' members taken once: each read of a named tuple of arrays in the byte loop
+    # would take and drop a reference to every one of them
+    flat, offs, dims, keys_t, mix = model.flat, model.offs, model.dims, dec.keys_t, mechs.mix
     steps = 0
     while steps < max_steps and flags[F_ERROR] == 0:
         n_win, n_rec, total_w = gather_step(
@@ -156,10 +159,10 @@ def decode_steps(
         if n_rec == 1:
             # one new byte (k = 1): every input of the window is known already (the byte is
             # only a target), so the one full forward pass computes it, as the loop's does
-            forward_batch(model.flat, model.offs, model.dims, ws, 1)
+            forward_batch(flat, offs, dims, ws, 1)
             done = t_len
         else:
-            prepare_head(model.flat, model.offs, model.dims, ws)
+            prepare_head(flat, offs, dims, ws)
             done = 0
         hist = stream.hist[0]
         hl = stream.hist_len[0]
@@ -171,11 +174,11 @@ def decode_steps(
         for j in range(k):
             slot = rec[j, 1]
             slots[j] = slot
-            forward_positions(model.flat, model.offs, model.dims, ws, dec.keys_t, 0, done, slot + 1)  # fmt: skip
+            forward_positions(flat, offs, dims, ws, keys_t, 0, done, slot + 1)
             done = slot + 1
             for y in range(rows.shape[1]):
                 rows[j, y] = ws.probs[0, slot, y]
-            _mix(mechs.mix, rows, idx, slots, j)
+            _mix(mix, rows, idx, slots, j)
             symbol = 0
             if not failed:
                 s = _decode_byte(dec, rows[j], first + j)
@@ -189,10 +192,10 @@ def decode_steps(
             if slot + 1 < n_in:
                 idx[slot + 1] = symbol
             hist[hl - k + j] = symbol
-            _mix_learn(mechs.mix, targets, idx, slots, j)
-        forward_positions(model.flat, model.offs, model.dims, ws, dec.keys_t, 0, done, t_len)
+            _mix_learn(mix, targets, idx, slots, j)
+        forward_positions(flat, offs, dims, ws, keys_t, 0, done, t_len)
         counters[C_FORWARD] += 1
-        _mix_count(mechs.mix, k)
+        _mix_count(mix, k)
         lost = 0.0
         for j in range(k):  # score
             p = max(rows[j, targets[j]], PROB_FLOOR)

@@ -46,7 +46,7 @@ from numba import njit
 from pydantic import Field
 
 from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
-from mugpt.model.constants import JIT_OPTIONS
+from mugpt.model.constants import JIT_INLINE, JIT_OPTIONS
 from mugpt.model.constants import VOCAB_SIZE as V
 
 BYTES = 256
@@ -731,7 +731,7 @@ def mix_window(
     st.mixed[0] += k
 
 
-@njit(**_JIT)
+@njit(**JIT_INLINE)  # called per byte: no second pass of the state's arrays
 def mix_row(st: Any, rows: Any, inputs: Any, slots: Any, j: int) -> None:  # pragma: no cover
     """Row j: rows[j] (the model's) becomes the mixed row, from the state as the updates of
     rows 0 … j − 1 left it (made for good by :func:`mix_window`, provisionally by
@@ -759,7 +759,7 @@ def decode_learn(
     _learn(st, targets, inputs, slots, j)
 
 
-@njit(**_JIT)
+@njit(**JIT_INLINE)  # called per byte: no second pass of the state's arrays
 def _learn(st: Any, targets: Any, inputs: Any, slots: Any, j: int) -> None:  # pragma: no cover
     """The counts and weights learn byte j (after its row was mixed)."""
     _update(

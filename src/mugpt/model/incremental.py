@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from mugpt.model.constants import JIT_OPTIONS
+from mugpt.model.constants import JIT_INLINE, JIT_OPTIONS
 from mugpt.model.fast import (
     D_ACT,
     D_C,
@@ -96,21 +96,28 @@ def begin_window(model: Any, inputs: np.ndarray, b: int = 0) -> None:
     prepare_head(model.params.flat, model.offsets, model.dims, ws)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**JIT_INLINE)
 def _attention_position(
-    ws: Any, keys_t: Any, layer: int, b: int, n_heads: int, t: int
-) -> None:  # pragma: no cover
-    """Query t of ``fast._attention_forward``: reads qkv rows ≤ t (and the keys of earlier
-    positions in ``keys_t``), writes column t of qT, vT, attT and keys_t, row t of att and yh.
+    qkv: Any, q_t: Any, v_t: Any, k_t: Any, e: Any, ebits: Any, att_t: Any, att: Any,
+    yh: Any, n_heads: int, t: int,
+) -> None:  # pragma: no cover  # fmt: skip
+    """Query t of ``fast._attention_forward`` for one layer and window (the views
+    ``ws.qkv[layer, b]``, ``ws.qT[layer, b]``, ``ws.vT[layer, b]``, ``keys_t[layer]``, the flat
+    scratch ``ws.yT.ravel()``, ``ws.ebits``, ``ws.attT[layer, b]``, ``ws.att[layer, b]``,
+    ``ws.yh[layer, b]``): reads qkv rows ≤ t (and the keys of earlier positions in k_t),
+    writes column t of q_t, v_t, att_t and k_t, row t of att and yh.
 
     Every head at once, with plain index loops (no views in the inner loops): the scores of
-    head h lie in ``e[h·n : (h+1)·n]`` (n = t + 1 keys, scratch in ``ws.yT``), so the
+    head h lie in ``e[h·n : (h+1)·n]`` (n = t + 1 keys), so the
     exponential runs over all heads in one vectorised pass. Each number is the same sequence
     of roundings as in the full kernel: scores summed over the head dimension in order, the
     maximum, ``score·scale − max``, the exponential, the sum over the keys in order, one
     reciprocal, and the value sum over the keys s ≤ t in order (the full kernel's further
-    terms, keys after t, are exact zeros)."""
-    qkv = ws.qkv[layer, b]
+    terms, keys after t, are exact zeros).
+
+    Arrays, not the workspace, and inlined, with no views inside its loops: each view, and
+    each array of a named tuple passed to a compiled call, takes and drops a reference (two
+    atomic operations), which cost more than this query's arithmetic."""
     t_len, c3 = qkv.shape
     c = c3 // 3
     d = c // n_heads
@@ -118,33 +125,28 @@ def _attention_position(
     scale = cast_like(qkv, 1.0 / math.sqrt(d))
     zero = cast_like(qkv, 0.0)
     one = cast_like(qkv, 1.0)
-    q_t, v_t, k_t = ws.qT[layer, b], ws.vT[layer, b], keys_t[layer]
-    row = qkv[t]
     for j in range(c):
-        q_t[j, t] = row[j]
-        k_t[j, t] = row[c + j]
-        v_t[j, t] = row[2 * c + j]
-    e = ws.yT.reshape(ws.yT.size)  # scratch of C·T ≥ H·n numbers
+        q_t[j, t] = qkv[t, j]
+        k_t[j, t] = qkv[t, c + j]
+        v_t[j, t] = qkv[t, 2 * c + j]
     for h in range(n_heads):
         base, hs = h * n, h * d
         for s in range(n):
             e[base + s] = zero
         for j in range(d):  # q_t · k_s, summed over the head dimension in order
-            qj = row[hs + j]
-            kr = k_t[hs + j]
+            qj = qkv[t, hs + j]
             for s in range(n):
-                e[base + s] = e[base + s] + kr[s] * qj
+                e[base + s] = e[base + s] + k_t[hs + j, s] * qj
         m = e[base] * scale
         for s in range(1, n):
             m = np.maximum(m, e[base + s] * scale)
         for s in range(n):
             e[base + s] = e[base + s] * scale - m
-    if n_heads * n <= ws.ebits.size:
-        _exp_inplace(e[: n_heads * n], ws.ebits)
+    if n_heads * n <= ebits.size:
+        _exp_inplace(e[: n_heads * n], ebits)
     else:
         for h in range(n_heads):
-            _exp_inplace(e[h * n : (h + 1) * n], ws.ebits)
-    att_t, att, yh = ws.attT[layer, b], ws.att[layer, b], ws.yh[layer, b]
+            _exp_inplace(e[h * n : (h + 1) * n], ebits)
     for h in range(n_heads):
         base, hs = h * n, h * d
         total = e[base]
@@ -163,9 +165,8 @@ def _attention_position(
         v0 = 2 * c + hs
         for s in range(n):  # y_t = Σ_{s ≤ t} att[t, s] v_s in order of s
             a = att[h, t, s]
-            vr = qkv[s]
             for j in range(d):
-                yh[t, hs + j] = yh[t, hs + j] + vr[v0 + j] * a
+                yh[t, hs + j] = yh[t, hs + j] + qkv[s, v0 + j] * a
 
 
 @njit(**JIT_OPTIONS)
@@ -200,13 +201,16 @@ def forward_positions(
         for j in range(c):
             x0[t, j] = row[j] + wpe[t, j]
     r = slice(t0, t1)
+    scores = ws.yT.reshape(ws.yT.size)  # flat scratch of C·T ≥ H·(t + 1) numbers
     for layer in range(n_layers):
         ln1, w_qkv, w_o, ln2, w_in, w_out = _layer_views(flat, offs, dims, layer)
         x = ws.xs[layer, b]
         _rmsnorm_forward(x[r], ln1, ws.n1x[layer, b, r], ws.n1r[layer, b, r], ws.h1[layer, b, r])
         _mm(_strided(ws.h1[layer, b, r]), w_qkv, ws.qkv[layer, b, r], False)
+        qkv, q_t, v_t, k_t = ws.qkv[layer, b], ws.qT[layer, b], ws.vT[layer, b], keys_t[layer]
+        att_t, att, yh = ws.attT[layer, b], ws.att[layer, b], ws.yh[layer, b]
         for t in range(t0, t1):
-            _attention_position(ws, keys_t, layer, b, n_heads, t)
+            _attention_position(qkv, q_t, v_t, k_t, scores, ws.ebits, att_t, att, yh, n_heads, t)
         xm = ws.xm[layer, b]
         _mm(_strided(ws.yh[layer, b, r]), w_o, xm[r], False)
         for t in range(t0, t1):
