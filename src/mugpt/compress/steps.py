@@ -35,7 +35,8 @@ import math
 from typing import Any, NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from mugpt.compress.range import D_PAST as _D_PAST
 from mugpt.compress.range import (
@@ -57,7 +58,7 @@ from mugpt.engine.loop import (
 from mugpt.engine.loop import _update as update_part
 from mugpt.engine.window import gather_step
 from mugpt.mechanisms.ngram_mix import _learn, mix_row
-from mugpt.model.constants import JIT_OPTIONS, PROB_FLOOR
+from mugpt.model.constants import JIT_INLINE, JIT_OPTIONS, PROB_FLOOR
 from mugpt.model.fast import D_T, forward_batch
 from mugpt.model.incremental import forward_positions, prepare_head
 
@@ -86,25 +87,64 @@ class DecodeState(NamedTuple):
     flags: np.ndarray  # int64, F_*
 
 
-@njit(**JIT_OPTIONS)
-def _mix(mix: Any, rows: Any, inputs: Any, slots: Any, j: int) -> None:  # pragma: no cover
+def _mix(mix: Any, rows: Any, inputs: Any, slots: Any, j: int) -> None:
+    """Row j becomes the mixer's row, if there is a mixer (``mix``: its state, or None)."""
     if mix is not None:
         mix_row(mix, rows, inputs, slots, j)
 
 
-@njit(**JIT_OPTIONS)
-def _mix_learn(mix: Any, targets: Any, inputs: Any, slots: Any, j: int) -> None:  # pragma: no cover  # fmt: skip
+def _mix_learn(mix: Any, targets: Any, inputs: Any, slots: Any, j: int) -> None:
+    """The mixer, if there is one, learns byte j."""
     if mix is not None:
         _learn(mix, targets, inputs, slots, j)
 
 
-@njit(**JIT_OPTIONS)
-def _mix_count(mix: Any, k: int) -> None:  # pragma: no cover - compiled
+def _mix_count(mix: Any, k: int) -> None:
+    """The mixer, if there is one, counts k more mixed bytes."""
     if mix is not None:
         mix.mixed[0] += k
 
 
-@njit(**JIT_OPTIONS)
+# Compiled, the three are chosen by the type of ``mix`` and inlined into decode_steps: a
+# compiled function that takes the mixer's named tuple and calls on takes and drops a
+# reference to every one of its arrays, on every byte.
+_INLINE: dict[str, Any] = {"inline": "always", "jit_options": {"error_model": "numpy"}}
+
+
+@overload(_mix, **_INLINE)
+def _mix_impl(mix: Any, rows: Any, inputs: Any, slots: Any, j: Any) -> Any:  # pragma: no cover
+    def mixes(mix: Any, rows: Any, inputs: Any, slots: Any, j: Any) -> Any:
+        mix_row(mix, rows, inputs, slots, j)
+
+    def nothing(mix: Any, rows: Any, inputs: Any, slots: Any, j: Any) -> Any:
+        return None
+
+    return nothing if isinstance(mix, types.NoneType) else mixes
+
+
+@overload(_mix_learn, **_INLINE)
+def _mix_learn_impl(mix: Any, targets: Any, inputs: Any, slots: Any, j: Any) -> Any:  # pragma: no cover  # fmt: skip
+    def learns(mix: Any, targets: Any, inputs: Any, slots: Any, j: Any) -> Any:
+        _learn(mix, targets, inputs, slots, j)
+
+    def nothing(mix: Any, targets: Any, inputs: Any, slots: Any, j: Any) -> Any:
+        return None
+
+    return nothing if isinstance(mix, types.NoneType) else learns
+
+
+@overload(_mix_count, **_INLINE)
+def _mix_count_impl(mix: Any, k: Any) -> Any:  # pragma: no cover - compiled
+    def counts(mix: Any, k: Any) -> Any:
+        mix.mixed[0] += k
+
+    def nothing(mix: Any, k: Any) -> Any:
+        return None
+
+    return nothing if isinstance(mix, types.NoneType) else counts
+
+
+@njit(**JIT_INLINE)
 def _decode_byte(dec: Any, row: Any, index: int) -> int:  # pragma: no cover - compiled
     """Byte ``index`` decoded under ``row``, with the payload checks; -1 on an error."""
     quantise(row, dec.freq)

@@ -179,7 +179,7 @@ def forward_position(
     forward_positions(flat, offs, dims, ws, keys_t, b, t, t + 1)
 
 
-@njit(**JIT_OPTIONS)
+@njit(**JIT_INLINE)  # called per decoded byte with the whole workspace
 def forward_positions(
     flat: Any, offs: Any, dims: Any, ws: Any, keys_t: Any, b: int, t0: int, t1: int
 ) -> None:  # pragma: no cover - compiled
