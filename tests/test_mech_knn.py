@@ -127,22 +127,55 @@ def test_the_compiled_search_equals_its_definition() -> None:
     assert not ContinuousCache().cache_distribution(queries, step)[0].any()  # nothing visible
 
 
+def _in_order_dots(q: np.ndarray, keys_t: np.ndarray, m: int) -> np.ndarray:
+    """Σ_c q[c]·key[c] in float64, one feature at a time: the order the definition gives."""
+    expected = np.zeros(m)
+    for c in range(q.size):
+        expected = expected + np.float64(q[c]) * keys_t[c, :m].astype(np.float64)
+    return expected
+
+
+@pytest.mark.parametrize("kernel", ["key_dots", "_key_dots_fused", "search_dots"])
 @pytest.mark.parametrize("dim", [3, 16, 17])
-def test_key_dots_are_in_order_float64_sums_of_exact_products(dim: int) -> None:
+def test_key_dots_are_in_order_float64_sums_of_exact_products(dim: int, kernel: str) -> None:
     """The search's dot products, computed by feature over blocks of keys, are the plain
     definition's bits: Σ_c q[c]·key[c] in float64 with c in order, over more keys than one
-    block holds; with ``rank`` they are |key|² − 2·q·key."""
-    from mugpt.mechanisms.cache import KEY_BLOCK, key_dots
+    block holds; with ``rank`` they are |key|² − 2·q·key. The fused multiply-adds of the
+    float32 kernel give the same bits (its products are exact)."""
+    from mugpt.mechanisms import cache
+    from mugpt.mechanisms.cache import KEY_BLOCK
 
+    dots = getattr(cache, kernel)
     rng = np.random.default_rng(dim)
     m = KEY_BLOCK * 2 + 37
     keys_t = np.ascontiguousarray(rng.standard_normal((dim, m + 5)).astype(np.float32))
     q = rng.standard_normal(dim).astype(np.float32)
-    expected = np.zeros(m)
-    for c in range(dim):  # one feature at a time: the order the definition gives
-        expected = expected + np.float64(q[c]) * keys_t[c, :m].astype(np.float64)
+    expected = _in_order_dots(q, keys_t, m)
     out, sq = np.full(m + 5, -7.0), rng.standard_normal(m + 5)
-    key_dots(q, keys_t, m, out, sq, False)
+    dots(q, keys_t, m, out, sq, False)
     assert np.array_equal(out[:m], expected) and (out[m:] == -7.0).all()
-    key_dots(q, keys_t, m, out, sq, True)
+    dots(q, keys_t, m, out, sq, True)
     assert np.array_equal(out[:m], sq[:m] - 2.0 * expected)
+
+
+def test_float64_keys_are_searched_without_fused_multiply_adds() -> None:
+    """Float64 products are not exact, so a fused multiply-add would round differently (and
+    differ between CPUs with and without one): compiled code and Python both choose the
+    plain kernel for float64 and give the definition's bits."""
+    from numba import njit
+
+    from mugpt.mechanisms.cache import search_dots
+
+    @njit
+    def compiled(q, keys_t, m, out, sq):  # type: ignore[no-untyped-def]
+        search_dots(q, keys_t, m, out, sq, False)
+
+    rng = np.random.default_rng(5)
+    m, dim = 3000, 16
+    keys_t = rng.standard_normal((dim, m))
+    q = rng.standard_normal(dim)
+    expected = _in_order_dots(q, keys_t, m)
+    for call in (compiled, lambda *a: search_dots(*a, False)):
+        out = np.zeros(m)
+        call(q, keys_t, m, out, np.zeros(m))
+        assert np.array_equal(out, expected)
