@@ -111,26 +111,23 @@ def _mix_count(mix: Any, k: int) -> None:
 _INLINE: dict[str, Any] = {"inline": "always", "jit_options": {"error_model": "numpy"}}
 
 
-@overload(_mix, **_INLINE)
-def _mix_impl(mix: Any, rows: Any, inputs: Any, slots: Any, j: Any) -> Any:  # pragma: no cover
-    def mixes(mix: Any, rows: Any, inputs: Any, slots: Any, j: Any) -> Any:
-        mix_row(mix, rows, inputs, slots, j)
+def _when_mixer(python: Any, kernel: Any) -> None:
+    """Compiled, ``python(mix, a, b, c, j)`` becomes ``kernel(mix, a, b, c, j)`` inlined, or
+    nothing at all when ``mix`` is None."""
 
-    def nothing(mix: Any, rows: Any, inputs: Any, slots: Any, j: Any) -> Any:
-        return None
+    @overload(python, **_INLINE)
+    def choose(mix: Any, a: Any, b: Any, c: Any, j: Any) -> Any:  # pragma: no cover
+        def call(mix: Any, a: Any, b: Any, c: Any, j: Any) -> Any:
+            kernel(mix, a, b, c, j)
 
-    return nothing if isinstance(mix, types.NoneType) else mixes
+        def nothing(mix: Any, a: Any, b: Any, c: Any, j: Any) -> Any:
+            return None
+
+        return nothing if isinstance(mix, types.NoneType) else call
 
 
-@overload(_mix_learn, **_INLINE)
-def _mix_learn_impl(mix: Any, targets: Any, inputs: Any, slots: Any, j: Any) -> Any:  # pragma: no cover  # fmt: skip
-    def learns(mix: Any, targets: Any, inputs: Any, slots: Any, j: Any) -> Any:
-        _learn(mix, targets, inputs, slots, j)
-
-    def nothing(mix: Any, targets: Any, inputs: Any, slots: Any, j: Any) -> Any:
-        return None
-
-    return nothing if isinstance(mix, types.NoneType) else learns
+_when_mixer(_mix, mix_row)
+_when_mixer(_mix_learn, _learn)
 
 
 @overload(_mix_count, **_INLINE)
