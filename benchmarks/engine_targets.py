@@ -3,16 +3,19 @@
 - decompress vs compress, ``--preset strong``, on the same bytes (target ≥ 0.8×);
 - the seed preset at its own lr (1e-2) vs the same at lr 1e-4 (target ≥ 0.9×);
 - the seed preset at k = 1 vs the PyTorch eager reference ``mugpt.bench.torch_ref``
-  (target ≥ 10×).
+  (target ≥ 10×);
+- the seed preset at k = 1 with each of the seven mechanisms (default settings) vs the
+  plain seed preset, all on the compiled loop (target ≥ 0.8×; ``--only mechanisms``).
 
 Each pair is run A, B, A, B, ... ``--repeats`` times; the figures are medians of process CPU
 time (wall medians beside them) and the ratio is the median of the pair-by-pair ratios, so
 that a comparison holds while a shared machine's speed drifts. The CPU model and the measured
 single-thread float32 matmul peak (``mugpt.bench.measure.measure_peak``) head the output.
 
-    python benchmarks/engine_targets.py                 # all three, 3 pairs each
+    python benchmarks/engine_targets.py                 # all four, 3 pairs each
     python benchmarks/engine_targets.py --only codec --repeats 5
     python benchmarks/engine_targets.py --file some.txt --codec-bytes 60k
+    python benchmarks/engine_targets.py --only mechanisms --repeats 7
 """
 
 from __future__ import annotations
@@ -105,6 +108,24 @@ def bench_torch(data: bytes, repeats: int) -> None:
            "torch eager reference", lambda: TorchLearner(cfg).run(data), len(data), repeats, 10.0)  # fmt: skip
 
 
+MECHANISMS = ("grad_clip", "selective_backprop", "adaptive_lr", "replay", "cache", "knn",
+              "ngram_mix")  # fmt: skip
+
+
+def bench_mechanisms(data: bytes, repeats: int) -> None:
+    stream = Stream.from_bytes(data)
+
+    def run(mechanism: str | None) -> Callable[[], Any]:
+        cfg = RunConfig.from_dict({"mechanisms": [{"name": mechanism}] if mechanism else []})
+        return lambda: cfg.build_learner().run(stream)
+
+    for name in (None, *MECHANISMS):  # warm-up: kernels loaded or compiled
+        run(name)()
+    print(f"\nseed preset, k = 1, {len(data):,} bytes, each mechanism vs none")
+    for name in MECHANISMS:
+        paired(f"seed+{name}", run(name), "seed", run(None), len(data), repeats, 0.8)
+
+
 def _size(text: str) -> int:
     t = text.strip().lower()
     mult = {"k": 1000, "m": 1000_000}.get(t[-1:], 1)
@@ -118,13 +139,14 @@ def _size(text: str) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument("--only", choices=["codec", "lr", "torch"], action="append",
+    ap.add_argument("--only", choices=["codec", "lr", "torch", "mechanisms"], action="append",
                     help="run only these comparisons (repeatable; default all)")  # fmt: skip
     ap.add_argument("--repeats", type=int, default=3, help="pairs per comparison (>= 3)")
     ap.add_argument("--file", help="the bytes to use (default: the built-in default stream)")
     ap.add_argument("--codec-bytes", default="60k")
     ap.add_argument("--lr-bytes", default="100k")
     ap.add_argument("--torch-bytes", default="5k")
+    ap.add_argument("--mechanism-bytes", default="30k")
     args = ap.parse_args()
     if args.repeats < 3:
         raise SystemExit("error: --repeats must be at least 3 (medians of three or more)")
@@ -141,13 +163,15 @@ def main() -> None:
     print(f"matmul peak: {peak['gflops']:.1f} GFLOP/s wall, {peak['gflops_cpu']:.1f} GFLOP/s cpu "
           f"(float32 {peak['size']}x{peak['size']} product via NumPy's BLAS, best of 7)")  # fmt: skip
     print(f"data: {args.file or 'the default stream'}; medians of {args.repeats} A/B pairs")
-    only = args.only or ["codec", "lr", "torch"]
+    only = args.only or ["codec", "lr", "torch", "mechanisms"]
     if "codec" in only:
         bench_codec(source[: _size(args.codec_bytes)], args.repeats)
     if "lr" in only:
         bench_lr(source[: _size(args.lr_bytes)], args.repeats)
     if "torch" in only:
         bench_torch(source[: _size(args.torch_bytes)], args.repeats)
+    if "mechanisms" in only:
+        bench_mechanisms(source[: _size(args.mechanism_bytes)], args.repeats)
 
 
 if __name__ == "__main__":
