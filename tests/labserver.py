@@ -25,7 +25,7 @@ def start_lab(
     runs_dir.mkdir(parents=True, exist_ok=True)
     log_path = runs_dir / "server.log"
     command = [sys.executable, "-m", "mugpt", "serve", "--no-browser", "--port", "0"]
-    command += ["--runs-dir", str(runs_dir), "--token", token, *args]
+    command += ["--runs-dir", str(runs_dir), f"--token={token}", *args]  # may start with "-"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT,

@@ -249,6 +249,15 @@ def test_bad_serve_flags_are_one_clear_line(
     assert message in err and "\n" not in err and "Traceback" not in err
 
 
+def test_a_token_that_starts_with_a_dash_is_taken_whole_after_an_equals_sign() -> None:
+    # secrets.token_urlsafe gives such a token one time in 64; the help says to write
+    # --token=VALUE for it (argparse reads "--token -x" as a missing value)
+    from mugpt.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--token=-1IHNKaTjSNyReudLp4Spw"])
+    assert args.token == "-1IHNKaTjSNyReudLp4Spw"
+
+
 def test_runs_dir_that_is_a_file_is_one_clear_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

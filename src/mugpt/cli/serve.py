@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a further host name to answer to (besides 127.0.0.1, localhost, ::1 "
                    "and --host); repeatable")  # fmt: skip
     p.add_argument("--token", metavar="VALUE", default=None,
-                   help="the token the page and API require (default: a fresh random one)")  # fmt: skip
+                   help="the token the page and API require (default: a fresh random one); "
+                   "write --token=VALUE if VALUE starts with -")  # fmt: skip
     p.add_argument("--no-token", action="store_true",
                    help="require no token (only with a loopback --host)")  # fmt: skip
     p.add_argument("--open", metavar="RUN_DIR", action="append", default=[],
