@@ -58,7 +58,7 @@ from mugpt.engine.loop import (
 from mugpt.engine.loop import _update as update_part
 from mugpt.engine.window import gather_step
 from mugpt.mechanisms.ngram_mix import _learn, mix_row
-from mugpt.model.constants import JIT_INLINE, JIT_OPTIONS, PROB_FLOOR
+from mugpt.model.constants import JIT_INLINE, JIT_OPTIONS, OVERLOAD_INLINE, PROB_FLOOR
 from mugpt.model.fast import D_T, forward_batch
 from mugpt.model.incremental import forward_positions, prepare_head
 
@@ -108,7 +108,7 @@ def _mix_count(mix: Any, k: int) -> None:
 # Compiled, the three are chosen by the type of ``mix`` and inlined into decode_steps: a
 # compiled function that takes the mixer's named tuple and calls on takes and drops a
 # reference to every one of its arrays, on every byte.
-_INLINE: dict[str, Any] = {"inline": "always", "jit_options": {"error_model": "numpy"}}
+_INLINE = OVERLOAD_INLINE
 
 
 def _when_mixer(python: Any, kernel: Any) -> None:

@@ -36,7 +36,8 @@ import math
 from typing import Any, NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from mugpt.engine.window import gather_step
 from mugpt.mechanisms.adaptive_lr import observe_kernel, scale_kernel
@@ -45,7 +46,7 @@ from mugpt.mechanisms.grad_clip import clip_kernel
 from mugpt.mechanisms.ngram_mix import mix_window
 from mugpt.mechanisms.replay import replay_step
 from mugpt.mechanisms.selective_backprop import keep_kernel
-from mugpt.model.constants import JIT_OPTIONS, PROB_FLOOR
+from mugpt.model.constants import JIT_OPTIONS, OVERLOAD_INLINE, PROB_FLOOR
 from mugpt.model.fast import (
     D_T,
     backward_batch,
@@ -343,7 +344,6 @@ def _replays_full(replay: Any) -> bool:  # pragma: no cover - compiled
     return False
 
 
-@njit(**_JIT)
 def _replay(
     replay: Any,
     model: Any,
@@ -368,6 +368,42 @@ def _replay(
     for i in range(tally.size):
         tally[i] = 0
     return made
+
+
+@overload(_replay, **OVERLOAD_INLINE)
+def _replay_inlined(
+    replay: Any,
+    model: Any,
+    opt: Any,
+    rng: Any,
+    counters: Any,
+    step: int,
+    window: int,
+    n_in: int,
+    first: int,
+    window_loss: float,
+) -> Any:  # pragma: no cover - compiled
+    """Compiled, :func:`_replay` is chosen by the type of ``replay`` and inlined into the
+    step loop, so a step does not take and drop a reference to every array of the model,
+    optimiser and replay tuples (it cost replay ~15 us a step even when nothing was due)."""
+    if isinstance(replay, types.NoneType):
+
+        def nothing(
+            replay: Any,
+            model: Any,
+            opt: Any,
+            rng: Any,
+            counters: Any,
+            step: int,
+            window: int,
+            n_in: int,
+            first: int,
+            window_loss: float,
+        ) -> int:
+            return 0
+
+        return nothing
+    return _replay
 
 
 # ---------------------------------------------------------------------------- the loop

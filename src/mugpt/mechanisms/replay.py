@@ -46,7 +46,7 @@ from pydantic import Field
 from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
 from mugpt.mechanisms.rng import next_double
 from mugpt.model import OptimConfig, Optimizer
-from mugpt.model.constants import BOS, JIT_OPTIONS
+from mugpt.model.constants import BOS, JIT_INLINE, JIT_OPTIONS
 from mugpt.model.fast import (
     D_T,
     backward_batch,
@@ -550,7 +550,7 @@ def _offer(st: Any, n: int, loss_bits: float, rng: Any) -> int:  # pragma: no co
     return slot
 
 
-@njit(**JIT_OPTIONS)
+@njit(**JIT_INLINE)
 def replay_step(
     st: Any,
     model: Any,

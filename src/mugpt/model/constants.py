@@ -62,3 +62,9 @@ whole workspaces (named tuples of many arrays): inlined into its caller, so a ca
 take and drop a reference to every array of those tuples at entry and exit (two atomic
 operations each). Same bits: inlining changes no arithmetic (checked on the strong
 preset's 60 kB encode: the same payload)."""
+
+OVERLOAD_INLINE: Mapping[str, Any] = {"inline": "always", "jit_options": {"error_model": "numpy"}}
+"""``numba.extending.overload`` options of an optional hook chosen by the type of its state
+(None or a named tuple) and inlined into its compiled caller, for the reason of
+:data:`JIT_INLINE` (plain inlining happens before a ``state is None`` branch could be
+pruned, so a None state would not type)."""
