@@ -4,6 +4,8 @@
 - the seed preset at its own lr (1e-2) vs the same at lr 1e-4 (target ≥ 0.9×);
 - the seed preset at k = 1 vs the PyTorch eager reference ``mugpt.bench.torch_ref``
   (target ≥ 10×);
+- the coder with sub-streams (``batch_streams`` 4 and 16) beside one stream, and its
+  decompress vs compress (``--only substreams``);
 - the seed preset at k = 1 with each of the seven mechanisms (default settings) vs the
   plain seed preset, all on the compiled loop (target ≥ 0.8×; ``--only mechanisms``).
 
@@ -12,7 +14,7 @@ time (wall medians beside them) and the ratio is the median of the pair-by-pair 
 that a comparison holds while a shared machine's speed drifts. The CPU model and the measured
 single-thread float32 matmul peak (``mugpt.bench.measure.measure_peak``) head the output.
 
-    python benchmarks/engine_targets.py                 # all four, 3 pairs each
+    python benchmarks/engine_targets.py                 # all five, 3 pairs each
     python benchmarks/engine_targets.py --only codec --repeats 5
     python benchmarks/engine_targets.py --file some.txt --codec-bytes 60k
     python benchmarks/engine_targets.py --only mechanisms --repeats 7
@@ -78,6 +80,26 @@ def bench_codec(data: bytes, repeats: int) -> None:
            len(data), repeats, 0.8)  # fmt: skip
 
 
+def bench_substreams(data: bytes, repeats: int) -> None:
+    """The coder with sub-streams (``batch_streams`` B) beside one stream: size and speed."""
+    from mugpt.compress.coder import decode, encode
+
+    def cfg(b: int) -> RunConfig:
+        return RunConfig.from_dict({"preset": "strong", "learner": {"batch_streams": b}})
+
+    print(f"\ncodec with sub-streams, --preset strong, {len(data):,} bytes")
+    for b in (1, 4, 16):
+        blob, report = encode(data, cfg(b))  # warm-up, and the size
+        assert decode(blob)[0] == data
+        print(f"  B = {b:>2}: {len(blob):,} bytes, {report.bpb:.4f} bpb")
+    for b in (4, 16):
+        blob = encode(data, cfg(b))[0]
+        paired(f"compress B = {b}", lambda b=b: encode(data, cfg(b)), "compress B = 1",
+               lambda: encode(data, cfg(1)), len(data), repeats, 1.0)  # fmt: skip
+        paired(f"decompress B = {b}", lambda blob=blob: decode(blob), f"compress B = {b}",
+               lambda b=b: encode(data, cfg(b)), len(data), repeats, 0.8)  # fmt: skip
+
+
 def bench_lr(data: bytes, repeats: int) -> None:
     stream = Stream.from_bytes(data)
 
@@ -139,7 +161,7 @@ def _size(text: str) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument("--only", choices=["codec", "lr", "torch", "mechanisms"], action="append",
+    ap.add_argument("--only", choices=["codec", "substreams", "lr", "torch", "mechanisms"], action="append",
                     help="run only these comparisons (repeatable; default all)")  # fmt: skip
     ap.add_argument("--repeats", type=int, default=3, help="pairs per comparison (>= 3)")
     ap.add_argument("--file", help="the bytes to use (default: the built-in default stream)")
@@ -163,9 +185,11 @@ def main() -> None:
     print(f"matmul peak: {peak['gflops']:.1f} GFLOP/s wall, {peak['gflops_cpu']:.1f} GFLOP/s cpu "
           f"(float32 {peak['size']}x{peak['size']} product via NumPy's BLAS, best of 7)")  # fmt: skip
     print(f"data: {args.file or 'the default stream'}; medians of {args.repeats} A/B pairs")
-    only = args.only or ["codec", "lr", "torch", "mechanisms"]
+    only = args.only or ["codec", "substreams", "lr", "torch", "mechanisms"]
     if "codec" in only:
         bench_codec(source[: _size(args.codec_bytes)], args.repeats)
+    if "substreams" in only:
+        bench_substreams(source[: _size(args.codec_bytes)], args.repeats)
     if "lr" in only:
         bench_lr(source[: _size(args.lr_bytes)], args.repeats)
     if "torch" in only:

@@ -308,6 +308,7 @@ STRONG_LIKE = [
     pytest.param({"preset": "strong", "learner": {"update_every": 7}}, id="strong-k7"),
     pytest.param({"preset": "strong", "learner": {"update_every": 1}}, id="strong-k1"),
     pytest.param({"learner": {"update_every": 13}}, id="seed-k13"),
+    pytest.param({"preset": "strong", "learner": {"batch_streams": 3}}, id="strong-B3"),
     pytest.param(
         {"model": {"n_layers": 2, "tied_head": True}, "learner": {"update_every": 9}},
         id="two-layers-tied-k9",

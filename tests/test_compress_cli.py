@@ -93,9 +93,18 @@ def test_bad_file_gives_a_clear_error_and_no_output(
     assert list(out_dir.iterdir()) == []  # neither the output nor a temporary file
 
 
-def test_sub_streams_are_refused(original: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
-    assert main(["compress", str(original), str(tmp_path / "x.mgz"), "--batch-streams", "4"]) == 2
-    assert "batch_streams=4" in capsys.readouterr().err
+def test_sub_streams_round_trip(original: Path, tmp_path: Path) -> None:
+    packed, back = tmp_path / "x.mgz", tmp_path / "back.txt"
+    assert main(["compress", str(original), str(packed), "--batch-streams", "4", "--quiet"]) == 0
+    assert main(["decompress", str(packed), str(back), "--quiet"]) == 0
+    assert back.read_bytes() == original.read_bytes()
+
+
+def test_sub_streams_the_compiled_coder_cannot_code_are_refused(original: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    argv = ["compress", str(original), str(tmp_path / "x.mgz"), "--batch-streams", "4"]
+    assert main([*argv, "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err
+    assert "batch_streams=4 is coded by the compiled coder only" in err and "numba" in err
     assert not (tmp_path / "x.mgz").exists()
 
 

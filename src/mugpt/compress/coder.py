@@ -180,12 +180,17 @@ def step_sizes(n: int, update_every: int, context: int) -> Iterator[int]:
         pos = end
 
 
-def _check_supported(run_config: Any) -> None:
-    value = getattr(run_config.learner, "batch_streams", 1)
-    if isinstance(value, int) and value > 1:
+def _check_supported(learner: Any) -> None:
+    """Sub-streams (B > 1) are coded step by step, window by window, which only the compiled
+    coder does (the Python decoder decodes one stream)."""
+    value = learner.cfg.batch_streams
+    if value > 1 and not _compiled_decoder_ok(learner):
+        from mugpt.compress.steps import DECODABLE
+
         raise ConfigError(
-            f"compress codes one stream: batch_streams={value} (sub-streams learned as one "
-            "batch) is not supported by the compressed format; drop --batch-streams"
+            f"batch_streams={value} is coded by the compiled coder only, which needs the numba "
+            f"backend and no mechanisms but {', '.join(sorted(DECODABLE))}; drop "
+            "--batch-streams or the other mechanisms"
         )
 
 
@@ -359,20 +364,23 @@ class _ForwardReuse:
 
 
 def _build_learner(run_config: Any) -> Any:
-    _check_supported(run_config)
-    return run_config.build_learner()
+    learner = run_config.build_learner()
+    _check_supported(learner)
+    return learner
 
 
 def _ticker(progress: ProgressFn | None, total: int) -> Callable[..., None]:
+    """``tick(bytes done, coded bits so far, final=False)``: calls ``progress`` with the
+    bits per byte so far, at most every ``_PROGRESS_SECONDS`` (and on the final call)."""
     last = [0.0]
 
-    def tick(done: int, learner: Any, final: bool = False) -> None:
+    def tick(done: int, bits: float, final: bool = False) -> None:
         if progress is None:
             return
         now = time.perf_counter()
         if final or now - last[0] >= _PROGRESS_SECONDS:
             last[0] = now
-            progress(done, total, learner.running_bpb() if done else float("nan"))
+            progress(done, total, bits / done if done else float("nan"))
 
     return tick
 
@@ -403,24 +411,17 @@ def encode(
     bits = 0.0
 
     starts = np.zeros(array.size + 1, dtype=bool)  # one document: a BOS before byte 0 only
-    scored = np.empty((min(array.size, _CODER_BATCH), learner.model_cfg.vocab_size))
     with deterministic_threads():
-        pos = 0
-        while pos < array.size:
-            # the Learner's fastest path, a batch of whole steps at a time (the schedule of
-            # step_sizes); the rows it scored are coded
-            end = whole_steps_end(
-                starts, pos, min(pos + _CODER_BATCH, array.size), array.size,
-                learner.cfg.update_every, learner.model_cfg.context, pos == 0,
-            )  # fmt: skip
-            if end - pos > scored.shape[0]:
-                scored = np.empty((end - pos, scored.shape[1]))
-            learner.advance(array, starts, end, scored)
-            # one coder call per batch of steps: the same stream as one call per symbol
-            bits += encoder.encode(scored[: end - pos], array[pos:end])
-            pos = end
-            tick(pos, learner)
-        tick(pos, learner, True)
+        if learner._compiled_mechanisms() is not None:
+            # the compiled loop codes the rows it scores, in its order (any batch_streams)
+            from mugpt.compress.steps import StepEncoder
+
+            steps = StepEncoder(encoder, learner.model, tick)
+            learner.advance(array, starts, array.size, steps=steps)
+            bits = steps.bits
+        else:
+            bits = _encode_stepwise(learner, array, starts, encoder, tick)
+        tick(array.size, bits, True)
         fingerprint = platform_fingerprint()
     payload = encoder.finish()
     prequential = float(learner.losses.sum())
@@ -450,6 +451,28 @@ def encode(
         seconds=time.perf_counter() - t0,
     )
     return blob, report
+
+
+def _encode_stepwise(learner: Any, array: np.ndarray, starts: np.ndarray, encoder: Any,
+                     tick: Callable[..., None]) -> float:  # fmt: skip
+    """Codes ``array`` with a Learner the compiled loop cannot run (B = 1), a batch of whole
+    steps at a time (the schedule of :func:`step_sizes`): the rows it scored are coded."""
+    scored = np.empty((min(array.size, _CODER_BATCH), learner.model_cfg.vocab_size))
+    bits = 0.0
+    pos = 0
+    while pos < array.size:
+        end = whole_steps_end(
+            starts, pos, min(pos + _CODER_BATCH, array.size), array.size,
+            learner.cfg.update_every, learner.model_cfg.context, pos == 0,
+        )  # fmt: skip
+        if end - pos > scored.shape[0]:
+            scored = np.empty((end - pos, scored.shape[1]))
+        learner.advance(array, starts, end, scored)
+        # one coder call per batch of steps: the same stream as one call per symbol
+        bits += encoder.encode(scored[: end - pos], array[pos:end])
+        pos = end
+        tick(pos, bits)
+    return bits
 
 
 # ---------------------------------------------------------------------------- decode
@@ -566,28 +589,19 @@ def _decode_compiled(learner: Any, payload: bytes, out: np.ndarray, limits: _Lim
     """Decodes into ``out`` with the compiled steps, a batch of whole steps per call."""
     from mugpt.compress.steps import E_INVALID, E_LOST, E_USED_UP, StepDecoder
 
-    context = learner.model_cfg.context
-    steps = StepDecoder(payload, learner.model, limits.budget, limits.lost_limit, AFTER_END_BITS)
+    steps = StepDecoder(payload, learner.model, limits.budget, limits.lost_limit, AFTER_END_BITS, tick)  # fmt: skip
     starts = np.zeros(out.size + 1, dtype=bool)  # one document, as encode
-    pos = 0
-    while pos < out.size:
-        end = whole_steps_end(
-            starts, pos, min(pos + _CODER_BATCH, out.size), out.size,
-            learner.cfg.update_every, context, pos == 0,
-        )  # fmt: skip
-        learner.advance(out, starts, end, None, steps=steps)
-        error = steps.error
-        if error is not None:
-            code, at = error
-            if code == E_INVALID:
-                raise limits.invalid(at)
-            if code == E_USED_UP:
-                raise limits.used_up(at)
-            assert code == E_LOST, error
-            raise limits.too_costly(at, steps.lost)
-        pos = end
-        tick(pos, learner)
-    tick(pos, learner, True)
+    learner.advance(out, starts, out.size, None, steps=steps)  # stops at an error
+    error = steps.error
+    if error is not None:
+        code, at = error
+        if code == E_INVALID:
+            raise limits.invalid(at)
+        if code == E_USED_UP:
+            raise limits.used_up(at)
+        assert code == E_LOST, error
+        raise limits.too_costly(at, steps.lost)
+    tick(out.size, steps.bits, True)
     return steps.bits
 
 
@@ -656,8 +670,8 @@ def _decode_bytewise(learner: Any, payload: bytes, out: np.ndarray, limits: _Lim
         if lost > limits.lost_limit:
             raise limits.too_costly(pos + size, lost)
         pos += size
-        tick(pos, learner)
-    tick(pos, learner, True)
+        tick(pos, bits)
+    tick(pos, bits, True)
     return bits
 
 

@@ -32,6 +32,7 @@ recorded (``recorded_loss_limit``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -53,6 +54,7 @@ from mugpt.engine.loop import (
     I_REPLAYS,
     I_WINDOW_LOSS,
     I_WINDOWS,
+    _keep_rows,
     batch_loss_bits,
 )
 from mugpt.engine.loop import _update as update_part
@@ -66,7 +68,7 @@ from mugpt.model.incremental import forward_positions, prepare_head
 DECODABLE = frozenset({"ngram_mix", "grad_clip", "selective_backprop"})
 
 # nums: running figures and limits
-N_BITS, N_EXHAUSTED, N_LOST, N_BUDGET, N_LOST_LIMIT, N_AFTER_END = range(6)
+N_BITS, N_EXHAUSTED, N_LOST, N_BUDGET, N_LOST_LIMIT, N_AFTER_END, N_BYTES = range(7)
 # flags: error code and the byte count it names
 F_ERROR, F_AT = range(2)
 E_NONE, E_INVALID, E_USED_UP, E_LOST = range(4)
@@ -142,8 +144,9 @@ def _mix_count_impl(mix: Any, k: Any) -> Any:  # pragma: no cover - compiled
 
 
 @njit(**JIT_INLINE)
-def _decode_byte(dec: Any, row: Any, index: int) -> int:  # pragma: no cover - compiled
-    """Byte ``index`` decoded under ``row``, with the payload checks; -1 on an error."""
+def _decode_byte(dec: Any, row: Any, index: int, decoded: int) -> int:  # pragma: no cover
+    """Byte ``index`` of the stream, the one after ``decoded`` bytes decoded, decoded under
+    ``row``, with the payload checks; -1 on an error (F_AT: the byte, or the bytes decoded)."""
     quantise(row, dec.freq)
     s = decode_symbol(dec.coder, dec.payload, dec.freq)
     nums, flags = dec.nums, dec.flags
@@ -156,7 +159,7 @@ def _decode_byte(dec: Any, row: Any, index: int) -> int:  # pragma: no cover - c
         nums[N_EXHAUSTED] = nums[N_BITS]
     if nums[N_BITS] > nums[N_BUDGET] or nums[N_BITS] - nums[N_EXHAUSTED] > nums[N_AFTER_END]:
         flags[F_ERROR] = E_USED_UP
-        flags[F_AT] = index + 1
+        flags[F_AT] = decoded + 1
         return -1
     return s
 
@@ -173,10 +176,12 @@ def decode_steps(
     max_steps: int,
     dec: Any,
 ) -> int:  # pragma: no cover - compiled
-    """Up to ``max_steps`` steps of one stream (B = 1) decoded from ``dec``'s payload into
-    stream.data and learnt; returns how many were made (0 once finished or after an error).
-    A step in which an error arises is still completed (its later bytes stay 0), so the
-    Learner's records stay whole; the caller then reads ``dec.flags``."""
+    """Up to ``max_steps`` steps decoded from ``dec``'s payload into stream.data and learnt;
+    returns how many were made (0 once finished or after an error). A step reads one window
+    per unfinished segment (``batch_streams`` B ≥ 1), decoded window after window, byte
+    after byte: the order in which the loop scores them and the encoder codes them. A step
+    in which an error arises is still completed (its later bytes stay 0), so the Learner's
+    records stay whole; the caller then reads ``dec.flags``."""
     ws = model.ws
     t_len = model.dims[D_T]
     rows, rec, counters, info = out.rows, out.rec, out.counters, out.info
@@ -185,6 +190,7 @@ def decode_steps(
     # the tuples' members taken once: each read of a named tuple of arrays in the byte loop
     # would take and drop a reference to every one of them
     flat, offs, dims, keys_t, mix = model.flat, model.offs, model.dims, dec.keys_t, mechs.mix
+    seg_end = stream.seg_end
     steps = 0
     while steps < max_steps and flags[F_ERROR] == 0:
         n_win, n_rec, total_w = gather_step(
@@ -193,56 +199,62 @@ def decode_steps(
         )  # fmt: skip
         if n_win == 0:
             break
-        if n_rec == 1:
-            # one new byte (k = 1): every input of the window is known already (the byte is
-            # only a target), so the one full forward pass computes it, as the loop's does
-            forward_batch(flat, offs, dims, ws, 1)
-            done = t_len
+        # one new byte per window (k = 1): every input of the windows is known already (the
+        # bytes are only targets), so one full forward pass computes them, as the loop's does
+        known = n_rec == n_win
+        if known:
+            forward_batch(flat, offs, dims, ws, n_win)
         else:
             prepare_head(flat, offs, dims, ws)
-            done = 0
-        hist = stream.hist[0]
-        hl = stream.hist_len[0]
-        n_in = min(hl, t_len + 1) - 1
-        k = n_rec
-        first = rec[0, 2]
         failed = False
-        idx, tgt = ws.idx[0], ws.tgt[0]
-        for j in range(k):
-            slot = rec[j, 1]
-            slots[j] = slot
-            forward_positions(flat, offs, dims, ws, keys_t, 0, done, slot + 1)
-            done = slot + 1
-            for y in range(rows.shape[1]):
-                rows[j, y] = ws.probs[0, slot, y]
-            _mix(mix, rows, idx, slots, j)
-            symbol = 0
-            if not failed:
-                s = _decode_byte(dec, rows[j], first + j)
-                if s < 0:
-                    failed = True
-                else:
-                    symbol = s
-            stream.data[first + j] = symbol
-            targets[j] = symbol
-            tgt[slot] = symbol
-            if slot + 1 < n_in:
-                idx[slot + 1] = symbol
-            hist[hl - k + j] = symbol
-            _mix_learn(mix, targets, idx, slots, j)
-        forward_positions(flat, offs, dims, ws, keys_t, 0, done, t_len)
-        counters[C_FORWARD] += 1
-        _mix_count(mix, k)
         lost = 0.0
-        for j in range(k):  # score
-            p = max(rows[j, targets[j]], PROB_FLOOR)
-            loss = -math.log2(p)
-            out.losses[first + j - out.base] = loss
-            lost += loss
-        if out.scored.shape[0] > 0:
+        r0 = 0
+        seg = 0
+        for w in range(n_win):
+            r1 = r0
+            while r1 < n_rec and rec[r1, 0] == w:
+                r1 += 1
+            k = r1 - r0
+            first = rec[r0, 2]
+            while seg_end[seg] <= first:  # the window's segment (windows in segment order)
+                seg += 1
+            hist = stream.hist[seg]
+            hl = stream.hist_len[seg]
+            n_in = min(hl, t_len + 1) - 1
+            done = t_len if known else 0
+            idx, tgt = ws.idx[w], ws.tgt[w]
             for j in range(k):
+                slot = rec[r0 + j, 1]
+                slots[j] = slot
+                forward_positions(flat, offs, dims, ws, keys_t, w, done, slot + 1)
+                done = max(done, slot + 1)
                 for y in range(rows.shape[1]):
-                    out.scored[first + j - out.base, y] = rows[j, y]
+                    rows[j, y] = ws.probs[w, slot, y]
+                _mix(mix, rows, idx, slots, j)
+                symbol = 0
+                if not failed:
+                    s = _decode_byte(dec, rows[j], first + j, int(nums[N_BYTES]) + r0 + j)
+                    if s < 0:
+                        failed = True
+                    else:
+                        symbol = s
+                stream.data[first + j] = symbol
+                targets[j] = symbol
+                tgt[slot] = symbol
+                if slot + 1 < n_in:
+                    idx[slot + 1] = symbol
+                hist[hl - k + j] = symbol
+                _mix_learn(mix, targets, idx, slots, j)
+            forward_positions(flat, offs, dims, ws, keys_t, w, done, t_len)
+            _mix_count(mix, k)
+            for j in range(k):  # score
+                p = max(rows[j, targets[j]], PROB_FLOOR)
+                loss = -math.log2(p)
+                out.losses[first + j - out.base] = loss
+                lost += loss
+            _keep_rows(out, rows, first, k)
+            r0 = r1
+        counters[C_FORWARD] += 1
         info[I_WINDOW_LOSS] = batch_loss_bits(ws.probs, ws.tgt, ws.wts, n_win)
         update_part(model, opt, out, mechs, n_win, total_w)
         info[I_REPLAYS] = 0
@@ -251,14 +263,77 @@ def decode_steps(
         info[I_RECORDS] = n_rec
         info[I_WINDOWS] = n_win
         nums[N_LOST] += lost
+        nums[N_BYTES] += n_rec
         if flags[F_ERROR] == 0 and nums[N_LOST] > nums[N_LOST_LIMIT]:
             flags[F_ERROR] = E_LOST
-            flags[F_AT] = first + k
+            flags[F_AT] = int(nums[N_BYTES])
     return steps
 
 
+#: Bytes the coder's steps code (or decode) per call of the compiled loop, at most: a bound
+#: on the encoder's row buffer (8·257 bytes a row) and the interval of progress reports.
+BATCH_BYTES = 4096
+
+#: ``tick(bytes done, coded bits so far)``: progress, after each call of the compiled loop.
+Tick = Callable[[int, float], None]
+
+
+def steps_for(n_bytes: int, stream: Any, model: Any, update_every: int) -> int:
+    """The most steps whose bytes surely fit in ``n_bytes`` (at least one): a step reads at
+    most min(k, T) bytes of each of the stream's segments."""
+    per_step = stream.seg_pos.size * min(update_every, int(model.dims[D_T]))
+    return max(1, n_bytes // per_step)
+
+
+class StepEncoder:
+    """The ``steps`` of ``Learner.advance`` that code the bytes they learn: the compiled loop
+    (:func:`mugpt.engine.loop.run_steps`) writes each byte's scored row into this object's
+    buffer, in the order it scores them (step by step, window by window), and after each
+    call the rows go to the range ``encoder`` in that order, which :func:`decode_steps`
+    decodes in. ``bits`` is the coded bits so far, ``done`` the bytes coded.
+
+    Example:
+        >>> import numpy as np
+        >>> from mugpt.compress.range import Encoder
+        >>> from mugpt.engine import Learner, LearnerConfig
+        >>> learner = Learner(learner_cfg=LearnerConfig(update_every=4, batch_streams=2))
+        >>> data = np.frombuffer(b"abcdefgh" * 4, dtype=np.uint8)
+        >>> steps = StepEncoder(Encoder(), learner.model)
+        >>> learner.advance(data, np.zeros(data.size + 1, dtype=bool), data.size, steps=steps)
+        >>> steps.done, steps.at[:12].tolist()  # byte indices in coding order, 4 a window
+        (32, [0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7])
+        >>> abs(steps.bits - float(learner.losses.sum())) < 1  # quantised vs exact rows
+        True
+    """
+
+    def __init__(self, encoder: Any, model: Any, tick: Tick | None = None) -> None:
+        rows = max(BATCH_BYTES, model.cfg.context)
+        self.encoder, self.tick = encoder, tick
+        self.rows = np.zeros((rows, model.cfg.vocab_size))
+        self.at = np.zeros(rows, dtype=np.int64)
+        self.n = np.zeros(1, dtype=np.int64)
+        self.bits = 0.0
+        self.done = 0
+
+    def __call__(self, model: Any, opt: Any, stream: Any, out: Any, mechs: Any,
+                 update_every: int, new_only: bool, max_steps: int) -> int:  # fmt: skip
+        from mugpt.engine.loop import run_steps
+
+        max_steps = min(max_steps, steps_for(self.rows.shape[0], stream, model, update_every))
+        self.n[0] = 0
+        mine = out._replace(scored=self.rows, scored_at=self.at, n_scored=self.n)
+        made = run_steps(model, opt, stream, mine, mechs, update_every, new_only, max_steps)
+        n = int(self.n[0])
+        self.bits += self.encoder.encode(self.rows[:n], stream.data[self.at[:n]])
+        self.done += n
+        if self.tick is not None:
+            self.tick(self.done, self.bits)
+        return made
+
+
 class StepDecoder:
-    """The ``steps`` of ``Learner.advance`` that decode ``payload`` while they learn.
+    """The ``steps`` of ``Learner.advance`` that decode ``payload`` while they learn, the
+    bytes in the order :class:`StepEncoder` codes them.
 
     ``budget``, ``lost_limit`` and ``after_end`` are the limits of
     :func:`mugpt.compress.coder.decode`; after each ``advance`` :attr:`error` is
@@ -266,12 +341,13 @@ class StepDecoder:
     decoded bytes' prequential bits."""
 
     def __init__(self, payload: bytes, model: Any, budget: float, lost_limit: float,
-                 after_end: float) -> None:  # fmt: skip
+                 after_end: float, tick: Tick | None = None) -> None:  # fmt: skip
         from mugpt.model.incremental import key_scratch
 
+        self.tick = tick
         context = model.cfg.context
         data = np.frombuffer(payload, dtype=np.uint8)
-        nums = np.zeros(6)
+        nums = np.zeros(7)
         nums[N_EXHAUSTED] = np.nan
         nums[N_BUDGET], nums[N_LOST_LIMIT], nums[N_AFTER_END] = budget, lost_limit, after_end
         self.state = DecodeState(
@@ -288,8 +364,16 @@ class StepDecoder:
 
     def __call__(self, model: Any, opt: Any, stream: Any, out: Any, mechs: Any,
                  update_every: int, new_only: bool, max_steps: int) -> int:  # fmt: skip
-        assert stream.seg_pos.size == 1, "the decoder reads one stream"
-        return int(decode_steps(model, opt, stream, out, mechs, update_every, new_only, max_steps, self.state))  # fmt: skip
+        max_steps = min(max_steps, steps_for(BATCH_BYTES, stream, model, update_every))
+        made = int(decode_steps(model, opt, stream, out, mechs, update_every, new_only, max_steps, self.state))  # fmt: skip
+        if self.tick is not None:
+            self.tick(self.decoded, self.bits)
+        return made
+
+    @property
+    def decoded(self) -> int:
+        """Bytes decoded so far."""
+        return int(self.state.nums[N_BYTES])
 
     @property
     def error(self) -> tuple[int, int] | None:

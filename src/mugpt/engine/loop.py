@@ -46,7 +46,7 @@ from mugpt.mechanisms.grad_clip import clip_kernel
 from mugpt.mechanisms.ngram_mix import mix_window
 from mugpt.mechanisms.replay import replay_step
 from mugpt.mechanisms.selective_backprop import keep_kernel
-from mugpt.model.constants import JIT_OPTIONS, OVERLOAD_INLINE, PROB_FLOOR
+from mugpt.model.constants import JIT_INLINE, JIT_OPTIONS, OVERLOAD_INLINE, PROB_FLOOR
 from mugpt.model.fast import (
     D_T,
     backward_batch,
@@ -110,8 +110,13 @@ class StreamArrays(NamedTuple):
 class Outputs(NamedTuple):
     """What the loop writes: each byte's loss at losses[index − base], the counters, and the
     last step's records rec (R, 3) = (window, slot, byte index), its final (adjusted) rows
-    of the last window ``rows`` (T, V) and the ``info`` vector. ``scored`` (N, V), when not
-    empty, receives every byte's scored row at [index − base] (the range coder codes them)."""
+    of the last window ``rows`` (T, V) and the ``info`` vector.
+
+    ``scored`` (N, V), when not empty, receives every byte's scored row in the order the
+    bytes are scored (step by step, window by window: the order a range coder codes them,
+    which with one segment is stream order), at the cursor ``n_scored[0]``, which it
+    advances; ``scored_at`` (N,) receives each row's byte index. The caller sizes them for
+    the steps it asks for (at most B·T rows a step) and resets the cursor."""
 
     losses: np.ndarray
     base: int
@@ -120,6 +125,8 @@ class Outputs(NamedTuple):
     rows: np.ndarray
     info: np.ndarray
     scored: np.ndarray
+    scored_at: np.ndarray
+    n_scored: np.ndarray
 
 
 class Mechanisms(NamedTuple):
@@ -208,6 +215,18 @@ def _window_loss_sums(
             num += w * -math.log2(max(float(probs[t, targets[t]]), PROB_FLOOR))
             den += w
     return num, den
+
+
+@njit(**JIT_INLINE)
+def _keep_rows(out: Any, rows: Any, first: int, k: int) -> None:  # pragma: no cover
+    """Rows rows[:k] of bytes first … first + k − 1 go to ``out.scored`` at its cursor."""
+    if out.scored.shape[0] > 0:
+        at = out.n_scored[0]
+        for j in range(k):
+            out.scored_at[at + j] = first + j
+            for y in range(rows.shape[1]):
+                out.scored[at + j, y] = rows[j, y]
+        out.n_scored[0] = at + k
 
 
 # ---------------------------------------------------------------------------- update
@@ -486,10 +505,7 @@ def compiled_steps(
             for j in range(k):  # score
                 p = max(rows[j, targets[j]], PROB_FLOOR)
                 out.losses[first + j - out.base] = -math.log2(p)
-            if out.scored.shape[0] > 0:
-                for j in range(k):
-                    for y in range(rows.shape[1]):
-                        out.scored[first + j - out.base, y] = rows[j, y]
+            _keep_rows(out, rows, first, k)
             for j in range(mechs.order.size):  # observe
                 kind = mechs.order[j]
                 if kind == K_ADAPT:

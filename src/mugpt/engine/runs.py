@@ -136,18 +136,7 @@ class StreamRuns:
                 report(pos, end, bpb)  # progress towards the call's end, not the block's
 
         with compile_timer() as compiling:
-            while True:
-                # with blocks of sub-streams, one block at a time (blocks are aligned to 0)
-                stop = end if block == 0 else min(end, (self.position // block + 1) * block)
-                rows = None if scored is None else scored[self.position - begin :]
-                if compiled is not None:
-                    self._run_compiled(data, starts, stop, progress, progress_every, compiled, rows)
-                elif self.cfg.batch_streams > 1:
-                    self._run_batched(data, starts, stop, progress, progress_every)
-                else:
-                    self._run_steps(data, starts, stop, progress, progress_every, rows)
-                if self.position >= end:
-                    break
+            self._read(data, starts, end, progress, progress_every, compiled, scored)
         seconds = time.perf_counter() - t0
         return RunResult(
             losses=self.losses,
@@ -169,12 +158,13 @@ class StreamRuns:
         steps: Any = None,
     ) -> None:
         """Learns ``data[position:end]`` in steps, on the fastest path that runs this Learner
-        (the compiled loop when every active mechanism has kernels), as :meth:`run` does with
-        B = 1. ``data`` holds the bytes (uint8) and ``starts`` (bool, one longer) marks
-        document starts; ``end`` should be a step boundary (the range coder decodes one
-        step at a time). ``scored`` as in :meth:`run`. ``steps``, on the compiled path only,
-        stands in for :func:`mugpt.engine.loop.run_steps` (same arguments): the range
-        decoder's steps, which decode the bytes they learn (:mod:`mugpt.compress.steps`).
+        (the compiled loop when every active mechanism has kernels), as :meth:`run` does.
+        ``data`` holds the bytes (uint8) and ``starts`` (bool, one longer) marks document
+        starts; ``end`` should be a step boundary with B = 1, and with B > 1 the end of what
+        is split into sub-streams (the stream's end, or a block's). ``scored`` (B = 1) as in
+        :meth:`run`. ``steps``, on the compiled path only, stands in for
+        :func:`mugpt.engine.loop.run_steps` (same arguments): the range coder's steps, which
+        code, or decode, the bytes they learn (:mod:`mugpt.compress.steps`).
 
         Example:
             >>> import numpy as np
@@ -185,15 +175,40 @@ class StreamRuns:
             >>> learner.position, learner.counters.steps
             (3, 1)
         """
-        if self.cfg.batch_streams > 1:
-            raise ConfigError("advance reads one stream (batch_streams=1)")
+        if scored is not None and self.cfg.batch_streams > 1:
+            raise ConfigError("scored rows are kept for one stream only (batch_streams=1)")
         compiled = self._compiled_mechanisms()
-        if compiled is not None:
-            self._run_compiled(data, starts, end, None, 1.0, compiled, scored, steps)
-        else:
-            if steps is not None:
-                raise ConfigError("steps stand in for the compiled loop, which cannot run this Learner")  # fmt: skip
-            self._run_steps(data, starts, end, None, 1.0, scored)
+        if compiled is None and steps is not None:
+            raise ConfigError("steps stand in for the compiled loop, which cannot run this Learner")  # fmt: skip
+        self._read(data, starts, end, None, 1.0, compiled, scored, steps)
+
+    def _read(
+        self,
+        data: np.ndarray,
+        starts: np.ndarray,
+        end: int,
+        progress: ProgressFn | None,
+        progress_every: float,
+        compiled: list[tuple[Mechanism, Any]] | None,
+        scored: np.ndarray | None = None,
+        steps: Any = None,
+    ) -> None:
+        """Learns ``data[position:end]`` on the path that runs this Learner (compiled,
+        batched or step by step); with blocks of sub-streams (B > 1, S > 0) one block at a
+        time, blocks aligned to stream position 0."""
+        begin = self.position
+        block = self.cfg.block_bytes
+        while True:
+            stop = end if block == 0 else min(end, (self.position // block + 1) * block)
+            rows = None if scored is None else scored[self.position - begin :]
+            if compiled is not None:
+                self._run_compiled(data, starts, stop, progress, progress_every, compiled, rows, steps)  # fmt: skip
+            elif self.cfg.batch_streams > 1:
+                self._run_batched(data, starts, stop, progress, progress_every)
+            else:
+                self._run_steps(data, starts, stop, progress, progress_every, rows)
+            if self.position >= end:
+                break
 
     def _stop_at(self, starts: np.ndarray, size: int, max_bytes: int | None) -> int:
         """Where a call told to stop after ``max_bytes`` in all stops: on a step boundary
@@ -438,6 +453,8 @@ class StreamRuns:
             rows=np.zeros((cfg.context, cfg.vocab_size)),
             info=np.zeros(loop.N_INFO),  # info[I_FROZEN] set below
             scored=np.zeros((0, cfg.vocab_size)) if scored is None else scored,
+            scored_at=np.zeros(0 if scored is None else scored.shape[0], dtype=np.int64),
+            n_scored=np.zeros(1, dtype=np.int64),
         )
         states = loop.no_mechanisms()._asdict()
         fields = loop.FIELDS  # a mechanism's name → its field of loop.Mechanisms
