@@ -102,13 +102,14 @@ def learn(
     preset: str,
     mechanisms: list[dict[str, Any]] | None = None,
     oracle: str | None = None,
+    seed: int = 0,
 ) -> tuple[Stream, np.ndarray, float, list[int]]:
     """Learns the stream once (k = 1); returns it, its per-byte losses, the CPU seconds and the
     adaptive_lr alarms. ``oracle`` = "boost" raises an alarm at every true boundary,
     "reset" zeroes Adam's moments and step count there (the run continues in pieces, which
-    equals one run bit for bit)."""
+    equals one run bit for bit). ``seed`` seeds the model's initial weights."""
     stream = build_stream(spec)
-    cfg = RunConfig.from_dict({"preset": preset, "mechanisms": mechanisms or []})
+    cfg = RunConfig.from_dict({"preset": preset, "mechanisms": mechanisms or [], "seed": seed})
     learner = cfg.build_learner()
     t0 = time.process_time()
     if oracle is None:

@@ -58,7 +58,7 @@ from mugpt.engine.loop import (
     batch_loss_bits,
 )
 from mugpt.engine.loop import _update as update_part
-from mugpt.engine.window import gather_step
+from mugpt.engine.window import gather_step, window_records_end
 from mugpt.mechanisms.ngram_mix import _learn, mix_row
 from mugpt.model.constants import JIT_INLINE, JIT_OPTIONS, OVERLOAD_INLINE, PROB_FLOOR
 from mugpt.model.fast import D_T, forward_batch
@@ -211,9 +211,7 @@ def decode_steps(
         r0 = 0
         seg = 0
         for w in range(n_win):
-            r1 = r0
-            while r1 < n_rec and rec[r1, 0] == w:
-                r1 += 1
+            r1 = window_records_end(rec, n_rec, r0, w)
             k = r1 - r0
             first = rec[r0, 2]
             while seg_end[seg] <= first:  # the window's segment (windows in segment order)

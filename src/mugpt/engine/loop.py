@@ -39,7 +39,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from mugpt.engine.window import gather_step
+from mugpt.engine.window import gather_step, window_records_end
 from mugpt.mechanisms.adaptive_lr import observe_kernel, scale_kernel
 from mugpt.mechanisms.cache import memory_observe, memory_window
 from mugpt.mechanisms.grad_clip import clip_kernel
@@ -483,9 +483,7 @@ def compiled_steps(
         r0 = 0
         last_first = 0  # the first byte of the last window (its events' position)
         for w in range(n_win):
-            r1 = r0
-            while r1 < n_rec and rec[r1, 0] == w:
-                r1 += 1
+            r1 = window_records_end(rec, n_rec, r0, w)
             k = r1 - r0
             first = rec[r0, 2]
             last_first = first

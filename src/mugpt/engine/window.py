@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from mugpt.model.constants import BOS, JIT_OPTIONS
+from mugpt.model.constants import BOS, JIT_INLINE, JIT_OPTIONS
 
 
 @njit(**JIT_OPTIONS)
@@ -153,6 +153,16 @@ def gather_step(
         seg_pos[sgi] = stop
         n_win += 1
     return n_win, n_rec, total_w
+
+
+@njit(**JIT_INLINE)
+def window_records_end(rec: Any, n_rec: int, r0: int, w: int) -> int:  # pragma: no cover
+    """The end r1 of window w's records rec[r0:r1] (:func:`gather_step` writes them window
+    by window; r0 is where window w's begin)."""
+    r1 = r0
+    while r1 < n_rec and rec[r1, 0] == w:
+        r1 += 1
+    return r1
 
 
 def step_end(starts: np.ndarray, pos: int, end: int, k: int, context: int, first: bool) -> int:
