@@ -39,6 +39,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from mugpt.compress.coder import CODER_BATCH_BYTES
 from mugpt.compress.range import D_PAST as _D_PAST
 from mugpt.compress.range import (
     N_SYMBOLS,
@@ -268,9 +269,8 @@ def decode_steps(
     return steps
 
 
-#: Bytes the coder's steps code (or decode) per call of the compiled loop, at most: a bound
-#: on the encoder's row buffer (8·257 bytes a row) and the interval of progress reports.
-BATCH_BYTES = 4096
+#: Bytes the coder's steps code (or decode) per call of the compiled loop, at most.
+BATCH_BYTES = CODER_BATCH_BYTES
 
 #: ``tick(bytes done, coded bits so far)``: progress, after each call of the compiled loop.
 Tick = Callable[[int, float], None]
