@@ -73,9 +73,6 @@ PLACEHOLDER = 0
 """The byte that stands in for not-yet-decoded bytes of a step (any value gives the same
 predictions; tests check that)."""
 _PROGRESS_SECONDS = 0.2
-#: Bytes coded (or decoded) per batch of steps, at most: a bound on the rows kept (8·257 bytes
-#: each) and the interval of progress reports.
-CODER_BATCH_BYTES = 4096
 
 
 class PlatformMismatchWarning(UserWarning):
@@ -457,12 +454,12 @@ def _encode_stepwise(learner: Any, array: np.ndarray, starts: np.ndarray, encode
                      tick: Callable[..., None]) -> float:  # fmt: skip
     """Codes ``array`` with a Learner the compiled loop cannot run (B = 1), a batch of whole
     steps at a time (the schedule of :func:`step_sizes`): the rows it scored are coded."""
-    scored = np.empty((min(array.size, CODER_BATCH_BYTES), learner.model_cfg.vocab_size))
+    scored = np.empty((min(array.size, rc.BATCH_BYTES), learner.model_cfg.vocab_size))
     bits = 0.0
     pos = 0
     while pos < array.size:
         end = whole_steps_end(
-            starts, pos, min(pos + CODER_BATCH_BYTES, array.size), array.size,
+            starts, pos, min(pos + rc.BATCH_BYTES, array.size), array.size,
             learner.cfg.update_every, learner.model_cfg.context, pos == 0,
         )  # fmt: skip
         if end - pos > scored.shape[0]:
@@ -587,7 +584,7 @@ def _compiled_decoder_ok(learner: Any) -> bool:
 def _decode_compiled(learner: Any, payload: bytes, out: np.ndarray, limits: _Limits,
                      tick: Callable[..., None]) -> float:  # fmt: skip
     """Decodes into ``out`` with the compiled steps: one ``advance`` over the whole file, the
-    steps decoding at most ``CODER_BATCH_BYTES`` per call of the compiled loop."""
+    steps decoding at most ``range.BATCH_BYTES`` per call of the compiled loop."""
     from mugpt.compress.steps import E_INVALID, E_LOST, E_USED_UP, StepDecoder
 
     steps = StepDecoder(payload, learner.model, limits.budget, limits.lost_limit, AFTER_END_BITS, tick)  # fmt: skip

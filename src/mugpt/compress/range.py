@@ -47,6 +47,10 @@ from mugpt.model.constants import JIT_OPTIONS
 N_SYMBOLS = 256
 PRECISION_BITS = 24
 TOTAL = 1 << PRECISION_BITS
+#: Bytes the coder quantises and codes per batch, at most (the compiled loop's call, or a batch
+#: of steps on the stepwise path): a bound on the rows kept (8·257 bytes each) and the interval
+#: of progress reports.
+BATCH_BYTES = 4096
 _SPREAD = TOTAL - N_SYMBOLS  # the mass shared in proportion once every symbol has 1
 _WORD = np.uint64(32)
 _PREC = np.uint64(PRECISION_BITS)

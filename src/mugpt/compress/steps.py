@@ -39,15 +39,15 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from mugpt.compress.coder import CODER_BATCH_BYTES
-from mugpt.compress.range import D_PAST as _D_PAST
 from mugpt.compress.range import (
+    BATCH_BYTES,
     N_SYMBOLS,
     decode_symbol,
     new_decoder,
     quantise,
     symbol_bits,
 )
+from mugpt.compress.range import D_PAST as _D_PAST
 from mugpt.engine.loop import (
     C_FORWARD,
     C_STEPS,
@@ -268,9 +268,6 @@ def decode_steps(
             flags[F_AT] = int(nums[N_BYTES])
     return steps
 
-
-#: Bytes the coder's steps code (or decode) per call of the compiled loop, at most.
-BATCH_BYTES = CODER_BATCH_BYTES
 
 #: ``tick(bytes done, coded bits so far)``: progress, after each call of the compiled loop.
 Tick = Callable[[int, float], None]
