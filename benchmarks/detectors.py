@@ -50,6 +50,7 @@ from mugpt.corpus import DEFAULT_SPEC, Stream, build_stream
 from mugpt.engine.config import RunConfig
 from mugpt.engine.metrics import detection_scores, detection_table, phase_metrics
 from mugpt.mechanisms.adaptive_lr import AdaptiveLR
+from mugpt.model import BOS
 
 TOLERANCE = 2000
 BLOCK = 128  # bytes per block of the block-mean signal fed to river's detectors
@@ -106,14 +107,28 @@ def learn(
 ) -> tuple[Stream, np.ndarray, float, list[int]]:
     """Learns the stream once (k = 1); returns it, its per-byte losses, the CPU seconds and the
     adaptive_lr alarms. ``oracle`` = "boost" raises an alarm at every true boundary,
-    "reset" zeroes Adam's moments and step count there (the run continues in pieces, which
-    equals one run bit for bit). ``seed`` seeds the model's initial weights."""
+    "reset" zeroes Adam's moments and step count there, "burst" makes a replay burst from
+    the new phase once its first ``BURST_BYTES`` bytes are scored and learned
+    (:func:`replay_burst`); the run continues in pieces, which equals one run bit for bit.
+    ``seed`` seeds the model's initial weights."""
     stream = build_stream(spec)
     cfg = RunConfig.from_dict({"preset": preset, "mechanisms": mechanisms or [], "seed": seed})
     learner = cfg.build_learner()
     t0 = time.process_time()
     if oracle is None:
         learner.run(stream)
+    elif oracle == "burst":
+        for b in [x.index for x in stream.boundaries]:
+            end = min(b + BURST_BYTES, len(stream))
+            learner.run(stream, max_bytes=end)
+            replay_burst(learner, stream, b, end)
+        learner.run(stream)
+    elif oracle == "burst at alarms":  # the mechanism's own alarms, read after each block
+        for end in range(BURST_CHUNK, len(stream) + BURST_CHUNK, BURST_CHUNK):
+            learner.run(stream, max_bytes=min(end, len(stream)))
+            for a in [int(e["index"]) for e in learner.events if e.get("kind") == "alarm"]:
+                if a + BURST_BYTES <= end < a + BURST_BYTES + BURST_CHUNK:
+                    replay_burst(learner, stream, a, min(end, len(stream)))
     else:
         for b in [x.index for x in stream.boundaries] + [len(stream)]:
             learner.run(stream, max_bytes=b)
@@ -129,6 +144,36 @@ def learn(
     seconds = time.process_time() - t0
     alarms = [int(e["index"]) for e in learner.events if e.get("kind") == "alarm"]
     return stream, np.array(learner.losses, dtype=np.float64), seconds, alarms
+
+
+BURST_BYTES = 512
+"""A replay burst follows a boundary once this many bytes of the new phase were learned."""
+BURST_CHUNK = 128
+"""With detected alarms the run goes in pieces of this many bytes; a burst follows the first
+piece that ends at least ``BURST_BYTES`` after an alarm."""
+BURST_STRIDE = 8
+"""The burst's windows end every this many bytes of those (63 windows after 512 bytes)."""
+
+
+def replay_burst(learner: Any, stream: Stream, start: int, end: int) -> int:
+    """A short burst of replay from the new phase: one extra update (the Learner's replay
+    update, ``Learner._train_extra``, with the Learner's optimiser and no LR boost) on the
+    window of each of the bytes ``start + BURST_STRIDE``, ``start + 2·BURST_STRIDE``, … < ``end``:
+    the byte and up to ``context`` symbols before it, BOS first where the window reaches its
+    document's start, as the Learner builds windows. Oldest first; every byte of them was
+    scored before, so the run stays prequential. Returns the updates made."""
+    data = np.frombuffer(stream.data, dtype=np.uint8).astype(np.int64)
+    context = learner.model_cfg.context
+    n = 0
+    for last in range(start + BURST_STRIDE, end, BURST_STRIDE):
+        doc = int(stream.doc_starts[np.searchsorted(stream.doc_starts, last, side="right") - 1])
+        if last - doc + 1 <= context:  # the window reaches the document's start: BOS first
+            window = np.concatenate(([BOS], data[doc : last + 1]))
+        else:
+            window = data[last - context : last + 1]
+        learner._train_extra(window, None)
+        n += 1
+    return n
 
 
 # ---------------------------------------------------------------------------- detectors

@@ -1,5 +1,6 @@
 """Recovery after a shift over several seeds: what an adaptive-LR boost (at oracle or at detected
-alarms) and a reset of Adam's moments buy against no boost, with 95% intervals.
+alarms), a reset of Adam's moments and a short replay burst from the new phase (at oracle
+boundaries or detected alarms) buy against no boost, with 95% intervals.
 
 Part 2 of ``benchmarks/detectors.py`` (one seed) repeated over ``--seeds`` seeds (a seed
 changes the initial weights, never the bytes), on the same streams and variants
@@ -28,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from detectors import STREAMS, early_bits, learn
+from detectors import BURST_BYTES, BURST_STRIDE, STREAMS, early_bits, learn
 
 from mugpt.bench.measure import cpu_model
 from mugpt.engine.metrics import phase_metrics
@@ -37,11 +38,15 @@ from mugpt.sweep.stats import mean_ci
 BOOST = [{"name": "adaptive_lr"}]
 # a detector that never fires: the mechanism is on (its boost applies at the oracle's alarms)
 NEVER = [{"name": "adaptive_lr", "detector": "ema", "threshold": 10.0, "rearm": 10.0}]
+# the block test's alarms with no boost: they only time the replay bursts
+DETECT_ONLY = [{"name": "adaptive_lr", "boost": 1.0}]
 VARIANTS: dict[str, tuple[list[dict[str, Any]], str | None]] = {
     "no boost": ([], None),
     "boost at oracle alarms": (NEVER, "boost"),
     "boost at detected alarms (blocks)": (BOOST, None),
     "Adam moments reset at oracle alarms": ([], "reset"),  # seed-adam only
+    "replay burst at oracle boundaries": ([], "burst"),
+    "replay burst at detected alarms (blocks)": (DETECT_ONLY, "burst at alarms"),
 }
 METRICS = ("bpb", "first 2 kB", "first 10 kB", "recovery bytes")
 
@@ -146,7 +151,10 @@ def main() -> None:
         "first bytes of each phase after a boundary (mean over boundaries); *recovery bytes*: "
         "bytes after a boundary until the trailing loss is within 10% of the phase's final level "
         "(mean over recovered boundaries). *Oracle* alarms are raised at the true boundaries (the "
-        "best a detector could do); *detected* uses the default block test inside the run. The "
+        "best a detector could do); *detected* uses the default block test inside the run. A "
+        f"*replay burst* is one extra update on each of the windows ending every {BURST_STRIDE} "
+        f"bytes of the first {BURST_BYTES} bytes after a boundary (or an alarm), made once those "
+        "bytes are learned, with no LR boost; the bytes before it count in *first 2 kB*. The "
         "streams are described in [detectors.md](detectors.md).",
         "",
         *tables(results, names, seeds),
