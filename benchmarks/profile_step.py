@@ -74,7 +74,7 @@ def _norm(g: Any, lanes: Any, reps: int) -> float:
 @njit(error_model="numpy")
 def _adam(w: Any, g: Any, m: Any, v: Any, hyper: Any, state: Any, reps: int) -> None:
     for _ in range(reps):
-        F.optimizer_step(w, g, m, v, hyper, state, 1.0, 0.5)
+        F.optimizer_step(w, g, m, v, hyper, state, 1.0, 0.5, 0, w.size)
 
 
 def main() -> None:

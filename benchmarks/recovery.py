@@ -1,6 +1,7 @@
-"""Recovery after a shift over several seeds: what an adaptive-LR boost (at oracle or at detected
-alarms), a reset of Adam's moments and a short replay burst from the new phase (at oracle
-boundaries or detected alarms) buy against no boost, with 95% intervals.
+"""Recovery after a shift over several seeds: what an adaptive-LR boost (at oracle or at
+detected alarms; of every weight or of one parameter group), a reset of Adam's moments and a
+short replay burst from the new phase (at oracle boundaries or detected alarms) buy against no
+boost, with 95% intervals.
 
 Part 2 of ``benchmarks/detectors.py`` (one seed) repeated over ``--seeds`` seeds (a seed
 changes the initial weights, never the bytes), on the same streams and variants
@@ -44,6 +45,11 @@ VARIANTS: dict[str, tuple[list[dict[str, Any]], str | None]] = {
     "no boost": ([], None),
     "boost at oracle alarms": (NEVER, "boost"),
     "boost at detected alarms (blocks)": (BOOST, None),
+    # the same boost at the true boundaries, limited to one parameter group
+    **{
+        f"boost of the {group} only at oracle alarms": ([{**NEVER[0], "params": group}], "boost")
+        for group in ("embeddings", "blocks", "head")
+    },
     "Adam moments reset at oracle alarms": ([], "reset"),  # seed-adam only
     "replay burst at oracle boundaries": ([], "burst"),
     "replay burst at detected alarms (blocks)": (DETECT_ONLY, "burst at alarms"),

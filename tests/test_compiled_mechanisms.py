@@ -44,6 +44,7 @@ CASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "selective_backprop-random": [("selective_backprop", {"mode": "random", "skip_rate": 0.3})],
     "adaptive_lr": [("adaptive_lr", DETECT)],
     "adaptive_lr-blocks": [("adaptive_lr", BLOCKS)],
+    "adaptive_lr-head": [("adaptive_lr", {**BLOCKS, "params": "head", "boost": 3.0})],
     "ngram_mix": [("ngram_mix", {"max_order": 4, "table_bits": 12})],
     "cache": [("cache", {"size": 64, "theta": 1.0, "lam": 0.3})],
     "knn": [("knn", {"capacity": 100, "k": 4, "lam": 0.3})],
@@ -128,7 +129,7 @@ def test_the_cases_exercise_what_they_claim() -> None:
     seen: dict[str, dict[str, Any]] = {}
     for name in ("grad_clip-norm", "grad_clip-value", "selective_backprop-threshold",
                  "selective_backprop-percentile", "selective_backprop-random", "adaptive_lr",
-                 "adaptive_lr-blocks",
+                 "adaptive_lr-blocks", "adaptive_lr-head",
                  "ngram_mix", "cache", "knn", "replay", "replay-own", "replay-current"):  # fmt: skip
         learner = _learner(CASES[name], 1, 1, OptimConfig(lr=0.01))
         learner.run(stream)
@@ -148,6 +149,8 @@ def test_the_cases_exercise_what_they_claim() -> None:
     # the block test sees the text turn to noise (at byte 324) and back (at 1024)
     blocks = seen["adaptive_lr-blocks"]["alarm_positions"]
     assert len(blocks) == 2 and 324 <= blocks[0] < 324 + 200 and 1024 <= blocks[1] < 1024 + 200
+    assert seen["adaptive_lr-head"]["alarm_positions"] == blocks  # the same test, boosted
+    assert seen["adaptive_lr-head"]["mean_lr_multiplier"] > 1.0
     assert seen["ngram_mix"]["mixed_bytes"] == len(TEXT)
     for memory in ("cache", "knn"):  # every byte after the first is mixed, often a hit
         assert seen[memory]["predictions"] == len(TEXT)

@@ -11,9 +11,10 @@ from mugpt.corpus import Phase, Stream, build_stream
 from mugpt.engine import Learner, LearnerConfig
 from mugpt.engine.metrics import detection_scores
 from mugpt.errors import ConfigError
-from mugpt.mechanisms import StepContext, adaptive_lr
+from mugpt.mechanisms import StepContext, adaptive_lr, make_mechanism
 from mugpt.mechanisms.adaptive_lr import AdaptiveLR
 from mugpt.model import ModelConfig, OptimConfig
+from mugpt.model.params import ParamBuffer, param_span
 
 HAS_RIVER = importlib.util.find_spec("river") is not None
 
@@ -119,6 +120,62 @@ def test_alarms_scale_the_learning_rate_of_the_update_in_a_learner() -> None:
     assert multipliers[alarms[0]["step"]] == pytest.approx(2.0)  # boosted in the alarm's step
     assert max(multipliers) <= 4.0  # the cap
     assert multipliers[-1] < max(multipliers)  # decaying back
+
+
+@pytest.mark.parametrize("group", ["embeddings", "blocks", "head"])
+@pytest.mark.parametrize("path", ["hooks", "compiled"])
+def test_a_boost_limited_to_a_group_moves_only_that_group_faster(group: str, path: str) -> None:
+    """One update with the multiplier at 3: the group's weights land where a boost of every
+    weight puts them, the others where no boost does (same start, same gradient)."""
+    data = b"the cat sat on the mat. "
+
+    def one_update(params: str | None) -> np.ndarray:
+        mechs = []
+        if params is not None:
+            mech = AdaptiveLR(warmup=0, boost=3.0, params=params)
+            mech.alarm(index=0)  # the multiplier is 3 for the first update
+            mechs.append(mech)
+        learner = Learner(ModelConfig(context=32), OptimConfig(lr=0.01), mechs,
+                          LearnerConfig(update_every=len(data)))  # fmt: skip
+        if path == "hooks":
+            learner.step(data, [True] + [False] * (len(data) - 1))
+        else:
+            assert learner._compiled_mechanisms() is not None
+            learner.run(Stream.from_bytes(data))
+        assert learner.counters.updates == 1
+        return learner.model.params.flat.copy()
+
+    lo, hi = param_span(ModelConfig(context=32), group)
+    limited, everywhere, plain = one_update(group), one_update("all"), one_update(None)
+    assert np.array_equal(limited[lo:hi], everywhere[lo:hi])
+    assert np.array_equal(limited[:lo], plain[:lo]) and np.array_equal(limited[hi:], plain[hi:])
+    assert not np.array_equal(everywhere[lo:hi], plain[lo:hi])
+
+
+def test_param_groups_cover_the_buffer_in_order_and_unknown_ones_are_refused() -> None:
+    cfg = ModelConfig(n_layers=2, tied_head=False)
+    spans = [param_span(cfg, g) for g in ("embeddings", "blocks", "head")]
+    assert spans[0][0] == 0 and spans[0][1] == spans[1][0] and spans[1][1] == spans[2][0]
+    assert spans[2][1] == cfg.n_params == param_span(cfg, "all")[1]
+    buf = ParamBuffer(cfg)
+    assert spans[1] == (buf.offsets["h0.ln1"], buf.offsets["ln_f"])
+    with pytest.raises(ConfigError, match="parameter group 'layers' is unknown"):
+        param_span(cfg, "layers")
+    with pytest.raises(ConfigError, match="params"):
+        make_mechanism(("adaptive_lr", {"params": "layers"}))
+
+
+def test_two_mechanisms_limiting_the_lr_to_different_groups_are_refused() -> None:
+    class Other(AdaptiveLR):
+        name = "other_lr"
+
+        def lr_params(self) -> str:
+            return "blocks"
+
+    learner = Learner(ModelConfig(context=16), OptimConfig(lr=0.01),
+                      [AdaptiveLR(params="head"), Other()])  # fmt: skip
+    with pytest.raises(ConfigError, match="different parameter groups"):
+        learner.step(b"abcd", [True, False, False, False])
 
 
 def test_config_bounds() -> None:

@@ -75,7 +75,7 @@ def test_the_reference_optimiser_flushes_moments_as_the_compiled_one_does() -> N
         g = g0 if step < 5 else np.zeros(n, dtype=np.float32)
         ref.step(w_ref, g.copy())
         norm = float(np.sqrt(np.dot(g.astype(np.float64), g.astype(np.float64))))
-        fast.optimizer_step(w_fast, g.copy(), m, v, hyper, state, 1.0, norm)
+        fast.optimizer_step(w_fast, g.copy(), m, v, hyper, state, 1.0, norm, 0, w_fast.size)
     # 995 steps of decay by 0.9 take every first moment below 2^-126: flushed, in both
     assert np.all(ref.m == 0) and np.all(m == 0)
     assert _subnormals(ref.v) == _subnormals(v) == 0

@@ -31,6 +31,7 @@ from mugpt.engine.window import history_append, step_symbols
 from mugpt.errors import ConfigError
 from mugpt.mechanisms import Mechanism, StepContext
 from mugpt.model import BOS, GPT, ModelConfig, OptimConfig, Optimizer, UpdateInfo
+from mugpt.model.params import param_span
 from mugpt.model.protocol import Model
 
 __all__ = [
@@ -260,6 +261,19 @@ class Learner(StreamRuns):
         self.lr_effective = self.lr * scale
         return grad_norm
 
+    def _lr_span(self, active: list[Mechanism]) -> tuple[int, int] | None:
+        """The flat-weight range the mechanisms' lr scale applies to (None: every weight),
+        from the one parameter group a mechanism limits it to (``Mechanism.lr_params``)."""
+        groups = {mech.lr_params() for mech in active} - {"all"}
+        if not groups:
+            return None
+        if len(groups) > 1:
+            raise ConfigError(
+                f"the mechanisms limit the lr scale to different parameter groups "
+                f"{sorted(groups)}; give them one group"
+            )
+        return param_span(self.model_cfg, groups.pop())
+
     def _replay(self, active: list[Mechanism], ctx: StepContext) -> int:
         """Step 6: the mechanisms' extra windows, one update each; returns how many (none
         while the network is frozen: they would train it)."""
@@ -295,7 +309,7 @@ class Learner(StreamRuns):
         ctx.grad_norm = self._grad_norm(grads.flat)
         for mech in active:
             mech.transform_grads(ctx, grads.flat)
-        info = self._optimizer_step(self.optimizer, lr_scale)
+        info = self._optimizer_step(self.optimizer, lr_scale, self._lr_span(active))
         if info.applied:
             self.counters.updates += 1
         else:
@@ -311,9 +325,15 @@ class Learner(StreamRuns):
     def _grad_norm(self, g: np.ndarray) -> float:
         return self.model.grad_norm(g)
 
-    def _optimizer_step(self, optimizer: Optimizer, lr_scale: float = 1.0) -> UpdateInfo:
-        """``optimizer.step`` on the current gradient (the model's own kernel)."""
-        return self.model.optimizer_step(optimizer, self.grads.flat, lr_scale)
+    def _optimizer_step(
+        self,
+        optimizer: Optimizer,
+        lr_scale: float = 1.0,
+        span: tuple[int, int] | None = None,
+    ) -> UpdateInfo:
+        """``optimizer.step`` on the current gradient (the model's own kernel); ``lr_scale``
+        applies to the weights in ``span`` (all when None)."""
+        return self.model.optimizer_step(optimizer, self.grads.flat, lr_scale, span)
 
     def _train_extra(self, symbols: np.ndarray, optimizer: Optimizer | None) -> float:
         """One update on an extra window; returns its mean loss in bits before the update."""

@@ -86,13 +86,15 @@ class ModelArrays(NamedTuple):
 
 
 class OptimArrays(NamedTuple):
-    """The optimiser: gradient, moments, hyper-parameters and its state vector [t, ...]."""
+    """The optimiser: gradient, moments, hyper-parameters, its state vector [t, ...] and the
+    range [lo, hi) of the flat weights the mechanisms' lr scale applies to."""
 
     grads: np.ndarray
     m: np.ndarray
     v: np.ndarray
     hyper: np.ndarray
     ostate: np.ndarray
+    span: np.ndarray
 
 
 class StreamArrays(NamedTuple):
@@ -281,7 +283,8 @@ def _update(
             changed = _clip(mechs.clip, opt.grads, norm) or changed
     if changed:
         norm = math.sqrt(grad_sq_norm(opt.grads, model.ws.lanes))
-    applied = optimizer_step(model.flat, opt.grads, opt.m, opt.v, opt.hyper, opt.ostate, scale, norm)  # fmt: skip
+    lo, hi = opt.span[0], opt.span[1]
+    applied = optimizer_step(model.flat, opt.grads, opt.m, opt.v, opt.hyper, opt.ostate, scale, norm, lo, hi)  # fmt: skip
     if applied:
         counters[C_UPDATES] += 1
     else:

@@ -88,6 +88,7 @@ class StreamRuns:
         def _update(self, acts: Any, targets: np.ndarray, weights: np.ndarray, active: list[Mechanism], ctx: StepContext) -> float | None: ...  # fmt: skip
         def _replay(self, active: list[Mechanism], ctx: StepContext) -> int: ...
         def _loss_bits(self, probs: np.ndarray, data: np.ndarray) -> np.ndarray: ...
+        def _lr_span(self, active: list[Mechanism]) -> tuple[int, int] | None: ...
 
     # ------------------------------------------------------------------ whole streams
 
@@ -438,9 +439,11 @@ class StreamRuns:
         hist_len[0] = self._hist_len
         fm.ensure_batch(n_seg)
         model = loop.ModelArrays(fm.params.flat, fm.offsets, fm.dims, fm.ws)
+        span = self._lr_span([m for m, _ in parts]) or (0, cfg.n_params)
         optim = loop.OptimArrays(
             self.grads.flat, opt.m, opt.v, optimizer_hyper(opt.cfg),
             np.array([opt.t, opt.nonfinite_steps, opt.clipped_steps], dtype=np.int64),
+            np.array(span, dtype=np.int64),
         )  # fmt: skip
         stream = loop.StreamArrays(data, starts, seg_pos, seg_end, hist, hist_len)
         losses = np.full(n, np.nan)

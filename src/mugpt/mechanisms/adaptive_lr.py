@@ -43,7 +43,10 @@ The LR multiplier is ``1 + e``. On an alarm ``1 + e`` becomes ``min(cap, (1 + e)
 between alarms ``e`` halves every ``half_life`` **bytes** (``unit = "bytes"``, the default) or
 every ``half_life`` **steps** (``unit = "steps"``, one step = ``update_every`` bytes). The
 decay is applied in each step before that step's alarms, so the step that raises an alarm
-updates with the full boost. The multiplier scales the main update only (not replay).
+updates with the full boost. The multiplier scales the main update only (not replay), and
+only the weights of the parameter group ``params`` (``all`` by default; ``embeddings``,
+``blocks`` or ``head``, as :func:`mugpt.model.params.param_span` defines them): the other
+weights step at the configured lr.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from pydantic import Field, model_validator
 from mugpt.errors import ConfigError
 from mugpt.mechanisms import Mechanism, MechanismConfig, StepContext, register
 from mugpt.model.constants import JIT_OPTIONS
+from mugpt.model.params import ParamGroup
 
 
 class AdaptiveLRConfig(MechanismConfig):
@@ -88,6 +92,9 @@ class AdaptiveLRConfig(MechanismConfig):
     cap: float = Field(4.0, ge=1.0, le=100.0, description="largest LR multiplier")
     half_life: float = Field(2000.0, gt=0.0, le=1e9, description="decay of the boost")
     unit: Literal["bytes", "steps"] = Field("bytes", description="unit of half_life")
+    params: ParamGroup = Field(
+        "all", description="weights the boost applies to: all | embeddings | blocks | head"
+    )
     ph_threshold: float = Field(200.0, gt=0.0, le=1e9, description="Page-Hinkley λ (bits)")
     ph_delta: float = Field(0.05, ge=0.0, le=100.0, description="Page-Hinkley δ (bits)")
     adwin_delta: float = Field(0.002, gt=0.0, lt=1.0, description="ADWIN confidence δ")
@@ -217,6 +224,9 @@ class AdaptiveLR(Mechanism):
                     statistic=float(self.block_vars[3]),
                     lr_multiplier=self.multiplier,
                 )
+
+    def lr_params(self) -> str:
+        return self.config.params
 
     def lr_scale(self, ctx: StepContext) -> float:
         self.multiplier_sum += self.multiplier

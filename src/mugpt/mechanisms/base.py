@@ -7,7 +7,8 @@ this order every step:
 1. ``adjust_prediction(ctx, probs) -> probs`` — may mix in another distribution (cache, kNN).
 2. ``observe(ctx, loss_bits)`` — sees the recorded loss (shift detectors, priorities).
 3. ``should_update(ctx) -> bool`` — may skip the update (selective backprop).
-4. ``lr_scale(ctx) -> float`` — multiplies the learning rate (adaptive LR).
+4. ``lr_scale(ctx) -> float`` — multiplies the learning rate (adaptive LR) of the weights in
+   the parameter group ``lr_params()`` names (all of them by default).
 5. ``transform_grads(ctx, grads)`` — may rescale the flat gradient in place (clipping).
 6. ``extra_windows(ctx) -> list[window]`` — symbol windows to train on after the main update
    (replay).
@@ -126,6 +127,11 @@ class Mechanism:
 
     def lr_scale(self, ctx: StepContext) -> float:
         return 1.0
+
+    def lr_params(self) -> str:
+        """The parameter group ``lr_scale`` applies to (one of
+        ``mugpt.model.params.PARAM_GROUPS``); the others keep the configured lr."""
+        return "all"
 
     def transform_grads(self, ctx: StepContext, grads: np.ndarray) -> None:
         return None

@@ -517,10 +517,12 @@ def _train_window(st: Any, model: Any, opt: Any, sym: Any, n_sym: int) -> float:
     nats = window_nll(ws, 1)
     norm = math.sqrt(grad_sq_norm(grads, ws.lanes))
     if st.cfg[4] != 0.0:
-        applied = optimizer_step(model.flat, grads, st.m, st.v, opt.hyper, st.ostate, 1.0, norm)
+        applied = optimizer_step(
+            model.flat, grads, st.m, st.v, opt.hyper, st.ostate, 1.0, norm, 0, 0
+        )
         st.used[0] = 1
     else:
-        applied = optimizer_step(model.flat, grads, opt.m, opt.v, opt.hyper, opt.ostate, 1.0, norm)  # fmt: skip
+        applied = optimizer_step(model.flat, grads, opt.m, opt.v, opt.hyper, opt.ostate, 1.0, norm, 0, 0)  # fmt: skip
     if applied > 0:
         st.tally[2] += 1
     else:

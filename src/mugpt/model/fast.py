@@ -743,15 +743,25 @@ def grad_sq_norm(g: Any, lanes: Any) -> float:  # pragma: no cover - compiled
 
 @njit(**_JIT)
 def optimizer_step(
-    w: Any, g: Any, m: Any, v: Any, hyper: Any, state: Any, lr_scale: float, norm: float
+    w: Any,
+    g: Any,
+    m: Any,
+    v: Any,
+    hyper: Any,
+    state: Any,
+    lr_scale: float,
+    norm: float,
+    lo: int,
+    hi: int,
 ) -> int:  # pragma: no cover - compiled
     """One update of the flat weights, the same arithmetic as ``Optimizer.step`` (element-wise
-    operations in the same order and precision). ``norm`` is the gradient's global L2 norm.
-    Returns 0 (not applied: non-finite gradient), 1 (applied) or 2 (applied, clipped)."""
+    operations in the same order and precision). ``norm`` is the gradient's global L2 norm;
+    ``lr_scale`` applies to the weights ``w[lo:hi]`` (``0, w.size``: all of them), the others
+    step at the configured lr. Returns 0 (not applied: non-finite gradient), 1 (applied) or
+    2 (applied, clipped)."""
     if not math.isfinite(norm):
         state[O_NONFINITE] += 1
         return 0
-    lr = hyper[H_LR] * lr_scale
     clip = hyper[H_CLIP]
     result = 1
     if clip > 0 and norm > clip:
@@ -761,24 +771,41 @@ def optimizer_step(
         state[O_CLIPPED] += 1
         result = 2
     state[O_T] += 1
+    lo = min(max(lo, 0), w.size)
+    hi = min(max(hi, lo), w.size)
+    base = hyper[H_LR]
+    _step_part(w, g, m, v, hyper, state, base, 0, lo)
+    _step_part(w, g, m, v, hyper, state, base * lr_scale, lo, hi)
+    _step_part(w, g, m, v, hyper, state, base, hi, w.size)
+    return result
+
+
+@njit(**_JIT)
+def _step_part(
+    w: Any, g: Any, m: Any, v: Any, hyper: Any, state: Any, lr: float, i0: int, i1: int
+) -> None:  # pragma: no cover - compiled
+    """``optimizer_step`` on the weights i0 … i1 − 1 at learning rate ``lr`` (after clipping
+    and the step count)."""
+    if i1 <= i0:
+        return
     t = state[O_T]
     if hyper[H_WD] != 0:
         decay = cast_like(w, 1.0 - lr * hyper[H_WD])
-        for i in range(w.size):
+        for i in range(i0, i1):
             w[i] = w[i] * decay
     if hyper[H_ADAM] == 0:
         mom = hyper[H_MOM]
         lr_c = cast_like(w, lr)
         if mom != 0:
             mom_c = cast_like(w, mom)
-            for i in range(w.size):
+            for i in range(i0, i1):
                 mi = m[i] * mom_c + g[i]
                 m[i] = mi
                 w[i] = w[i] - mi * lr_c
         else:
-            for i in range(w.size):
+            for i in range(i0, i1):
                 w[i] = w[i] - g[i] * lr_c
-        return result
+        return
     b1, b2 = hyper[H_B1], hyper[H_B2]
     b1c = cast_like(w, b1)
     b2c = cast_like(w, b2)
@@ -788,7 +815,7 @@ def optimizer_step(
     step = cast_like(w, lr * corr2 / (1.0 - b1**t))
     eps = cast_like(w, hyper[H_EPS] * corr2)
     tiny, zero = _normal_min(w), cast_like(w, 0.0)
-    for i in range(w.size):
+    for i in range(i0, i1):
         gi = g[i]
         mi = m[i] * b1c + gi * omb1
         vi = v[i] * b2c + gi * gi * omb2
@@ -798,7 +825,6 @@ def optimizer_step(
         m[i] = mi
         v[i] = vi
         w[i] = w[i] - mi / (np.sqrt(vi) + eps) * step
-    return result
 
 
 @functools.lru_cache(maxsize=64)
@@ -818,13 +844,21 @@ def optimizer_hyper(cfg: Any) -> np.ndarray:
     )  # fmt: skip
 
 
-def step_optimizer(opt: Any, w: np.ndarray, g: np.ndarray, lr_scale: float = 1.0) -> Any:
+def step_optimizer(
+    opt: Any,
+    w: np.ndarray,
+    g: np.ndarray,
+    lr_scale: float = 1.0,
+    span: tuple[int, int] | None = None,
+) -> Any:
     """``Optimizer.step`` on the compiled kernel: updates ``opt``'s state and counters the same
     way and returns an ``UpdateInfo``."""
     lanes = np.empty(64, dtype=g.dtype)
     norm = math.sqrt(grad_sq_norm(g, lanes))
     state = np.array([opt.t, opt.nonfinite_steps, opt.clipped_steps], dtype=np.int64)
-    applied = optimizer_step(w, g, opt.m, opt.v, _hyper_of(opt.cfg), state, lr_scale, norm)
+    lo, hi = (0, w.size) if span is None else span
+    hyper = _hyper_of(opt.cfg)
+    applied = optimizer_step(w, g, opt.m, opt.v, hyper, state, lr_scale, norm, lo, hi)
     opt.t, opt.nonfinite_steps, opt.clipped_steps = int(state[0]), int(state[1]), int(state[2])
     return UpdateInfo(applied > 0, norm, applied == 2, opt.cfg.lr * lr_scale)
 
@@ -913,8 +947,14 @@ class FastGPT:
     def grad_norm(self, grads: np.ndarray) -> float:
         return math.sqrt(grad_sq_norm(grads, np.empty(64, dtype=grads.dtype)))
 
-    def optimizer_step(self, optimizer: Any, grads: np.ndarray, lr_scale: float) -> UpdateInfo:
-        return step_optimizer(optimizer, self.params.flat, grads, lr_scale)
+    def optimizer_step(
+        self,
+        optimizer: Any,
+        grads: np.ndarray,
+        lr_scale: float,
+        span: tuple[int, int] | None = None,
+    ) -> UpdateInfo:
+        return step_optimizer(optimizer, self.params.flat, grads, lr_scale, span)
 
     def twin(self) -> FastGPT:
         if self._twin is None:

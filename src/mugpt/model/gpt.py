@@ -62,8 +62,14 @@ class GPT:
     def grad_norm(self, grads: np.ndarray) -> float:
         return float(np.sqrt(np.dot(grads, grads)))
 
-    def optimizer_step(self, optimizer: Optimizer, grads: np.ndarray, lr_scale: float) -> UpdateInfo:  # fmt: skip
-        return optimizer.step(self.params.flat, grads, lr_scale)
+    def optimizer_step(
+        self,
+        optimizer: Optimizer,
+        grads: np.ndarray,
+        lr_scale: float,
+        span: tuple[int, int] | None = None,
+    ) -> UpdateInfo:
+        return optimizer.step(self.params.flat, grads, lr_scale, span)
 
     def twin(self) -> GPT:
         return self

@@ -92,10 +92,34 @@ class Optimizer:
         self.v = np.zeros(n, dtype=dtype) if cfg.name == "adam" else np.zeros(0, dtype=dtype)
         self._tmp = np.zeros(n, dtype=dtype)
 
-    def step(self, w: np.ndarray, g: np.ndarray, lr_scale: float = 1.0) -> UpdateInfo:
-        """Updates ``w`` in place from gradient ``g`` (which may be rescaled in place)."""
+    def step(
+        self,
+        w: np.ndarray,
+        g: np.ndarray,
+        lr_scale: float = 1.0,
+        span: tuple[int, int] | None = None,
+    ) -> UpdateInfo:
+        """Updates ``w`` in place from gradient ``g`` (which may be rescaled in place).
+
+        ``lr_scale`` multiplies the learning rate of the weights ``w[lo:hi]`` for ``span`` =
+        ``(lo, hi)`` (all of them when ``span`` is None); the others step at the configured
+        lr. The moments do not depend on the lr, so the other weights move exactly as they
+        would with ``lr_scale`` = 1 (a boost of some layers only: see ``param_span``).
+
+        Example:
+            >>> import numpy as np
+            >>> opt = Optimizer(OptimConfig(name="sgd", lr=0.5, grad_clip=0), n=3, dtype=np.float64)
+            >>> w = np.zeros(3)
+            >>> _ = opt.step(w, np.ones(3), lr_scale=2.0, span=(1, 2))
+            >>> w.tolist()
+            [-0.5, -1.0, -0.5]
+        """
         cfg = self.cfg
         lr = cfg.lr * lr_scale
+        lo, hi = (0, w.size) if span is None else span
+        # (slice, lr) for the weights before, inside and after the span
+        parts = [(slice(0, lo), cfg.lr), (slice(lo, hi), lr), (slice(hi, w.size), cfg.lr)]
+        parts = [(sl, rate) for sl, rate in parts if sl.stop > sl.start]
         norm = float(np.sqrt(np.dot(g, g)))
         if not np.isfinite(norm):
             self.nonfinite_steps += 1
@@ -106,14 +130,16 @@ class Optimizer:
             self.clipped_steps += 1
         self.t += 1
         if cfg.weight_decay:
-            w *= 1.0 - lr * cfg.weight_decay
+            for sl, rate in parts:
+                w[sl] *= 1.0 - rate * cfg.weight_decay
         tmp = self._tmp
         if cfg.name == "sgd":
             if cfg.momentum:
                 self.m *= cfg.momentum
                 self.m += g
                 g = self.m
-            np.multiply(g, lr, out=tmp)
+            for sl, rate in parts:
+                np.multiply(g[sl], rate, out=tmp[sl])
             w -= tmp
         else:
             b1, b2 = cfg.beta1, cfg.beta2
@@ -132,12 +158,12 @@ class Optimizer:
             tiny = np.finfo(self.m.dtype).tiny
             self.m[np.abs(self.m) < tiny] = 0
             self.v[self.v < tiny] = 0
-            step_size = lr * np.sqrt(1.0 - b2**self.t) / (1.0 - b1**self.t)
             # w -= step · m / (sqrt(v) + eps·sqrt(1 − b2^t)): bias corrections folded in
             np.sqrt(self.v, out=tmp)
             tmp += cfg.eps * np.sqrt(1.0 - b2**self.t)
             np.divide(self.m, tmp, out=tmp)
-            tmp *= step_size
+            for sl, rate in parts:
+                tmp[sl] *= rate * np.sqrt(1.0 - b2**self.t) / (1.0 - b1**self.t)
             w -= tmp
         return UpdateInfo(True, norm, clipped, lr)
 

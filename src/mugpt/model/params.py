@@ -7,9 +7,11 @@ checkpoints a single array, and lets gradients share the same layout (``like``).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal, get_args
 
 import numpy as np
 
+from mugpt.errors import ConfigError
 from mugpt.model.config import ModelConfig
 
 
@@ -31,6 +33,41 @@ def param_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
     if not cfg.tied_head:
         shapes.append(("lm_head", (c, v)))
     return shapes
+
+
+#: A parameter group an LR multiplier can be limited to (``param_span``).
+ParamGroup = Literal["all", "embeddings", "blocks", "head"]
+PARAM_GROUPS: tuple[str, ...] = get_args(ParamGroup)
+
+
+def param_span(cfg: ModelConfig, group: str) -> tuple[int, int]:
+    """The flat-buffer range ``[lo, hi)`` of a parameter group: ``all``; ``embeddings`` (the
+    byte and position embeddings ``wte``, ``wpe``; with a tied head ``wte`` is the head too);
+    ``blocks`` (every transformer block ``h*``); ``head`` (the final norm ``ln_f`` and
+    ``lm_head``). Each group is contiguous in buffer order (``param_shapes``).
+
+    Example:
+        >>> cfg = ModelConfig()
+        >>> param_span(cfg, "all") == (0, cfg.n_params)
+        True
+        >>> param_span(cfg, "embeddings"), param_span(cfg, "blocks")[0]
+        ((0, 4624), 4624)
+        >>> param_span(cfg, "head")[1] == cfg.n_params
+        True
+    """
+    if group not in PARAM_GROUPS:
+        raise ConfigError(f"parameter group {group!r} is unknown; choose one of {PARAM_GROUPS}")
+    sizes = [(name, int(np.prod(shape))) for name, shape in param_shapes(cfg)]
+    offsets = np.cumsum([0] + [size for _, size in sizes])
+    starts = {name: int(offsets[i]) for i, (name, _) in enumerate(sizes)}
+    total = int(offsets[-1])
+    first_block = starts["h0.ln1"] if cfg.n_layers else starts["ln_f"]
+    return {
+        "all": (0, total),
+        "embeddings": (0, first_block),
+        "blocks": (first_block, starts["ln_f"]),
+        "head": (starts["ln_f"], total),
+    }[group]
 
 
 class ParamBuffer:

@@ -54,8 +54,15 @@ class Model(Protocol):
         """The global L2 norm of a flat gradient."""
         ...
 
-    def optimizer_step(self, optimizer: Optimizer, grads: np.ndarray, lr_scale: float) -> UpdateInfo:  # fmt: skip
-        """One update of the weights with ``optimizer`` on the flat gradient."""
+    def optimizer_step(
+        self,
+        optimizer: Optimizer,
+        grads: np.ndarray,
+        lr_scale: float,
+        span: tuple[int, int] | None = None,
+    ) -> UpdateInfo:
+        """One update of the weights with ``optimizer`` on the flat gradient; ``lr_scale``
+        applies to the weights in ``span`` (all when None)."""
         ...
 
     def twin(self) -> Model:
