@@ -47,12 +47,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # the strongest configuration found at ≥ 40,000 bytes/s on one thread (docs/bench.md):
     # a wider model trained NNCP-style (Adam β1 = 0, β2 = 0.9999, clipping, no warm-up), 24
-    # bytes per step, mixed PAQ-style with count models of orders 0-10 (mechanisms/ngram_mix)
+    # bytes per step, mixed PAQ-style with count models of orders 0-10 (mechanisms/ngram_mix),
+    # the mixer's settings chosen on the tuning set only (docs/bench.md, "The mixer re-tuned")
     "strong": {
         "model": {"d_model": 32, "n_heads": 4, "d_ff": 128},
         "optim": {"name": "adam", "lr": 0.003, "beta1": 0.0, "beta2": 0.9999, "grad_clip": 1.0},
         "learner": {"update_every": 24},
-        "mechanisms": [{"name": "ngram_mix", "max_order": 10, "table_bits": 18, "prior": 0.005}],
+        "mechanisms": [
+            {
+                "name": "ngram_mix",
+                "max_order": 10,
+                "table_bits": 18,
+                "slot_size": 32,
+                "prior": 0.002,
+                "lr": 0.0015,
+                "model_weight": 0.4,
+                "ngram_weight": 0.12,
+            }
+        ],
     },
 }
 """Named configurations. ``seed`` is the original μGPT (SGD with clipping); ``seed-adam`` the
