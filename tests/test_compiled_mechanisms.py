@@ -46,6 +46,9 @@ CASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "adaptive_lr-blocks": [("adaptive_lr", BLOCKS)],
     "adaptive_lr-head": [("adaptive_lr", {**BLOCKS, "params": "head", "boost": 3.0})],
     "ngram_mix": [("ngram_mix", {"max_order": 4, "table_bits": 12})],
+    "ngram_mix-classes": [
+        ("ngram_mix", {"max_order": 4, "table_bits": 12, "class_bytes": 2, "byte_set": True})
+    ],
     "cache": [("cache", {"size": 64, "theta": 1.0, "lam": 0.3})],
     "knn": [("knn", {"capacity": 100, "k": 4, "lam": 0.3})],
     "replay": [("replay", {"capacity": 32, "k": 2, "every": 3, "start_after": 8, "alpha": 1.0})],

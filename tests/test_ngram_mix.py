@@ -12,11 +12,12 @@ from mugpt.corpus import Phase, Stream
 from mugpt.engine import Learner, LearnerConfig, load_checkpoint, save_checkpoint
 from mugpt.errors import ConfigError
 from mugpt.mechanisms import StepContext, make_mechanism
-from mugpt.mechanisms.ngram_mix import NgramMix
+from mugpt.mechanisms.ngram_mix import N_BUCKETS, NgramMix, byte_class, extra_rows
 from mugpt.model import ModelConfig
 
 TEXT = b"she sells sea shells by the sea shore; the shells she sells are sea shells. " * 4
 SMALL = {"max_order": 4, "table_bits": 10}
+CLASSES = {**SMALL, "class_bytes": 2, "byte_set": True}
 
 
 def _ctx(inputs: np.ndarray, new: np.ndarray, step: int = 0) -> StepContext:
@@ -28,13 +29,19 @@ def _ctx(inputs: np.ndarray, new: np.ndarray, step: int = 0) -> StepContext:
     )  # fmt: skip
 
 
-def test_a_prediction_never_depends_on_the_byte_it_predicts() -> None:
-    mech = NgramMix(**SMALL)
-    history = np.frombuffer(TEXT[:200], dtype=np.uint8).astype(np.int64)
-    for start in range(0, 180, 4):  # learn something first
+def _learn_some(mech: NgramMix, upto: int) -> np.ndarray:
+    """Feeds the hooks TEXT's first ``upto`` bytes, four a step; returns TEXT as symbols."""
+    history = np.frombuffer(TEXT, dtype=np.uint8).astype(np.int64)
+    for start in range(0, upto, 4):
         ctx = _ctx(history[start : start + 16], history[start + 12 : start + 16], step=start)
         mech.adjust_prediction(ctx, np.full((4, 257), 1 / 257))
         mech.observe(ctx, np.zeros(4))
+    return history
+
+
+def test_a_prediction_never_depends_on_the_byte_it_predicts() -> None:
+    mech = NgramMix(**SMALL)
+    history = _learn_some(mech, 180)
     prefix = history[180:192]
     rows = []
     for tail in ([1, 2, 3, 4], [1, 2, 9, 9], [1, 2, 3, 200]):
@@ -58,13 +65,17 @@ def test_it_learns_repeated_text_far_better_than_the_model_alone() -> None:
     assert mixed.losses[-77:].mean() < 1.0  # the last repetition is nearly free
 
 
-@pytest.mark.parametrize("k, b", [(1, 1), (6, 3)])
-def test_fused_compiled_loop_equals_the_hooks_bit_for_bit(k: int, b: int) -> None:
+@pytest.mark.parametrize(
+    "k, b, params", [(1, 1, SMALL), (6, 3, SMALL), (1, 1, CLASSES), (6, 3, CLASSES)]
+)
+def test_fused_compiled_loop_equals_the_hooks_bit_for_bit(
+    k: int, b: int, params: dict[str, int]
+) -> None:
     stream = Stream(TEXT, [Phase("x", "t", 0, len(TEXT))], np.array([0, 77, 78]))
     cfg = LearnerConfig(update_every=k, batch_streams=b)
-    fused = Learner(ModelConfig(context=16), mechanisms=[NgramMix(**SMALL)], learner_cfg=cfg)
+    fused = Learner(ModelConfig(context=16), mechanisms=[NgramMix(**params)], learner_cfg=cfg)
     fused.run(stream)  # the compiled loop with the mechanism's kernel
-    hooks = Learner(ModelConfig(context=16), mechanisms=[NgramMix(**SMALL)], learner_cfg=cfg)
+    hooks = Learner(ModelConfig(context=16), mechanisms=[NgramMix(**params)], learner_cfg=cfg)
     data = np.frombuffer(TEXT, dtype=np.uint8)
     starts = np.zeros(data.size + 1, dtype=bool)
     starts[stream.doc_starts] = True
@@ -81,12 +92,13 @@ def test_fused_compiled_loop_equals_the_hooks_bit_for_bit(k: int, b: int) -> Non
     assert np.array_equal(fused.last.probs, hooks.last.probs)
 
 
-def test_checkpoint_continues_bit_for_bit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("params", [SMALL, CLASSES], ids=["one-set", "two-sets"])
+def test_checkpoint_continues_bit_for_bit(tmp_path: Path, params: dict[str, int]) -> None:
     stream = Stream.from_bytes(TEXT)
     cfg = LearnerConfig(update_every=4)
-    straight = Learner(ModelConfig(context=16), mechanisms=[NgramMix(**SMALL)], learner_cfg=cfg)
+    straight = Learner(ModelConfig(context=16), mechanisms=[NgramMix(**params)], learner_cfg=cfg)
     straight.run(stream)
-    half = Learner(ModelConfig(context=16), mechanisms=[NgramMix(**SMALL)], learner_cfg=cfg)
+    half = Learner(ModelConfig(context=16), mechanisms=[NgramMix(**params)], learner_cfg=cfg)
     half.run(stream, max_bytes=152)
     save_checkpoint(half, tmp_path / "c.npz")
     resumed = load_checkpoint(tmp_path / "c.npz")
@@ -111,3 +123,54 @@ def test_configuration_is_validated() -> None:
     with pytest.raises(ConfigError, match="count_limit"):
         make_mechanism("ngram_mix:count_limit=1000")
     assert make_mechanism("ngram_mix:max_order=3").cfg.max_order == 3
+
+
+def test_byte_classes_follow_their_definition() -> None:
+    want = {256: 0, 32: 1, 10: 1, ord("a"): 2, ord("z"): 2, ord("A"): 3, ord("Z"): 3,
+            ord("0"): 4, ord("9"): 4, 0xC3: 5, 255: 5, 9: 6, 13: 6, 0: 6, ord("."): 7,
+            ord("{"): 7, ord("@"): 7, 127: 7}  # fmt: skip
+    for b, c in want.items():
+        assert byte_class(b) == c, chr(b) if b < 256 else "BOS"
+
+
+def test_the_added_sets_are_chosen_by_the_classes_of_the_last_bytes_and_the_last_byte() -> None:
+    first = 5 * N_BUCKETS * 2  # max_order 4
+    window = np.array([256, ord("a"), ord(" "), ord("Z")], dtype=np.int64)
+    # class_bytes 3: 'Z' (3), ' ' (1), 'a' (2) as digits base 8, newest first
+    assert extra_rows(window, 3, first, first + 512) == (first + (3 * 8 + 1) * 8 + 2, -1)
+    assert extra_rows(window, 3, first, first + 8) == (first + 3, -1)  # class_bytes 1
+    assert extra_rows(window, 1, first, first + 512) == (first + 2 * 64, -1)  # BOS, then before
+    assert extra_rows(window, 3, first, first) == (-1, -1)  # the first set only
+    # with the byte set: its 257 rows follow the class rows, one per symbol
+    assert extra_rows(window, 3, first, first + 64 + 257) == (first + 3 * 8 + 1, first + 64 + 90)
+    assert extra_rows(window, 0, first, first + 257) == (-1, first + 256)  # BOS
+    mech = NgramMix(**CLASSES)
+    assert mech.weights.shape == (first + 64 + 257, 6)
+    assert not mech.weights[first:].any()  # the added sets start at zero
+
+
+def test_the_sets_mix_as_their_sum_and_take_the_same_step() -> None:
+    """One byte by the hooks: the update moves the first set's row and both added rows by the
+    same vector, and the added rows are in the mixture (the Python recomputation of the lab,
+    tests/test_serve_experts.py, checks the mixture is their sum)."""
+    mech = NgramMix(**CLASSES)
+    history = _learn_some(mech, 100)
+    first = 5 * N_BUCKETS * 2
+    assert mech.weights[first:].any()  # the added sets learned
+    inputs = history[100:116]
+    ctx = _ctx(inputs, history[116:117], step=1000)
+    r2, r3 = extra_rows(inputs, inputs.size - 1, first, mech.weights.shape[0])
+    before = mech.weights.copy()
+    out = mech.adjust_prediction(ctx, np.full((1, 257), 1 / 257))
+    wset = int(mech._pending[4][6][0])  # type: ignore[index]
+    mech.observe(ctx, np.zeros(1))
+    step = mech.weights - before
+    assert np.flatnonzero(np.abs(step).sum(axis=1)).tolist() == sorted({wset, r2, r3})
+    assert np.abs(step[wset]).max() > 1e-6
+    # the same vector added to each row (a difference of sums is exact to rounding only)
+    np.testing.assert_allclose(step[r2], step[wset], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(step[r3], step[wset], rtol=0, atol=1e-15)
+    for row in (r2, r3):  # each added row is in the mixture
+        mech.weights[:] = before
+        mech.weights[row] = 0.0
+        assert not np.array_equal(out, mech.adjust_prediction(ctx, np.full((1, 257), 1 / 257)))

@@ -27,12 +27,20 @@ from mugpt.serve.experts import (
 TEXT = b"the cat sat on the mat. the dog sat on the log. " * 12
 
 
-def _learner(k: int, max_order: int = 4) -> tuple[RunConfig, object]:
+def _learner(k: int, max_order: int = 4, class_bytes: int = 0) -> tuple[RunConfig, object]:
     cfg = RunConfig.from_dict(
         {
             "preset": "strong",
             "learner": {"update_every": k},
-            "mechanisms": [{"name": "ngram_mix", "max_order": max_order, "table_bits": 12}],
+            "mechanisms": [
+                {
+                    "name": "ngram_mix",
+                    "max_order": max_order,
+                    "table_bits": 12,
+                    "class_bytes": class_bytes,
+                    "byte_set": class_bytes > 0,
+                }
+            ],
         }
     )
     return cfg, cfg.build_learner()
@@ -82,9 +90,11 @@ def test_an_unseen_context_is_uniform_and_the_display_never_writes_the_state() -
         assert np.array_equal(value, after[key]), key
 
 
-@pytest.mark.parametrize("k", [1, 4])
-def test_the_mixed_probability_is_the_one_the_mixer_scores_the_byte_with(k: int) -> None:
-    cfg, learner = _learner(k)
+@pytest.mark.parametrize("k, class_bytes", [(1, 0), (4, 0), (4, 2)])
+def test_the_mixed_probability_is_the_one_the_mixer_scores_the_byte_with(
+    k: int, class_bytes: int
+) -> None:
+    cfg, learner = _learner(k, class_bytes=class_bytes)
     stream = Stream.from_bytes(TEXT)
     errors = []
     winners = set()
@@ -116,9 +126,9 @@ def test_the_view_names_every_expert_and_its_weight() -> None:
     assert end["p"] is None and end["winner"] is None
 
 
-@pytest.mark.parametrize("k", [4, 24])
-def test_every_byte_of_a_step_is_replayed_as_the_mixer_learns_it(k: int) -> None:
-    cfg, learner = _learner(k, max_order=6)
+@pytest.mark.parametrize("k, class_bytes", [(4, 0), (24, 0), (24, 3)])
+def test_every_byte_of_a_step_is_replayed_as_the_mixer_learns_it(k: int, class_bytes: int) -> None:
+    cfg, learner = _learner(k, max_order=6, class_bytes=class_bytes)
     stream = Stream.from_bytes(TEXT)
     mech = _mix(learner)
     errors = []

@@ -60,9 +60,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "table_bits": 18,
                 "slot_size": 32,
                 "prior": 0.002,
-                "lr": 0.0015,
+                "lr": 0.0005,
                 "model_weight": 0.4,
                 "ngram_weight": 0.12,
+                "class_bytes": 3,
+                "byte_set": True,
             }
         ],
     },

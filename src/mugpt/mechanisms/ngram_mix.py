@@ -19,6 +19,14 @@ whose context has been seen (as PAQ selects weight sets by context) and follow t
 ``−log2 p(x)``: ``w_i += lr · (log p_i(x) − E_p[log p_i])``. A context never seen before gives a
 uniform ``p_o`` — a constant under the normalisation — so it contributes nothing.
 
+With ``class_bytes`` = N > 0 the mixer has a second set of weights, chosen by the classes of
+the last N bytes (8 classes: none yet, space or newline, a-z, A-Z, 0-9, bytes ≥ 128, other
+control bytes, the rest), and with ``byte_set`` a third, chosen by the last byte itself; a
+byte is mixed with the *sum* of its sets, ``w = w_A[order, confidence] + w_B[classes] +
+w_C[last byte]``, and every set takes the same gradient step. (PAQ8 selects several weight
+sets by different small contexts; adding the selections keeps every set learning from many
+bytes, where selecting by their product would split them.) The added sets start at zero.
+
 Strictly online and deterministic: the prediction of every byte of a step uses the counts and
 weights as they were before the step (no byte sees itself), the state changes only in
 ``observe``, hash tables have a fixed size and replacement rule, and all arithmetic is float64
@@ -54,6 +62,7 @@ _JIT = JIT_OPTIONS
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 LOG_FLOOR = 1e-12
 N_BUCKETS = 6
+N_CLASSES = 8
 
 
 def table_bits(order: int, bits: int) -> int:
@@ -71,6 +80,8 @@ class NgramMixConfig(MechanismConfig):
     lr: float = Field(0.002, gt=0, le=1, description="mixer learning rate")
     model_weight: float = Field(1.0, ge=0, le=8, description="initial weight of the model")
     ngram_weight: float = Field(0.3, ge=0, le=8, description="initial weight of each order")
+    class_bytes: int = Field(0, ge=0, le=3, description="a second weight set chosen by the classes of the last N bytes, added to the first (0 = none)")  # fmt: skip
+    byte_set: bool = Field(False, description="a third weight set chosen by the last byte, added to the others")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -150,6 +161,74 @@ def _context_hashes(inputs: Any, slot: int, max_order: int, out: Any) -> int:  #
         h = h ^ (h >> np.uint64(29))
         out[o - 1] = h
     return avail
+
+
+@njit(**JIT_INLINE)
+def byte_class(b: Any) -> int:  # pragma: no cover - compiled
+    """The class of a symbol for the second weight set: 0 none (BOS), 1 space or newline,
+    2 a-z, 3 A-Z, 4 0-9, 5 a byte ≥ 128 (UTF-8), 6 another control byte, 7 the rest."""
+    if b == 256:
+        return 0
+    if b == 32 or b == 10:
+        return 1
+    if 97 <= b <= 122:
+        return 2
+    if 65 <= b <= 90:
+        return 3
+    if 48 <= b <= 57:
+        return 4
+    if b >= 128:
+        return 5
+    if b < 32:
+        return 6
+    return 7
+
+
+BYTE_ROWS = V  # the byte set's rows: one per symbol (the 256 bytes and BOS)
+
+
+@njit(**JIT_INLINE)
+def extra_rows(
+    inputs: Any, slot: int, first_rows: int, n_rows: int
+) -> tuple[int, int]:  # pragma: no cover
+    """The rows of the class set and of the byte set for the byte after ``inputs[slot]``
+    (−1 for a set the table has not), from the table's size: after the ``first_rows`` of the
+    order-and-confidence set come 8^N class rows (an even number) and, with ``byte_set``,
+    257 byte rows (odd). The class row holds the classes of inputs[slot], inputs[slot − 1],
+    … (N of them, newest first, as digits base 8; before the window: class 0); the byte row
+    the symbol inputs[slot]."""
+    extra = n_rows - first_rows
+    byte_rows = BYTE_ROWS if extra % 2 == 1 else 0
+    class_rows = extra - byte_rows
+    r2 = -1
+    if class_rows > 0:
+        r = 0
+        m = 1
+        i = slot
+        while m < class_rows:
+            b = np.int64(inputs[i]) if i >= 0 else 256
+            r = r * N_CLASSES + byte_class(b)
+            m *= N_CLASSES
+            i -= 1
+        r2 = first_rows + r
+    r3 = first_rows + class_rows + int(inputs[slot]) if byte_rows > 0 else -1
+    return r2, r3
+
+
+@njit(**JIT_INLINE)
+def mixer_weights(weights: Any, inputs: Any, slot: int, max_order: int, row: int, out: Any) -> None:  # pragma: no cover  # fmt: skip
+    """out[:] = the weights the byte after ``inputs[slot]`` is mixed with: row ``row`` of
+    the first set, plus the rows of the class and byte sets where the table has them."""
+    r2, r3 = extra_rows(inputs, slot, (max_order + 1) * N_BUCKETS * 2, weights.shape[0])
+    w = weights[row]
+    for i in range(w.size):
+        out[i] = w[i]
+    if r2 >= 0:
+        for i in range(w.size):
+            out[i] += weights[r2, i]
+    if r3 >= 0:
+        for i in range(w.size):
+            out[i] += weights[r3, i]
 
 
 @njit(**_JIT)
@@ -238,7 +317,8 @@ def _predict(
         while bucket < N_BUCKETS - 1 and top_n > (1 << bucket):
             bucket += 1
         wset[j] = (top * N_BUCKETS + bucket) * 2 + top_det
-        w = weights[wset[j]]
+        w = scratch[2 * BYTES : 2 * BYTES + weights.shape[1]]
+        mixer_weights(weights, inputs, slots[j], max_order, wset[j], w)
         w0, w1, w2 = w[0], w[1], w[2]
         lm, lo0, lo1 = lp[0], lp[1], lp[2]
         for y in range(BYTES):
@@ -307,6 +387,31 @@ def _predict(
             expect[j, t + 3] = e
 
 
+@njit(**JIT_INLINE)
+def _step_row(
+    w: Any,
+    lr: float,
+    x: int,
+    dense: Any,
+    sparse_sym: Any,
+    sparse_val: Any,
+    sparse_n: Any,
+    base: Any,
+    expect: Any,
+) -> None:  # pragma: no cover - compiled
+    """One gradient step of a weight row on −ln p(x): ``w_i += lr · (ln p_i(x) − E_p[ln p_i])``
+    (one byte's dense (3, 256), sparse and base values and expectations, as ``_predict``
+    keeps them)."""
+    for i in range(3):
+        w[i] += lr * (dense[i, x] - expect[i])
+    for t in range(w.size - 3):
+        lx = base[t]
+        for s in range(sparse_n[t]):
+            if sparse_sym[t, s] == x:
+                lx = sparse_val[t, s]
+        w[t + 3] += lr * (lx - expect[t + 3])
+
+
 @njit(**_JIT)
 def _update(
     targets: Any,
@@ -342,19 +447,15 @@ def _update(
     j1: int,
 ) -> None:  # pragma: no cover - compiled
     """Mixer step and count updates for the scored bytes j0 … j1 − 1, in order."""
-    n_exp = weights.shape[1]
     slot_size = sym.shape[1]
     for j in range(j0, j1):
         x = targets[j]
-        w = weights[wset[j]]
-        for i in range(3):
-            w[i] += lr * (dense[j, i, x] - expect[j, i])
-        for t in range(n_exp - 3):
-            lx = base[j, t]
-            for s in range(sparse_n[j, t]):
-                if sparse_sym[j, t, s] == x:
-                    lx = sparse_val[j, t, s]
-            w[t + 3] += lr * (lx - expect[j, t + 3])
+        _step_row(weights[wset[j]], lr, x, dense[j], sparse_sym[j], sparse_val[j], sparse_n[j], base[j], expect[j])  # fmt: skip
+        r2, r3 = extra_rows(inputs, slots[j], (max_order + 1) * N_BUCKETS * 2, weights.shape[0])
+        if r2 >= 0:  # the added sets take the same step
+            _step_row(weights[r2], lr, x, dense[j], sparse_sym[j], sparse_val[j], sparse_n[j], base[j], expect[j])  # fmt: skip
+        if r3 >= 0:
+            _step_row(weights[r3], lr, x, dense[j], sparse_sym[j], sparse_val[j], sparse_n[j], base[j], expect[j])  # fmt: skip
         # order 0 and order 1: dense counts with their logs beside them
         c0[x] += 1.0
         n0[0] += 1.0
@@ -457,6 +558,12 @@ def _snapshot(
         f[at + 3 * BYTES + y] = l1[prev, y]
     f[at + 4 * BYTES] = n0[0]
     f[at + 4 * BYTES + 1] = n1[prev]
+    r2, r3 = extra_rows(inputs, slots[j], (max_order + 1) * N_BUCKETS * 2, weights.shape[0])
+    for i in range(n_exp):
+        if r2 >= 0:
+            f[at + 4 * BYTES + 2 + i] = weights[r2, i]
+        if r3 >= 0:
+            f[at + 4 * BYTES + 2 + n_exp + i] = weights[r3, i]
     avail = min(max_order, slots[j] + 1)
     m = sym.shape[1]
     for o in range(2, max_order + 1):
@@ -512,6 +619,12 @@ def _restore(
         l1[prev, y] = f[at + 3 * BYTES + y]
     n0[0] = f[at + 4 * BYTES]
     n1[prev] = f[at + 4 * BYTES + 1]
+    r2, r3 = extra_rows(inputs, slots[j], (max_order + 1) * N_BUCKETS * 2, weights.shape[0])
+    for i in range(n_exp):
+        if r3 >= 0:
+            weights[r3, i] = f[at + 4 * BYTES + 2 + n_exp + i]
+        if r2 >= 0:
+            weights[r2, i] = f[at + 4 * BYTES + 2 + i]
     m = sym.shape[1]
     for t in range(max_order - 1):
         idx = undo_i[j, t, 0]
@@ -548,7 +661,7 @@ def _attribute(
     values relative to its base and only its listed bytes enter the sum. ``row`` is the mixed
     row (its first 256 entries), ``dense`` (3, 256) the dense experts' log-probabilities,
     ``sparse_*``/``base`` the hashed orders' of this row (as :func:`_predict` keeps them), and
-    ``w`` the weights the row was mixed with."""
+    ``w`` the weights the row was mixed with (:func:`mixer_weights`)."""
     n_exp = w.size
     a = scratch[BYTES : 2 * BYTES]
     e = scratch[2 * BYTES : 3 * BYTES]
@@ -638,9 +751,11 @@ def _predict_in_order(
             expect, wset, hashes, scratch, j, j + 1,
         )  # fmt: skip
         if attr.shape[0] > 0:
+            w = scratch[3 * BYTES : 3 * BYTES + weights.shape[1]]
+            mixer_weights(weights, inputs, slots[j], max_order, wset[j], w)
             _attribute(
                 targets[j], out[j], dense[j], sparse_sym[j], sparse_val[j], sparse_n[j],
-                base[j], weights[wset[j]], attr, scratch,
+                base[j], w, attr, scratch,
             )  # fmt: skip
         if j == k - 1:
             break
@@ -723,9 +838,11 @@ def mix_window(
     for j in range(k):
         mix_row(st, rows, inputs, slots, j)
         if st.attr.shape[0] > 0:  # before the weights learn byte j
+            w = st.scratch[3 * BYTES : 3 * BYTES + st.weights.shape[1]]
+            mixer_weights(st.weights, inputs, slots[j], st.max_order, st.wset[j], w)
             _attribute(
                 targets[j], st.out[j], st.dense[j], st.sparse_sym[j], st.sparse_val[j],
-                st.sparse_n[j], st.base[j], st.weights[st.wset[j]], st.attr, st.scratch,
+                st.sparse_n[j], st.base[j], w, st.attr, st.scratch,
             )  # fmt: skip
         _learn(st, targets, inputs, slots, j)
     st.mixed[0] += k
@@ -797,7 +914,7 @@ class StepDecoder:
         orders, n_exp = max(cfg.max_order - 1, 1), cfg.max_order + 2
         self.state = mech.compiled_state(context)
         self.undo = (
-            np.empty((context, n_exp + 4 * BYTES + 2)),
+            np.empty((context, 3 * n_exp + 4 * BYTES + 2)),
             np.empty((context, orders, 4), dtype=np.int64),
             np.empty((context, orders, 2 * cfg.slot_size), dtype=np.uint8),
         )
@@ -858,10 +975,18 @@ class NgramMix(Mechanism):
         self._bind_views()
         self.ltab = np.log(np.arange(BYTES, dtype=np.float64) + cfg.prior)
         n_exp = cfg.max_order + 2  # the model, orders 0..max_order
-        self.weights = np.full(((cfg.max_order + 1) * N_BUCKETS * 2, n_exp), cfg.ngram_weight)
-        self.weights[:, 0] = cfg.model_weight
+        first = np.full(((cfg.max_order + 1) * N_BUCKETS * 2, n_exp), cfg.ngram_weight)
+        first[:, 0] = cfg.model_weight
+        classes = np.zeros((N_CLASSES**cfg.class_bytes if cfg.class_bytes else 0, n_exp))
+        last_byte = np.zeros((BYTE_ROWS if cfg.byte_set else 0, n_exp))
+        self.weights = np.concatenate([first, classes, last_byte])
         self._pending: tuple[Any, ...] | None = None
-        self._shape = (cfg.max_order, cfg.table_bits, cfg.slot_size, cfg.prior)
+        self._shape = self._layout()
+
+    def _layout(self) -> tuple[Any, ...]:
+        """The settings the tables' shapes and contents depend on."""
+        cfg = self.cfg
+        return (cfg.max_order, cfg.table_bits, cfg.slot_size, cfg.prior, cfg.class_bytes, cfg.byte_set)  # fmt: skip
 
     def _bind_views(self) -> None:
         self.chk, self.nsym, self.tot, self.sym, self.cnt = slot_views(
@@ -891,8 +1016,7 @@ class NgramMix(Mechanism):
         return (self.offs, self.obits, self.chk, self.nsym, self.tot, self.sym, self.cnt)
 
     def on_configure(self) -> None:
-        cfg = self.cfg
-        if (cfg.max_order, cfg.table_bits, cfg.slot_size, cfg.prior) != self._shape:
+        if self._layout() != self._shape:
             self._allocate()  # the tables' shape changed: start them afresh
 
     def counters(self) -> dict[str, Any]:
@@ -990,7 +1114,7 @@ class NgramMix(Mechanism):
             cfg.max_order, float(cfg.prior), int(cfg.count_limit), float(cfg.lr), self.c0,
             self.l0, self.n0, self.c1, self.l1, self.n1, *self._tables(), self.ltab,
             self.weights, out, *keep, np.empty(5 * BYTES),
-            np.empty((k, n_exp + 4 * BYTES + 2)), np.empty((k, orders, 4), dtype=np.int64),
+            np.empty((k, 3 * n_exp + 4 * BYTES + 2)), np.empty((k, orders, 4), dtype=np.int64),
             np.empty((k, orders, 2 * cfg.slot_size), dtype=np.uint8), self._attribution_rows(),
         )  # fmt: skip
         self._pending = (ctx.step, ctx.position, inputs, slots, keep)

@@ -4,8 +4,9 @@
 geometric mixer (``p(y) ∝ exp(Σ_i w_i · ln p_i(y))``, see :mod:`mugpt.mechanisms.ngram_mix`).
 The lab shows, for the byte about to be read, what each expert alone gives it, the weights
 the mixer will use, and the mixed result. This module recomputes that in plain NumPy from the
-mechanism's state arrays. It only reads them: it never calls the mechanism's compiled
-kernels and never writes to its tables.
+mechanism's state arrays. It only reads them: it never writes to its tables, and of the
+mechanism's code it uses only the rule that picks the second weight set
+(:func:`mugpt.mechanisms.ngram_mix.extra_rows`), so that the two cannot disagree on it.
 
 The definitions it follows, for a byte ``y`` after the context ``s`` (``a`` is the prior):
 
@@ -15,7 +16,8 @@ The definitions it follows, for a byte ``y`` after the context ``s`` (``a`` is t
   listed byte gets ``(count + a) / (total + 256 a)``, any other ``a / (total + 256 a)``, and a
   context never seen (or another context's slot) the uniform ``1/256``;
 - the weight set is chosen by the highest order whose context was seen, how often it was seen
-  and whether a single byte ever followed it.
+  and whether a single byte ever followed it; the sets chosen by the classes of the last
+  bytes (``class_bytes``) and by the last byte (``byte_set``) are added to it.
 
 Example (counts of a tiny stream, order 0 only):
     >>> state = CountState.empty(max_order=1, prior=0.5)
@@ -31,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from mugpt.mechanisms.ngram_mix import extra_rows
 
 BYTES = 256
 BOS = 256
@@ -209,6 +213,22 @@ def weight_set(top: int, top_n: float, deterministic: bool) -> int:
     return (top * N_BUCKETS + bucket) * 2 + int(deterministic)
 
 
+def added_sets(state: CountState, window: np.ndarray) -> list[int]:
+    """The rows of the weight sets added to the first for the byte after ``window`` (its last
+    symbol newest): the class set's and the byte set's, those the mixer has (the
+    mechanism's own rule, run as Python).
+
+    >>> added_sets(CountState.empty(max_order=1), np.array([BOS, 97]))
+    []
+    """
+    if state.weights is None:
+        return []
+    first = (state.max_order + 1) * N_BUCKETS * 2
+    seq = np.asarray(window, dtype=np.int64)
+    rows = extra_rows.py_func(seq, len(seq) - 1, first, len(state.weights))
+    return [int(r) for r in rows if r >= 0]
+
+
 def step_window(history: np.ndarray, context: int, update_every: int) -> np.ndarray:
     """The symbols the next step sees before its first byte: a step of ``k`` bytes sits at
     the end of a window of ``context`` inputs, so its first byte is predicted from the last
@@ -277,15 +297,18 @@ def mixture(state: CountState, model_probs: np.ndarray, window: np.ndarray) -> d
         if got.seen:
             top, top_n, top_det = o, float(got.total), got.listed == 1
     wset = weight_set(top, top_n, top_det)
+    added = added_sets(state, window)
     if state.weights is not None and wset < len(state.weights):
         weights = np.asarray(state.weights[wset], dtype=np.float64)
+        for row in added:
+            weights = weights + state.weights[row]
     else:
         weights = np.zeros(n_exp)
     logits = weights @ np.log(probs)  # (256,)
     logits -= logits.max()
     mixed = np.exp(logits)
     mixed /= mixed.sum()
-    return {"probs": probs, "seen": seen, "wset": wset, "weights": weights, "mixed": mixed}
+    return {"probs": probs, "seen": seen, "wset": wset, "added": added, "weights": weights, "mixed": mixed}  # fmt: skip
 
 
 def experts_view(
@@ -332,6 +355,8 @@ def learn_byte(
     if state.weights is not None:
         expect = logp @ got["mixed"]
         state.weights[got["wset"]] += lr * (logp[:, x] - expect)
+        for row in got["added"]:  # the added sets take the same step
+            state.weights[row] += lr * (logp[:, x] - expect)
     state.c0[x] += 1.0
     state.n0 += 1.0
     if state.n0 > limit:
