@@ -214,6 +214,44 @@ def test_a_slow_first_step_is_announced_in_the_terminal(
     assert "compiling" not in capsys.readouterr().out
 
 
+def test_baselines_are_computed_on_a_schedule_from_near_byte_0(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gzip/xz/PPMd points come at n = 1,000, 3,000, 5,000, 7,500 … of the stream, whatever
+    the run has read when it is asked (a fast engine may be far ahead): the curves start near
+    byte 0, a pending point is never replaced by the next, and the run's end takes all."""
+    from multiprocessing import Pipe
+
+    from mugpt.engine.baselines import baseline_bpb
+    from mugpt.engine.config import RunConfig
+    from mugpt.serve.worker import RunWorker
+
+    commands, _ = Pipe(duplex=False)
+    _inbox, out = Pipe(duplex=False)
+    cfg = RunConfig.from_dict({"stream": "a=counting:6k,b=random:3k"}).to_dict()
+    worker = RunWorker(commands, out, {"config": cfg, "run_dir": str(tmp_path)})
+    # as if the first steps had read this much before a status message
+    monkeypatch.setattr(RunWorker, "pos", property(lambda self: 8_000))
+
+    def point(force: bool = False) -> dict[str, Any] | None:
+        worker._start_baselines(force=force)
+        if worker.baseline_thread is not None:
+            worker.baseline_thread.join()
+        return worker.baseline_result
+
+    first = point()
+    assert first is not None and first["n"] == 1_000
+    assert first["bpb"] == baseline_bpb(worker.stream.data[:1_000])
+    assert point() is first  # not yet sent: the next point waits
+    seen = []
+    while (got := point()) is not None:
+        seen.append(got["n"])
+        worker.baseline_result = None  # sent
+    assert seen == [1_000, 3_000, 5_000, 7_500]
+    last = point(force=True)
+    assert last is not None and last["n"] == 8_000
+
+
 def test_a_mixture_over_sub_streams_sends_no_experts(client: TestClient) -> None:
     config = {"preset": "strong", "learner": {"batch_streams": 2, "substream_bytes": 256}}
     messages = collect(client, config, want=6)

@@ -859,11 +859,11 @@ class RunWorker:
             message["phases"] = self._phases()
             self.phases_dirty = False
             self.last_phases = now
-        self._start_baselines()
-        with self.baseline_lock:
+        with self.baseline_lock:  # the last result first: the next computation replaces it
             if self.baseline_result is not None:
                 message["baselines"] = self.baseline_result
                 self.baseline_result = None
+        self._start_baselines()
         self.send(message)
 
     def _bytes_per_s(self) -> float | None:
@@ -967,21 +967,29 @@ class RunWorker:
         return phase_metrics(self.losses[: self.pos], self.stream)
 
     def _start_baselines(self, force: bool = False) -> None:
-        """Starts computing gzip/xz/PPMd on the bytes seen so far, in a thread, when enough
-        new bytes have come in since the last time (geometrically spaced)."""
+        """Starts computing gzip/xz/PPMd in a thread on the first n bytes, at geometrically
+        spaced n (1,000 bytes, then 1.5× but at least 2,000 more each time), once the run
+        has read them: on the scheduled n rather than on all bytes seen so far, so that the
+        curves start near byte 0 however many bytes the first steps took; a run ahead of
+        the schedule catches up a point per status message. ``force`` (the run's end)
+        computes on every byte seen."""
         pos = self.pos
         if pos == 0 or (pos < self.baseline_next and not force):
             return
         if self.baseline_thread is not None and self.baseline_thread.is_alive():
             return
-        self.baseline_next = max(int(pos * 1.5), pos + 2000)
-        data = self.stream.data[:pos]
+        with self.baseline_lock:
+            if self.baseline_result is not None and not force:
+                return  # the last point is not sent yet: the next one would replace it
+        n = pos if force else min(pos, self.baseline_next)
+        self.baseline_next = max(int(n * 1.5), n + 2000)
+        data = self.stream.data[:n]
         generation = self.generation
 
         def compute() -> None:
             from mugpt.engine.baselines import baseline_bpb
 
-            result = {"n": pos, "bpb": baseline_bpb(data)}
+            result = {"n": n, "bpb": baseline_bpb(data)}
             with self.baseline_lock:
                 if generation == self.generation:
                     self.baseline_result = result
