@@ -47,8 +47,7 @@ def variant(mix: dict[str, Any] | None = None, config: dict[str, Any] | None = N
     >>> v["mechanisms"][0]["lr"], v["learner"]["update_every"], v["model"]["d_model"]
     (0.001, 16, 32)
     """
-    base = copy.deepcopy(PRESETS["strong"])
-    out: dict[str, Any] = {k: v for k, v in base.items()}
+    out: dict[str, Any] = copy.deepcopy(PRESETS["strong"])
     for section, values in (config or {}).items():
         if section == "mechanisms":
             out["mechanisms"] = copy.deepcopy(values)
